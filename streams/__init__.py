@@ -1,0 +1,3 @@
+"""flapguard: de-duplicated AWS Security Hub CSPM notifications."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,108 @@
+"""Configuration in one typed place: durations, the decision policy, worker settings.
+
+Pure: no I/O. The CLI maps `--some-name` flags and `FLAPGUARD_SOME_NAME` variables
+onto these dataclasses.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message is one line for the user."""
+
+
+def parse_duration_ms(text: str) -> int:
+    """`90s`, `5m`, `24h`, `7d` (a bare number means seconds) -> milliseconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"not a duration: {text!r} (write it like 90s, 5m, 24h or 7d)")
+    number, unit = match.groups()
+    return round(float(number) * _UNIT_MS[unit or "s"])
+
+
+def format_duration(ms: int) -> str:
+    """The shortest exact form: 108000000 -> `30h`."""
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _UNIT_MS[unit]
+        if ms and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+class Severity(IntEnum):
+    """ASFF `Severity.Label`, ordered so that comparisons mean 'more severe'."""
+
+    INFORMATIONAL = 0
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+    CRITICAL = 4
+
+    @classmethod
+    def parse(cls, text: str) -> Severity:
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            names = ", ".join(s.name for s in cls)
+            raise ConfigError(f"unknown severity {text!r} (one of {names})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Everything the decision core needs to know; all durations in milliseconds."""
+
+    window_ms: int = 30 * _UNIT_MS["h"]
+    hold_ms: int = 5 * _UNIT_MS["m"]
+    min_severity: Severity = Severity.LOW
+    first_sight_age_ms: int = 24 * _UNIT_MS["h"]
+    state_ttl_ms: int = 90 * _UNIT_MS["d"]
+    # Width of the tumbling buckets that hold archived predecessors. Pairing is exact
+    # whatever this is; it only sets how many buckets a look-up reads.
+    bucket_ms: int = 24 * _UNIT_MS["h"]
+    # A finding updated later than the wall clock plus this is a forged clock.
+    future_tolerance_ms: int = 1 * _UNIT_MS["h"]
+    # How often, in event time, expired state is swept.
+    sweep_every_ms: int = 1 * _UNIT_MS["h"]
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_findings_per_message: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("window_ms", "hold_ms", "first_sight_age_ms", "state_ttl_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.removesuffix('_ms').replace('_', '-')} must not be negative")
+        if self.bucket_ms <= 0 or self.sweep_every_ms <= 0:
+            raise ConfigError("bucket and sweep durations must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    findings: str = "securityhub.findings"
+    alerts: str = "securityhub.alerts"
+    suppressed: str = "securityhub.suppressed"
+    deadletter: str = "securityhub.deadletter"
+    decisions: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """The Faust worker's edges: broker, topics, app identity and store."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    app_id: str = "flapguard"
+    topics: Topics = field(default_factory=Topics)
+    policy: Policy = field(default_factory=Policy)
+    partitions: int = 8
+    store: str = "memory://"
+    data_dir: str = ".flapguard-data"
+    # Wall-clock idle time after which a partition releases its reorder buffer.
+    idle_flush_ms: int = 5 * _UNIT_MS["m"]
+    session_timeout_s: float = 30.0
+    heartbeat_interval_s: float = 3.0
+    log_level: str = "WARNING"

@@ -1,0 +1,110 @@
+"""Event time for one partition: watermark, reorder buffer (the hold), state expiry.
+
+Pure. The backtest and the Faust worker drive the same `PartitionEngine`: findings go
+in with `accept`, decisions come out in (UpdatedAt, finding Id, arrival) order once
+the watermark passes UpdatedAt + hold; `flush` releases everything (end of input, or
+a partition idle for the hold in wall-clock time).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from streams.config import Policy
+from streams.decide import Decider, Outcome
+from streams.findings import Finding
+from streams.state import Arrival, Origin, PartitionMeta, Store
+
+
+class PartitionEngine:
+    def __init__(self, store: Store, policy: Policy, partition: int) -> None:
+        self.store = store
+        self.policy = policy
+        self.p = partition
+        self.decider = Decider(store, policy, partition)
+        self._prefix = f"{partition}:"
+        # The heap mirrors the buffer entries of the store; rebuilt on start so that
+        # a restarted or rebalanced worker carries on with what was held.
+        self._heap: list[tuple[int, str, int, str]] = []
+        for key, arrival in store.buffer.items():
+            if key.startswith(self._prefix):
+                self._heap.append((*arrival.order, key))
+        heapq.heapify(self._heap)
+        self.meta = store.meta.get(str(partition)) or PartitionMeta()
+
+    @property
+    def watermark(self) -> int | None:
+        return self.meta.watermark
+
+    @property
+    def pending(self) -> int:
+        return len(self._heap)
+
+    def accept(self, finding: Finding, origin: Origin, seq: int) -> list[Outcome]:
+        """Buffer one finding; return the decisions this arrival releases."""
+        key = f"{self._prefix}{seq}"
+        if self.store.buffer.get(key) is None:  # a redelivered record is already held
+            arrival = Arrival(self.p, seq, finding, origin)
+            self.store.buffer.put(key, arrival)
+            heapq.heappush(self._heap, (*arrival.order, key))
+        meta = self.meta
+        if meta.watermark is None or finding.updated_at > meta.watermark:
+            meta.watermark = finding.updated_at
+            self.store.meta.put(str(self.p), meta)
+        return self._release(meta.watermark - self.policy.hold_ms)
+
+    def flush(self) -> list[Outcome]:
+        """Decide everything held, whatever the watermark."""
+        return self._release(None)
+
+    def _release(self, up_to: int | None) -> list[Outcome]:
+        out: list[Outcome] = []
+        heap = self._heap
+        while heap and (up_to is None or heap[0][0] <= up_to):
+            key = heapq.heappop(heap)[3]
+            arrival = self.store.buffer.get(key)
+            self.store.buffer.delete(key)
+            if arrival is not None:
+                outcome = self.decider.decide(arrival.finding, arrival.origin)
+                outcome.seq = arrival.seq
+                out.append(outcome)
+        self._maybe_sweep()
+        return out
+
+    def _maybe_sweep(self) -> None:
+        meta = self.meta
+        if meta.watermark is None:
+            return
+        if meta.swept_at is not None and meta.watermark - meta.swept_at < self.policy.sweep_every_ms:
+            return
+        meta.swept_at = meta.watermark
+        self.store.meta.put(str(self.p), meta)
+        self.sweep(meta.watermark)
+
+    def sweep(self, watermark: int) -> int:
+        """Forget state that can no longer change a decision, in event time. Returns
+        the number of entries removed."""
+        policy = self.policy
+        removed = 0
+        finding_horizon = watermark - policy.state_ttl_ms
+        for key, state in self.store.findings.items():
+            if state.p == self.p and state.updated_at < finding_horizon:
+                if state.live:
+                    live = self.store.live.get(state.partition_key)
+                    if live is not None:
+                        live.members.pop(key, None)
+                        if live.members:
+                            self.store.live.put(state.partition_key, live)
+                        else:
+                            self.store.live.delete(state.partition_key)
+                self.store.findings.delete(key)
+                removed += 1
+        # A re-creation decided from now on has UpdatedAt >= watermark - hold, and
+        # CreatedAt no more than the first-sight age before that (else it is a
+        # bootstrap): older buckets can never pair again.
+        bucket_horizon = watermark - policy.hold_ms - policy.first_sight_age_ms - policy.window_ms
+        for key, bucket in self.store.buckets.items():
+            if bucket.p == self.p and bucket.start + policy.bucket_ms <= bucket_horizon:
+                self.store.buckets.delete(key)
+                removed += 1
+        return removed

@@ -1,0 +1,332 @@
+"""Parsing Security Hub input into findings: bare ASFF, EventBridge envelopes, pages.
+
+Pure: bytes or decoded JSON in, `Finding` or `Rejected` out. No exception escapes
+`parse_message` or `parse_document`; bad input becomes a `Rejected` with a reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from streams.config import Policy, Severity
+
+SECURITY_HUB_PRODUCT_SUFFIX = "product/aws/securityhub"
+CONSOLIDATED_PREFIX = "security-control/"
+FINDINGS_DETAIL_TYPES = frozenset(
+    {"Security Hub Findings - Imported", "Security Hub Findings - Custom Action"}
+)
+FAILING = frozenset({"FAILED", "WARNING"})
+NOT_AVAILABLE = "NOT_AVAILABLE"
+ACTIVE = "ACTIVE"
+ARCHIVED = "ARCHIVED"
+
+# ASFF Severity.Normalized bands, used when a finding carries no Label.
+_NORMALIZED_BANDS = ((90, Severity.CRITICAL), (70, Severity.HIGH), (40, Severity.MEDIUM),
+                     (1, Severity.LOW), (0, Severity.INFORMATIONAL))
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """The fields of one ASFF finding that decisions, keys and alerts use."""
+
+    id: str
+    product_arn: str
+    generator_id: str
+    account: str
+    region: str
+    control_id: str
+    resource_id: str
+    resource_type: str
+    created_at: int  # epoch milliseconds
+    updated_at: int
+    created_at_text: str
+    updated_at_text: str
+    title: str
+    severity: Severity
+    compliance_status: str | None
+    previous_compliance_status: str | None
+    reason_codes: tuple[str, ...]
+    record_state: str
+    workflow_status: str | None
+
+    @property
+    def partition_key(self) -> str:
+        """account | region | control | primary resource: findings that may pair share it."""
+        return f"{self.account}|{self.region}|{self.control_id}|{self.resource_id}"
+
+    @property
+    def standard(self) -> str | None:
+        """The standard of a per-standard finding (its GeneratorId); None when consolidated."""
+        return None if self.generator_id.startswith(CONSOLIDATED_PREFIX) else self.generator_id
+
+    @property
+    def is_control_finding(self) -> bool:
+        """Only Security Hub's own control findings may pair (forged-product rule)."""
+        return self.product_arn.endswith(SECURITY_HUB_PRODUCT_SUFFIX)
+
+    @property
+    def failing(self) -> bool:
+        """FAILED or WARNING; a finding without Compliance counts as failing while ACTIVE."""
+        return self.compliance_status is None or self.compliance_status in FAILING
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Finding:
+        values = dict(data)
+        values["severity"] = Severity(values["severity"])
+        values["reason_codes"] = tuple(values["reason_codes"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An input that cannot be decided on: it becomes a `dead_letter` decision."""
+
+    reason: str
+    raw: bytes
+    finding_id: str | None = None
+
+
+Parsed = Finding | Rejected
+
+
+class _Bad(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse_timestamp(text: str) -> int:
+    """RFC 3339 text -> epoch milliseconds (a missing offset means UTC)."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _text(obj: dict[str, Any], name: str, *, required: bool = True) -> str:
+    value = obj.get(name)
+    if value is None or value == "":
+        if required:
+            raise _Bad(f"missing_field:{name}")
+        return ""
+    if not isinstance(value, str):
+        raise _Bad(f"malformed_field:{name}")
+    return value
+
+
+def _optional_text(obj: Any, name: str) -> str | None:
+    if not isinstance(obj, dict):
+        return None
+    value = obj.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def _time(obj: dict[str, Any], name: str) -> tuple[int, str]:
+    text = _text(obj, name)
+    try:
+        return parse_timestamp(text), text
+    except (ValueError, OverflowError, OSError):
+        raise _Bad(f"malformed_field:{name}") from None
+
+
+def _severity(obj: Any) -> Severity:
+    if isinstance(obj, dict):
+        label = obj.get("Label")
+        if isinstance(label, str) and label.upper() in Severity.__members__:
+            return Severity[label.upper()]
+        normalized = obj.get("Normalized")
+        if isinstance(normalized, int | float) and not isinstance(normalized, bool):
+            for floor, severity in _NORMALIZED_BANDS:
+                if normalized >= floor:
+                    return severity
+    # Unknown severity fails loud: never silently below the minimum.
+    return Severity.HIGH
+
+
+def _region_from_arn(arn: str) -> str:
+    parts = arn.split(":")
+    return parts[3] if len(parts) > 3 else ""
+
+
+def finding_from_json(obj: Any, *, policy: Policy, now_ms: int) -> Finding:
+    """Validate one decoded ASFF finding; raises `_Bad` with the dead-letter reason."""
+    if not isinstance(obj, dict) or ("Id" not in obj and "SchemaVersion" not in obj):
+        raise _Bad("not_a_finding")
+    finding_id = _text(obj, "Id")
+    product_arn = _text(obj, "ProductArn")
+    generator_id = _text(obj, "GeneratorId")
+    account = _text(obj, "AwsAccountId")
+    created_at, created_text = _time(obj, "CreatedAt")
+    updated_at, updated_text = _time(obj, "UpdatedAt")
+    resources = obj.get("Resources")
+    if not isinstance(resources, list) or not resources:
+        raise _Bad("missing_field:Resources")
+    primary = resources[0]
+    if not isinstance(primary, dict):
+        raise _Bad("malformed_field:Resources")
+    resource_id = _text(primary, "Id")
+    if updated_at > now_ms + policy.future_tolerance_ms:
+        raise _Bad("future_timestamp")
+    if created_at > updated_at:
+        raise _Bad("bad_timestamps")
+    region = (
+        _text(obj, "Region", required=False)
+        or (_optional_text(primary, "Region") or "")
+        or _region_from_arn(product_arn)
+    )
+    compliance = obj.get("Compliance")
+    product_fields = obj.get("ProductFields")
+    control_id = _optional_text(compliance, "SecurityControlId") or generator_id
+    reasons = compliance.get("StatusReasons") if isinstance(compliance, dict) else None
+    reason_codes = tuple(
+        r["ReasonCode"] for r in reasons or ()
+        if isinstance(r, dict) and isinstance(r.get("ReasonCode"), str)
+    ) if isinstance(reasons, list) else ()
+    return Finding(
+        id=finding_id,
+        product_arn=product_arn,
+        generator_id=generator_id,
+        account=account,
+        region=region,
+        control_id=control_id,
+        resource_id=resource_id,
+        resource_type=_optional_text(primary, "Type") or "",
+        created_at=created_at,
+        updated_at=updated_at,
+        created_at_text=created_text,
+        updated_at_text=updated_text,
+        title=_optional_text(obj, "Title") or "",
+        severity=_severity(obj.get("Severity")),
+        compliance_status=_optional_text(compliance, "Status"),
+        previous_compliance_status=_optional_text(product_fields, "PreviousComplianceStatus"),
+        reason_codes=reason_codes,
+        record_state=_optional_text(obj, "RecordState") or ACTIVE,
+        workflow_status=_optional_text(obj.get("Workflow"), "Status")
+        or _optional_text(obj, "WorkflowState"),
+    )
+
+
+def _items(document: Any) -> list[Any] | None:
+    """The finding candidates in a decoded document; None when it holds none."""
+    if isinstance(document, list):
+        return document
+    if not isinstance(document, dict):
+        return None
+    if "detail-type" in document or ("detail" in document and "source" in document):
+        if document.get("detail-type") not in FINDINGS_DETAIL_TYPES:
+            return None
+        detail = document.get("detail")
+        findings = detail.get("findings") if isinstance(detail, dict) else None
+        return findings if isinstance(findings, list) else None
+    if "Findings" in document and "Id" not in document:
+        findings = document["Findings"]
+        return findings if isinstance(findings, list) else None
+    return [document]
+
+
+def _raw(obj: Any) -> bytes:
+    try:
+        return orjson.dumps(obj)
+    except (TypeError, orjson.JSONEncodeError):
+        return repr(obj).encode()
+
+
+def _candidate_id(obj: Any) -> str | None:
+    value = obj.get("Id") if isinstance(obj, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def parse_document(
+    document: Any, raw: bytes, *, policy: Policy, now_ms: int
+) -> list[Parsed]:
+    """Every finding occurrence of one decoded document, in order; at least one entry.
+
+    A bad finding inside a good envelope or page is rejected alone.
+    """
+    items = _items(document)
+    if items is None:
+        reason = "not_a_finding"
+        if isinstance(document, dict) and document.get("detail-type") in FINDINGS_DETAIL_TYPES:
+            reason = "malformed_envelope"
+        return [Rejected(reason, raw)]
+    if not items:
+        return [Rejected("empty_envelope", raw)]
+    if len(items) > policy.max_findings_per_message:
+        return [Rejected("too_many_findings", raw)]
+    single = len(items) == 1 and items[0] is document
+    out: list[Parsed] = []
+    for item in items:
+        try:
+            out.append(finding_from_json(item, policy=policy, now_ms=now_ms))
+        except _Bad as bad:
+            out.append(Rejected(bad.reason, raw if single else _raw(item), _candidate_id(item)))
+        except Exception as exc:  # defensive: a parser bug must not lose input
+            reason = f"parser_error:{type(exc).__name__}"
+            out.append(Rejected(reason, raw if single else _raw(item), _candidate_id(item)))
+    return out
+
+
+def parse_message(data: bytes, *, policy: Policy, now_ms: int) -> list[Parsed]:
+    """One Kafka message value (or one JSON Lines line) -> its finding occurrences."""
+    if len(data) > policy.max_message_bytes:
+        return [Rejected("oversized", data)]
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return [Rejected("unparseable", data)]
+    return parse_document(document, data, policy=policy, now_ms=now_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class FileUnit:
+    """One parse unit of an input file: a JSON Lines line, or the whole document."""
+
+    line: int  # 1-based
+    data: bytes
+
+
+def split_lines(lines: Iterable[bytes]) -> Iterator[FileUnit]:
+    """One JSON document if the whole input parses as one, else JSON Lines.
+
+    Streams: a JSON Lines input is never held whole in memory. Blank lines hold no
+    finding occurrence and are skipped.
+    """
+    iterator = iter(lines)
+    head: list[bytes] = []
+    for line in iterator:
+        head.append(line)
+        if line.strip():
+            break
+    else:
+        return
+    first_number = len(head)
+    if not _parses(head[-1]):
+        rest = head + list(iterator)
+        whole = b"".join(rest)
+        if _parses(whole):
+            yield FileUnit(1, whole)
+            return
+        iterator = iter(rest[first_number - 1 :])
+    else:
+        iterator = itertools.chain([head[-1]], iterator)
+    for number, line in enumerate(iterator, start=first_number):
+        stripped = line.strip()
+        if stripped:
+            yield FileUnit(number, stripped)
+
+
+def _parses(data: bytes) -> bool:
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True

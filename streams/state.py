@@ -1,0 +1,247 @@
+"""The state the decision core keeps, and the key-value interface it keeps it in.
+
+Pure. The backtest keeps state in dicts (`MemoryKV`); the Faust worker keeps it in
+changelogged tables through the same `KV` interface (see `streams.app`). Values are
+always written back with `put` after a change: a Faust table only sends a value to
+its changelog when it is re-assigned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any, Generic, Protocol, TypeVar
+
+import orjson
+
+from streams.findings import Finding
+
+V = TypeVar("V")
+
+
+@dataclass(slots=True)
+class FindingState:
+    """What is known of one finding `Id`."""
+
+    p: int  # partition that owns it
+    partition_key: str
+    standard: str | None
+    control: bool  # a Security Hub control finding
+    created_at: int
+    updated_at: int
+    record_state: str
+    last_status: str | None  # last Compliance.Status other than NOT_AVAILABLE
+    na_since: bool  # a NOT_AVAILABLE came after last_status
+    severity: int  # while failing
+    notified: bool  # alerted, suppressed or bootstrapped in this failing period
+    dedup_key: str | None  # of the failing period (incident) it is in
+    archived_at: int | None  # UpdatedAt of its first ARCHIVED event since it was ACTIVE
+    superseded: bool = False  # replaced by a consolidated finding; never a predecessor
+    live: bool = False  # listed in the live per-standard index
+
+
+@dataclass(slots=True)
+class Archive:
+    """An archived failing control finding: a predecessor a re-creation may pair with."""
+
+    finding_id: str
+    standard: str | None
+    archived_at: int
+    severity: int
+    dedup_key: str
+    used: bool = False
+
+
+@dataclass(slots=True)
+class Recreation:
+    """A control finding that alerted as new with no predecessor: a late archive may pair."""
+
+    finding_id: str
+    standard: str | None
+    created_at: int
+    severity: int
+    paired: bool = False
+
+
+@dataclass(slots=True)
+class Bucket:
+    """One tumbling window of one partition key: archives and alerted re-creations in it."""
+
+    p: int
+    start: int
+    archives: list[Archive] = field(default_factory=list)
+    recreations: list[Recreation] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class LiveMember:
+    severity: int
+    dedup_key: str
+
+
+@dataclass(slots=True)
+class LiveSet:
+    """ACTIVE, failing, notified per-standard control findings of one partition key."""
+
+    p: int
+    members: dict[str, LiveMember] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a finding occurrence came from: a file line, a Kafka record, or both (a
+    replayed file carries its file and line in record headers)."""
+
+    source: str  # input file name; the topic for records with no file of origin
+    line: int  # 1-based file line; the offset for records with no file of origin
+    index: int  # position inside the envelope, page or array
+    topic: str | None = None
+    partition: int = -1
+    offset: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """A finding waiting in the reorder buffer."""
+
+    p: int
+    seq: int  # arrival order (the keyed topic's offset in the worker)
+    finding: Finding
+    origin: Origin
+
+    @property
+    def order(self) -> tuple[int, str, int]:
+        return (self.finding.updated_at, self.finding.id, self.seq)
+
+
+@dataclass(slots=True)
+class PartitionMeta:
+    watermark: int | None = None
+    swept_at: int | None = None
+
+
+class KV(Protocol[V]):
+    def get(self, key: str) -> V | None: ...
+    def put(self, key: str, value: V) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def items(self) -> Iterator[tuple[str, V]]: ...
+
+
+class MemoryKV(Generic[V]):
+    def __init__(self) -> None:
+        self.data: dict[str, V] = {}
+
+    def get(self, key: str) -> V | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: V) -> None:
+        self.data[key] = value
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+    def items(self) -> Iterator[tuple[str, V]]:
+        return iter(list(self.data.items()))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+_DELETED = object()
+
+
+class StagedKV(Generic[V]):
+    """Writes held back until `apply()`: the worker sends a decision's outputs, waits
+    for the broker's acknowledgement, and only then lets the state change reach the
+    changelog. A crash in between re-decides the event the same way."""
+
+    def __init__(self, base: KV[V]) -> None:
+        self.base = base
+        self.pending: dict[str, Any] = {}
+
+    def get(self, key: str) -> V | None:
+        value = self.pending.get(key)
+        if value is None:
+            return self.base.get(key)
+        return None if value is _DELETED else value
+
+    def put(self, key: str, value: V) -> None:
+        self.pending[key] = value
+
+    def delete(self, key: str) -> None:
+        self.pending[key] = _DELETED
+
+    def items(self) -> Iterator[tuple[str, V]]:
+        for key, value in self.base.items():
+            if key not in self.pending:
+                yield key, value
+        for key, staged in list(self.pending.items()):
+            if staged is not _DELETED:
+                yield key, staged
+
+    def apply(self) -> None:
+        for key, value in self.pending.items():
+            if value is _DELETED:
+                self.base.delete(key)
+            else:
+                self.base.put(key, value)
+        self.pending.clear()
+
+
+@dataclass(slots=True)
+class Store:
+    findings: KV[FindingState]
+    buckets: KV[Bucket]
+    live: KV[LiveSet]
+    buffer: KV[Arrival]
+    meta: KV[PartitionMeta]
+
+    @classmethod
+    def in_memory(cls) -> Store:
+        return cls(MemoryKV(), MemoryKV(), MemoryKV(), MemoryKV(), MemoryKV())
+
+
+# Codecs: the worker stores these values as JSON bytes in its tables.
+
+
+def encode(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def _plain(cls: type[Any]) -> Callable[[bytes], Any]:
+    names = [f.name for f in fields(cls)]
+
+    def decode(data: bytes) -> Any:
+        raw = orjson.loads(data)
+        return cls(**{name: raw[name] for name in names if name in raw})
+
+    return decode
+
+
+decode_finding_state: Callable[[bytes], FindingState] = _plain(FindingState)
+decode_meta: Callable[[bytes], PartitionMeta] = _plain(PartitionMeta)
+
+
+def decode_bucket(data: bytes) -> Bucket:
+    raw = orjson.loads(data)
+    return Bucket(
+        p=raw["p"],
+        start=raw["start"],
+        archives=[Archive(**a) for a in raw["archives"]],
+        recreations=[Recreation(**r) for r in raw["recreations"]],
+    )
+
+
+def decode_live(data: bytes) -> LiveSet:
+    raw = orjson.loads(data)
+    return LiveSet(p=raw["p"], members={k: LiveMember(**m) for k, m in raw["members"].items()})
+
+
+def decode_arrival(data: bytes) -> Arrival:
+    raw = orjson.loads(data)
+    return Arrival(
+        p=raw["p"],
+        seq=raw["seq"],
+        finding=Finding.from_json(raw["finding"]),
+        origin=Origin(**raw["origin"]),
+    )
