@@ -244,9 +244,7 @@ class _LocalBroker:
                 stderr=subprocess.STDOUT,
                 env=self._env(),
                 start_new_session=True,  # a Ctrl-C of the test run is ours to handle
-                preexec_fn=(
-                    _die_with_parent if self.die_with_parent and sys.platform == "linux" else None
-                ),
+                preexec_fn=(_die_with_parent if self.die_with_parent and sys.platform == "linux" else None),
             )
             atexit.register(self.stop)
             self._wait_ready(began + self.startup_timeout)
@@ -618,7 +616,5 @@ def create_topics_sync(
 ) -> None:
     """:func:`create_topics` for code without a running event loop."""
     asyncio.run(
-        create_topics(
-            bootstrap, topics, config, replication_factor=replication_factor, timeout=timeout
-        )
+        create_topics(bootstrap, topics, config, replication_factor=replication_factor, timeout=timeout)
     )

@@ -8,6 +8,12 @@ from typing import Any
 from streams.decide import Decision, Outcome, Pairing
 from streams.state import Origin
 
+# Kafka record headers: the file and line a replayed record came from; the reason a
+# record was dead-lettered.
+HEADER_INPUT = "flapguard-input"
+HEADER_LINE = "flapguard-line"
+HEADER_REASON = "flapguard-reason"
+
 
 def iso(ms: int | None) -> str | None:
     if ms is None:

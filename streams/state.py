@@ -8,7 +8,7 @@ its changelog when it is re-assigned.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -147,6 +147,31 @@ class MemoryKV(Generic[V]):
         return len(self.data)
 
 
+class CodecKV(Generic[V]):
+    """A KV over any mapping of bytes (a Faust table, or a dict in tests): every get
+    decodes a fresh copy, so a change that is not `put` back is lost, as in a table."""
+
+    def __init__(self, data: MutableMapping[str, bytes], decode: Callable[[bytes], V]) -> None:
+        self.data = data
+        self.decode = decode
+
+    def get(self, key: str) -> V | None:
+        raw = self.data.get(key)
+        return None if raw is None else self.decode(raw)
+
+    def put(self, key: str, value: V) -> None:
+        self.data[key] = encode(value)
+
+    def delete(self, key: str) -> None:
+        if key in self.data:
+            del self.data[key]
+
+    def items(self) -> Iterator[tuple[str, V]]:
+        for key, raw in list(self.data.items()):
+            if raw is not None:
+                yield key, self.decode(raw)
+
+
 _DELETED = object()
 
 
@@ -199,6 +224,29 @@ class Store:
     @classmethod
     def in_memory(cls) -> Store:
         return cls(MemoryKV(), MemoryKV(), MemoryKV(), MemoryKV(), MemoryKV())
+
+    @classmethod
+    def over(cls, maps: Mapping[str, MutableMapping[str, bytes]]) -> Store:
+        """A store over mappings of bytes named findings, buckets, live, buffer, meta."""
+        return cls(
+            findings=CodecKV(maps["findings"], decode_finding_state),
+            buckets=CodecKV(maps["buckets"], decode_bucket),
+            live=CodecKV(maps["live"], decode_live),
+            buffer=CodecKV(maps["buffer"], decode_arrival),
+            meta=CodecKV(maps["meta"], decode_meta),
+        )
+
+    def staged(self) -> tuple[Store, Callable[[], None]]:
+        """The same store with writes held back, and the function that applies them."""
+        kvs = [StagedKV(kv) for kv in (self.findings, self.buckets, self.live, self.buffer, self.meta)]
+
+        def apply() -> None:
+            for kv in kvs:
+                kv.apply()
+
+        return Store(*kvs), apply
+
+    NAMES = ("findings", "buckets", "live", "buffer", "meta")
 
 
 # Codecs: the worker stores these values as JSON bytes in its tables.

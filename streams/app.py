@@ -1,0 +1,313 @@
+"""The Faust worker: a thin adapter around the pure core.
+
+Two agents:
+- `ingest` reads the findings topic (any keying), parses each message, dead-letters
+  what cannot be decided, and forwards every finding to the keyed topic, keyed by its
+  partition key and placed with murmur2 (as the backtest does).
+- `decide` reads the keyed topic; per partition a `PartitionEngine` holds events for
+  the hold, decides them in event-time order and the agent writes the outputs.
+
+State lives in changelogged tables (findings, the tumbling archive buckets, the live
+per-standard index, the reorder buffer, per-partition watermarks), all written from
+the partition that owns the key. Every decision's outputs are acknowledged by the
+broker before its state change is written, so a crash at any point re-decides the
+event the same way (same `dedup_key`) rather than losing it.
+
+Idle partitions: a timer sends a tick record to each assigned keyed partition; the
+tick is processed in order with the findings, and releases the partition's holds when
+it has seen no finding for `idle_flush` of wall-clock time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator, MutableMapping
+from typing import Any
+
+import faust
+import orjson
+
+from streams.config import WorkerSettings
+from streams.decide import Decision, Outcome, rejected_outcome
+from streams.engine import PartitionEngine
+from streams.findings import Finding, Rejected, parse_message
+from streams.keys import partition_for
+from streams.records import (
+    HEADER_INPUT,
+    HEADER_LINE,
+    HEADER_REASON,
+    alert_record,
+    kafka_decision_record,
+    suppressed_record,
+)
+from streams.state import Origin, Store
+
+log = logging.getLogger("flapguard.worker")
+
+TICK_KEY = b"\x00flapguard-tick"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def origin_of(message: Any, index: int) -> Origin:
+    """Origin of a finding in a Kafka record; a replayed file names its file and line."""
+    headers = dict(message.headers or ())
+    source: str = message.topic
+    line: int = message.offset
+    if HEADER_INPUT in headers and HEADER_LINE in headers:
+        try:
+            source = bytes(headers[HEADER_INPUT]).decode()
+            line = int(bytes(headers[HEADER_LINE]))
+        except (ValueError, UnicodeDecodeError):
+            pass
+    return Origin(source, line, index, message.topic, message.partition, message.offset)
+
+
+def deadletter_headers(reason: str, origin: Origin) -> list[tuple[str, bytes]]:
+    return [
+        (HEADER_REASON, reason.encode()),
+        ("flapguard-origin-topic", (origin.topic or "").encode()),
+        ("flapguard-origin-partition", str(origin.partition).encode()),
+        ("flapguard-origin-offset", str(origin.offset).encode()),
+        (HEADER_INPUT, origin.source.encode()),
+        (HEADER_LINE, str(origin.line).encode()),
+        ("flapguard-origin-index", str(origin.index).encode()),
+    ]
+
+
+def encode_keyed(finding: Finding, origin: Origin) -> bytes:
+    return orjson.dumps({"finding": finding.to_json(), "origin": origin})
+
+
+def decode_keyed(data: bytes) -> tuple[Finding, Origin]:
+    raw = orjson.loads(data)
+    return Finding.from_json(raw["finding"]), Origin(**raw["origin"])
+
+
+class Worker:
+    """Builds the Faust app, its topics, tables and agents from `WorkerSettings`."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        s = settings
+        self.app = faust.App(
+            s.app_id,
+            broker=[f"kafka://{server.strip()}" for server in s.bootstrap_servers.split(",")],
+            store=s.store,
+            datadir=s.data_dir,
+            topic_partitions=s.partitions,
+            web_enabled=False,
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=s.heartbeat_interval_s,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            stream_wait_empty=False,
+            table_cleanup_interval=3600.0,
+        )
+        raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
+                               "key_serializer": "raw", "value_serializer": "raw"}
+        self.source = self.app.topic(s.topics.findings, **raw)
+        self.keyed = self.app.topic(f"{s.app_id}-keyed-findings", partitions=s.partitions,
+                                    internal=True, **raw)
+        self.alerts = self.app.topic(s.topics.alerts, partitions=s.partitions, **raw)
+        self.suppressed = self.app.topic(s.topics.suppressed, partitions=s.partitions, **raw)
+        self.deadletter = self.app.topic(s.topics.deadletter, partitions=s.partitions, **raw)
+        self.decisions = (
+            self.app.topic(s.topics.decisions, partitions=s.partitions, **raw)
+            if s.topics.decisions else None
+        )
+        self.tables = {
+            name: ChangelogMapping(self.app.Table(name, default=None, key_type=str, value_type=bytes,
+                                                  partitions=s.partitions))
+            for name in Store.NAMES
+        }
+        self.store, self.apply_state = Store.over(self.tables).staged()
+        self.engines: dict[int, PartitionEngine] = {}
+        self.last_arrival: dict[int, float] = {}
+        self.app.agent(self.source, name="flapguard.ingest")(self.ingest)
+        self.app.agent(self.keyed, name="flapguard.decide")(self.decide)
+        self.app.timer(max(0.5, s.idle_flush_ms / 4000))(self.tick_idle_partitions)
+        # After every recovery (start, rebalance) the engines' heaps are rebuilt from
+        # the tables on the next record of each partition.
+        self.tables["buffer"].table.on_recover(self.on_recover)
+
+    # -- ingest ---------------------------------------------------------------------
+
+    async def ingest(self, stream: Any) -> None:
+        policy = self.settings.policy
+        partitions = self.settings.partitions
+        async for event in stream.events():
+            message = event.message
+            try:
+                parsed = parse_message(message.value or b"", policy=policy, now_ms=now_ms())
+                pending = []
+                for index, item in enumerate(parsed):
+                    origin = origin_of(message, index)
+                    if isinstance(item, Rejected):
+                        pending.extend(await self._dead_letter(item, origin))
+                        continue
+                    key = item.partition_key.encode()
+                    pending.append(await self.keyed.send(
+                        key=key, value=encode_keyed(item, origin),
+                        partition=partition_for(key, partitions)))
+                # The offset of this record is committed only after everything it
+                # became is acknowledged.
+                await asyncio.gather(*pending)
+            except Exception:
+                fatal("cannot forward %s[%s]@%s", message.topic, message.partition, message.offset)
+
+    async def _dead_letter(self, item: Rejected, origin: Origin) -> list[Any]:
+        futures = [await self.deadletter.send(
+            key=None, value=item.raw, headers=deadletter_headers(item.reason, origin))]
+        if self.decisions is not None:
+            record = kafka_decision_record(rejected_outcome(item, origin))
+            futures.append(await self.decisions.send(key=None, value=orjson.dumps(record)))
+        return futures
+
+    # -- decide ---------------------------------------------------------------------
+
+    def engine(self, partition: int) -> PartitionEngine:
+        engine = self.engines.get(partition)
+        if engine is None:
+            engine = PartitionEngine(self.store, self.settings.policy, partition)
+            self.engines[partition] = engine
+            self.last_arrival.setdefault(partition, time.monotonic())
+        return engine
+
+    async def decide(self, stream: Any) -> None:
+        idle_s = self.settings.idle_flush_ms / 1000
+        async for event in stream.events():
+            message = event.message
+            partition = message.partition
+            try:
+                engine = self.engine(partition)
+                if message.key == TICK_KEY:
+                    if time.monotonic() - self.last_arrival[partition] < idle_s:
+                        continue
+                    outcomes = engine.flush()
+                else:
+                    self.last_arrival[partition] = time.monotonic()
+                    try:
+                        finding, origin = decode_keyed(message.value)
+                    except (ValueError, KeyError, TypeError):
+                        # Only this worker writes the keyed topic; anything else there
+                        # is kept for inspection, not decided.
+                        rejected = Rejected("bad_keyed_record", message.value or b"")
+                        await asyncio.gather(*await self._dead_letter(rejected, origin_of(message, 0)))
+                        continue
+                    outcomes = engine.accept(finding, origin, seq=message.offset)
+                # Outputs first, acknowledged; then the state change, acknowledged; only
+                # then may Faust commit this record's offset.
+                await self.emit(outcomes)
+                await self.persist(partition)
+            except Exception:
+                fatal("cannot process keyed record %s[%s]@%s", message.topic, partition, message.offset)
+
+    async def persist(self, partition: int) -> None:
+        """Write the staged state changes to the tables and wait for their changelogs."""
+        for mapping in self.tables.values():
+            mapping.partition = partition
+        self.apply_state()
+        pending = [fut for mapping in self.tables.values() for fut in mapping.take_pending()]
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def emit(self, outcomes: Iterable[Outcome]) -> None:
+        """Send every output of these decisions and wait until the broker has them."""
+        pending = []
+        emitted = now_ms()
+        for outcome in outcomes:
+            if outcome.decision in (Decision.ALERT, Decision.RESOLVED):
+                record = alert_record(outcome, emitted)
+                pending.append(await self.alerts.send(
+                    key=(outcome.dedup_key or "").encode(), value=orjson.dumps(record)))
+            pairings = [outcome.pairing] if outcome.pairing else []
+            for pairing in [*pairings, *outcome.late_pairs]:
+                pending.append(await self.suppressed.send(
+                    key=pairing.key.encode(), value=orjson.dumps(suppressed_record(pairing))))
+            if self.decisions is not None:
+                record = kafka_decision_record(outcome)
+                key = outcome.key.encode() if outcome.key else None
+                pending.append(await self.decisions.send(key=key, value=orjson.dumps(record)))
+        if pending:
+            await asyncio.gather(*pending)
+
+    # -- idle partitions ------------------------------------------------------------
+
+    async def tick_idle_partitions(self) -> None:
+        idle_s = self.settings.idle_flush_ms / 1000
+        now = time.monotonic()
+        assigned = {tp.partition for tp in self.app.assignor.assigned_actives()
+                    if tp.topic == self.keyed.get_topic_name()}
+        for partition in assigned:
+            engine = self.engines.get(partition)
+            # A partition with no engine yet (after a restart or rebalance) gets one
+            # tick so that its engine reloads what the buffer table holds.
+            if engine is None or (engine.pending and now - self.last_arrival[partition] >= idle_s):
+                await self.keyed.send(key=TICK_KEY, value=b"", partition=partition)
+
+    async def on_recover(self) -> None:
+        self.engines.clear()
+
+
+class ChangelogMapping(MutableMapping[str, bytes]):
+    """A Faust table seen as a mapping of bytes whose writes go to the changelog
+    partition of the key's owner and return futures the agent waits for.
+
+    Faust's own `table[k] = v` queues the changelog write in a buffer that an offset
+    commit may overtake under back-pressure; these writes are awaited instead.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.partition = 0
+        self._pending: list[Any] = []
+
+    def __getitem__(self, key: str) -> bytes:
+        value: bytes = self.table.data[key]
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.table.data.get(key, default)
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self.table.data[key] = value
+        self._pending.append(self.table.send_changelog(self.partition, key, value))
+
+    def __delitem__(self, key: str) -> None:
+        del self.table.data[key]
+        self._pending.append(
+            self.table.send_changelog(self.partition, key, None, value_serializer="raw"))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.table.data.keys()))
+
+    def __len__(self) -> int:
+        return len(self.table.data)
+
+    def take_pending(self) -> list[Any]:
+        pending, self._pending = self._pending, []
+        return pending
+
+
+def fatal(message: str, *args: Any) -> None:
+    """Stop the process: Faust would ack a record whose processing raised, losing it.
+    The record is re-read after the restart, from the last committed offset."""
+    log.exception(message, *args)
+    logging.shutdown()
+    os._exit(70)
+
+
+def run_worker(settings: WorkerSettings) -> None:
+    """Run until SIGTERM/SIGINT."""
+    from faust.worker import Worker as FaustWorker
+
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = Worker(settings)
+    FaustWorker(worker.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
