@@ -136,6 +136,17 @@ class Worker:
         # the tables on the next record of each partition.
         self.tables["buffer"].table.on_recover(self.on_recover)
 
+    async def declare_topics(self) -> None:
+        """Create the topics this worker reads and writes (those that exist are kept):
+        brokers often forbid auto-creation, and Faust declares only what it consumes."""
+        from streams.brokers import create_topics
+
+        topics = [self.source, self.keyed, self.alerts, self.suppressed, self.deadletter,
+                  self.decisions]
+        names = [t.get_topic_name() for t in topics if t is not None]
+        await create_topics(self.settings.bootstrap_servers,
+                            dict.fromkeys(names, self.settings.partitions))
+
     # -- ingest ---------------------------------------------------------------------
 
     async def ingest(self, stream: Any) -> None:
@@ -310,4 +321,5 @@ def run_worker(settings: WorkerSettings) -> None:
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker = Worker(settings)
+    asyncio.run(worker.declare_topics())
     FaustWorker(worker.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()

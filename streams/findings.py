@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -25,6 +25,8 @@ FAILING = frozenset({"FAILED", "WARNING"})
 NOT_AVAILABLE = "NOT_AVAILABLE"
 ACTIVE = "ACTIVE"
 ARCHIVED = "ARCHIVED"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 
 # ASFF Severity.Normalized bands, used when a finding carries no Label.
 _NORMALIZED_BANDS = ((90, Severity.CRITICAL), (70, Severity.HIGH), (40, Severity.MEDIUM),
@@ -109,7 +111,8 @@ def parse_timestamp(text: str) -> int:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    # Integer arithmetic: `timestamp() * 1000` loses a millisecond for some dates.
+    return (moment - _EPOCH) // _MILLISECOND
 
 
 def _text(obj: dict[str, Any], name: str, *, required: bool = True) -> str:

@@ -1,0 +1,126 @@
+"""Helpers for the integration tests: a worker subprocess and topic readers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streams.brokers import create_topics
+
+ROLES = ("findings", "alerts", "suppressed", "deadletter", "decisions")
+
+
+@dataclass
+class WorkerRun:
+    """One `flapguard worker` child process and its topics."""
+
+    bootstrap: str
+    app_id: str
+    workdir: Path
+    partitions: int = 4
+    extra: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def topics(self) -> dict[str, str]:
+        return {role: f"{self.app_id}.{role}" for role in ROLES}
+
+    def create_source(self, partitions: int = 1) -> None:
+        asyncio.run(create_topics(self.bootstrap, {self.topics["findings"]: partitions}))
+
+    def start(self) -> None:
+        t = self.topics
+        args = [
+            sys.executable, "-m", "streams", "worker",
+            "--bootstrap-servers", self.bootstrap, "--app-id", self.app_id,
+            "--findings-topic", t["findings"], "--alerts-topic", t["alerts"],
+            "--suppressed-topic", t["suppressed"], "--deadletter-topic", t["deadletter"],
+            "--decisions-topic", t["decisions"], "--partitions", str(self.partitions),
+            "--idle-flush", "2s", "--session-timeout", "3s", "--log-level", "INFO",
+            "--data-dir", str(self.workdir / "data"), *self.extra,
+        ]
+        self.starts += 1
+        log = (self.workdir / f"worker-{self.starts}.log").open("wb")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no commit, no goodbye."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 30) -> str:
+        path = self.workdir / f"worker-{self.starts}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def assert_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+
+
+def read_until(
+    bootstrap: str,
+    topics: list[str],
+    done: Callable[[dict[str, list[Any]]], bool],
+    *,
+    timeout: float,
+    alive: Callable[[], None] | None = None,
+) -> dict[str, list[Any]]:
+    """All records of `topics` from the start, read until `done(records)` holds."""
+    return asyncio.run(_read_until(bootstrap, topics, done, timeout, alive))
+
+
+async def _read_until(
+    bootstrap: str,
+    topics: list[str],
+    done: Callable[[dict[str, list[Any]]], bool],
+    timeout: float,
+    alive: Callable[[], None] | None,
+) -> dict[str, list[Any]]:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                metadata_max_age_ms=1000)
+    await consumer.start()
+    got: dict[str, list[Any]] = {t: [] for t in topics}
+    deadline = time.monotonic() + timeout
+    try:
+        while not done(got):
+            if alive is not None:
+                alive()
+            if time.monotonic() > deadline:
+                sizes = {t: len(v) for t, v in got.items()}
+                raise AssertionError(f"condition not met within {timeout}s; read {sizes}")
+            batches = await consumer.getmany(timeout_ms=300)
+            for tp, records in batches.items():
+                got[tp.topic].extend(records)
+    finally:
+        await consumer.stop()
+    return got
+
+
+def values(records: list[Any]) -> list[dict[str, Any]]:
+    return [orjson.loads(r.value) for r in records]
