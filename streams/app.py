@@ -188,6 +188,8 @@ class Worker:
             engine = PartitionEngine(self.store, self.settings.policy, partition)
             self.engines[partition] = engine
             self.last_arrival.setdefault(partition, time.monotonic())
+            log.info("partition %s: engine loaded, %s held, watermark %s", partition,
+                     engine.pending, engine.watermark)
         return engine
 
     async def decide(self, stream: Any) -> None:
@@ -201,6 +203,7 @@ class Worker:
                     if time.monotonic() - self.last_arrival[partition] < idle_s:
                         continue
                     outcomes = engine.flush()
+                    log.info("partition %s idle: released %s held findings", partition, len(outcomes))
                 else:
                     self.last_arrival[partition] = time.monotonic()
                     try:

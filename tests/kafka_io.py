@@ -124,3 +124,33 @@ async def _read_until(
 
 def values(records: list[Any]) -> list[dict[str, Any]]:
     return [orjson.loads(r.value) for r in records]
+
+
+def read_all(bootstrap: str, topic: str, timeout: float = 30) -> list[Any]:
+    """Every record of `topic` up to its end offsets at the time of the call."""
+    return asyncio.run(_read_all(bootstrap, topic, timeout))
+
+
+async def _read_all(bootstrap: str, topic: str, timeout: float) -> list[Any]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
+        assert partitions, f"no topic {topic}"
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        got: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topic} to its end within {timeout}s")
+            batches = await consumer.getmany(timeout_ms=300)
+            for records in batches.values():
+                got.extend(records)
+        return got
+    finally:
+        await consumer.stop()

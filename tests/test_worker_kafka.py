@@ -17,7 +17,7 @@ from streams.config import Policy
 from streams.decide import Outcome
 from streams.records import HEADER_REASON, decision_record
 from streams.replay import replay_async
-from tests.kafka_io import WorkerRun, read_until, values
+from tests.kafka_io import WorkerRun, read_all, read_until, values
 from tests.timeline import history, write_jsonl
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -131,6 +131,8 @@ def test_worker_killed_mid_stream_loses_no_alert_and_never_rekeys_one(
                lambda got: len(got[t["decisions"]]) >= len(expected) // 3,
                timeout=120, alive=run.assert_alive)
     run.kill()
+    decided_at_kill = {(r["line"], r["index"]) for r in values(read_all(run.bootstrap, t["decisions"]))}
+    assert len(decided_at_kill) < len(expected), "the worker finished before it was killed"
     run.start()
     got = read_until(run.bootstrap, [t["alerts"], t["decisions"]], all_decided(run, len(expected)),
                      timeout=240, alive=run.assert_alive)
