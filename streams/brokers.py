@@ -43,6 +43,7 @@ __all__ = [
     "create_topics",
     "create_topics_sync",
     "default_kafka_libs",
+    "find_coordinator",
     "free_port",
     "metadata_brokers",
 ]
@@ -122,21 +123,13 @@ class _Reader:
         return text
 
 
-def metadata_brokers(host: str, port: int, timeout: float = 2.0) -> list[tuple[int, str, int]]:
-    """Send one Kafka Metadata request (v4, no topics) and return the brokers it lists as
-    ``(node_id, host, port)``.
-
-    A TCP connect alone proves little (Kafka binds its listener before it serves
-    requests); an answered Metadata request that lists a broker does. Raises ``OSError``
-    or ``ValueError`` when the broker does not answer properly.
-    """
+def _kafka_request(
+    host: str, port: int, api_key: int, api_version: int, body: bytes, timeout: float
+) -> _Reader:
+    """One request with a v1 (non-flexible) header; returns the body of the answer."""
     correlation_id = 0x46475244
     client_id = b"flapguard-probe"
-    request = (
-        struct.pack(">hhih", 3, 4, correlation_id, len(client_id))  # Metadata v4 header
-        + client_id
-        + struct.pack(">ib", 0, 0)  # topics: empty array (= none); allow_auto_create: false
-    )
+    request = struct.pack(">hhih", api_key, api_version, correlation_id, len(client_id)) + client_id + body
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.settimeout(timeout)
         sock.sendall(struct.pack(">i", len(request)) + request)
@@ -146,6 +139,19 @@ def metadata_brokers(host: str, port: int, timeout: float = 2.0) -> list[tuple[i
         reader = _Reader(_recv_exact(sock, size))
     if reader.int32() != correlation_id:
         raise ValueError("Kafka response with a foreign correlation id")
+    return reader
+
+
+def metadata_brokers(host: str, port: int, timeout: float = 2.0) -> list[tuple[int, str, int]]:
+    """Send one Kafka Metadata request (v4, no topics) and return the brokers it lists as
+    ``(node_id, host, port)``.
+
+    A TCP connect alone proves little (Kafka binds its listener before it serves
+    requests); an answered Metadata request that lists a broker does. Raises ``OSError``
+    or ``ValueError`` when the broker does not answer properly.
+    """
+    # topics: empty array (v1+: none); allow_auto_topic_creation: false
+    reader = _kafka_request(host, port, 3, 4, struct.pack(">ib", 0, 0), timeout)
     reader.int32()  # throttle_time_ms
     brokers: list[tuple[int, str, int]] = []
     for _ in range(reader.int32()):
@@ -155,6 +161,17 @@ def metadata_brokers(host: str, port: int, timeout: float = 2.0) -> list[tuple[i
         reader.string()  # rack
         brokers.append((node_id, broker_host, broker_port))
     return brokers
+
+
+def find_coordinator(host: str, port: int, key: str, key_type: int = 0, timeout: float = 2.0) -> int:
+    """Send one FindCoordinator request (v1; ``key_type`` 0: group, 1: transaction) and
+    return its error code (0 once the coordinator serves). The first such request of a
+    fresh Kafka creates ``__consumer_offsets`` (or ``__transaction_state``)."""
+    encoded = key.encode("utf-8")
+    body = struct.pack(">h", len(encoded)) + encoded + struct.pack(">b", key_type)
+    reader = _kafka_request(host, port, 10, 1, body, timeout)
+    reader.int32()  # throttle_time_ms
+    return reader.int16()
 
 
 # --------------------------------------------------------------------------- processes
@@ -211,6 +228,13 @@ class _LocalBroker:
 
     def _env(self) -> dict[str, str] | None:
         return None
+
+    def _not_ready(self) -> str | None:
+        """None once the broker serves clients, else what is still missing."""
+        brokers = metadata_brokers(LOOPBACK, self.port, timeout=1.0)
+        if any(port == self.port for _, _, port in brokers):
+            return None
+        return f"Metadata listed brokers {brokers!r}"
 
     # -- public API
     @property
@@ -302,13 +326,13 @@ class _LocalBroker:
                     f"{self.log_tail()}"
                 )
             try:
-                brokers = metadata_brokers(LOOPBACK, self.port, timeout=1.0)
+                missing = self._not_ready()
             except (OSError, ValueError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             else:
-                if any(port == self.port for _, _, port in brokers):
+                if missing is None:
                     return
-                last_error = f"Metadata listed brokers {brokers!r}"
+                last_error = missing
             if time.monotonic() >= deadline:
                 raise BrokerError(
                     f"{self.name} did not answer on {self.bootstrap_servers} within "
@@ -439,6 +463,18 @@ class KafkaBroker(_LocalBroker):
         }
         props.update(self.overrides)
         return props
+
+    def _not_ready(self) -> str | None:
+        missing = super()._not_ready()
+        if missing is not None:
+            return missing
+        # Have the group and transaction coordinators up (this creates their internal
+        # topics) before the first test: no COORDINATOR_NOT_AVAILABLE on first joins.
+        for key_type, what in ((0, "group"), (1, "transaction")):
+            code = find_coordinator(LOOPBACK, self.port, "flapguard-warm-up", key_type, 2.0)
+            if code != 0:
+                return f"{what} coordinator not available yet (error {code})"
+        return None
 
     def _prepare(self, workdir: Path) -> list[str]:
         jars = sorted(self.libs.glob("kafka_2.13-*.jar")) if self.libs.is_dir() else []
