@@ -106,7 +106,6 @@ class Worker:
             broker_heartbeat_interval=s.heartbeat_interval_s,
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
-            stream_wait_empty=False,
             table_cleanup_interval=3600.0,
         )
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,

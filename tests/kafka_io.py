@@ -47,7 +47,7 @@ class WorkerRun:
             "--findings-topic", t["findings"], "--alerts-topic", t["alerts"],
             "--suppressed-topic", t["suppressed"], "--deadletter-topic", t["deadletter"],
             "--decisions-topic", t["decisions"], "--partitions", str(self.partitions),
-            "--idle-flush", "2s", "--session-timeout", "3s", "--log-level", "INFO",
+            "--idle-flush", "2s", "--session-timeout", "6s", "--log-level", "INFO",
             "--data-dir", str(self.workdir / "data"), *self.extra,
         ]
         self.starts += 1
