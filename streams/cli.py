@@ -304,6 +304,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, ConfigError, OSError) as exc:
         print(f"flapguard {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except Exception as exc:
+        if not _is_broker_error(exc):
+            raise
+        servers = getattr(args, "bootstrap_servers", None)
+        print(f"flapguard {args.command}: error: Kafka at {servers}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _is_broker_error(exc: BaseException) -> bool:
+    from aiokafka.errors import KafkaError
+
+    from streams.brokers import BrokerError
+
+    return isinstance(exc, KafkaError | BrokerError)
 
 
 if __name__ == "__main__":
