@@ -104,6 +104,14 @@ def rejected_outcome(rejected: Rejected, origin: Origin, seq: int = -1) -> Outco
                    seq=seq)
 
 
+def pairing_horizon(policy: Policy, moment: int) -> int:
+    """The oldest archive a finding decided at `moment` may pair with. A new finding
+    was created no more than the first-sight age before its update (else it is a
+    bootstrap), so this changes nothing for it; a finding that stayed unevaluated for
+    longer than that no longer pairs with archives from before its time."""
+    return moment - policy.first_sight_age_ms - policy.window_ms
+
+
 def _evaluated(status: str | None) -> str | None:
     return status if status is not None and status != NOT_AVAILABLE else None
 
@@ -119,7 +127,7 @@ class Decider:
     # -- entry point ----------------------------------------------------------------
 
     def decide(self, f: Finding, origin: Origin) -> Outcome:
-        state = self.store.findings.get(f.id)
+        state = self._current(f.id, f)
         if state is not None and f.updated_at <= state.updated_at:
             return self._silent(origin, f, Reason.DUPLICATE_EVENT, state)  # rule 2
         if f.record_state == ARCHIVED:
@@ -152,6 +160,9 @@ class Decider:
                 )
                 late = self._record_archive(f.partition_key, archive)
         self._absorb(state, f)
+        if _evaluated(f.compliance_status) == PASSED:
+            state.notified = False  # PASSED ends the failing period, archived or not
+            state.dedup_key = None
         self._save(f.id, state)
         outcome = Outcome(origin, Decision.SILENT, f, reason=Reason.ARCHIVED)
         outcome.dedup_key = state.dedup_key
@@ -249,11 +260,14 @@ class Decider:
         """Rule 6: the nearest unused predecessor of the same pairing identity; for a
         consolidated finding with none, the per-standard archives of its partition key."""
         window = self.policy.window_ms
+        # Archives older than this never pair (see `pairing_horizon`), swept or not.
+        oldest = pairing_horizon(self.policy, f.updated_at)
         candidates: list[tuple[int, str, Archive, str, Bucket]] = []
         for key, bucket in self._buckets_near(f.partition_key, f.created_at):
             for archive in bucket.archives:
                 gap = abs(f.created_at - archive.archived_at)
-                if not archive.used and gap <= window and archive.finding_id != f.id:
+                if (not archive.used and gap <= window and archive.finding_id != f.id
+                        and archive.archived_at >= oldest):
                     candidates.append((gap, archive.finding_id, archive, key, bucket))
         same = [c for c in candidates if c[2].standard == f.standard]
         if same:
@@ -281,10 +295,13 @@ class Decider:
         live = self.store.live.get(f.partition_key)
         if live is None or not live.members:
             return None, 0, ""
-        first_id = min(live.members)
-        first = live.members[first_id]
-        severity = max(m.severity for m in live.members.values())
-        for member_id in live.members:
+        members = {m: live.members[m] for m in live.members if self._current(m, f) is not None}
+        if not members:
+            return None, 0, ""
+        first_id = min(members)
+        first = members[first_id]
+        severity = max(m.severity for m in members.values())
+        for member_id in members:
             member = self.store.findings.get(member_id)
             if member is not None:
                 member.superseded = True
@@ -347,6 +364,15 @@ class Decider:
                 self.store.buckets.put(key, bucket)
 
     # -- state ----------------------------------------------------------------------
+
+    def _current(self, finding_id: str, f: Finding) -> FindingState | None:
+        """A finding's state, unless it expired before `f`'s time. The engine's sweep
+        deletes only states expired for every event still to come, so a decision is the
+        same whether or not a sweep has run."""
+        state = self.store.findings.get(finding_id)
+        if state is not None and state.updated_at < f.updated_at - self.policy.state_ttl_ms:
+            return None
+        return state
 
     def _alertable(self, f: Finding) -> bool:
         return (

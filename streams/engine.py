@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 
 from streams.config import Policy
-from streams.decide import Decider, Outcome
+from streams.decide import Decider, Outcome, pairing_horizon
 from streams.findings import Finding
 from streams.state import Arrival, Origin, PartitionMeta, Store
 
@@ -86,7 +86,10 @@ class PartitionEngine:
         the number of entries removed."""
         policy = self.policy
         removed = 0
-        finding_horizon = watermark - policy.state_ttl_ms
+        # Every event still to be decided (late ones aside) has UpdatedAt >= watermark
+        # - hold, and treats states and archives older than its own horizons as gone
+        # (`Decider._current`, `pairing_horizon`): what is swept here is gone for all.
+        finding_horizon = watermark - policy.hold_ms - policy.state_ttl_ms
         for key, state in self.store.findings.items():
             if state.p == self.p and state.updated_at < finding_horizon:
                 if state.live:
@@ -99,10 +102,7 @@ class PartitionEngine:
                             self.store.live.delete(state.partition_key)
                 self.store.findings.delete(key)
                 removed += 1
-        # A re-creation decided from now on has UpdatedAt >= watermark - hold, and
-        # CreatedAt no more than the first-sight age before that (else it is a
-        # bootstrap): older buckets can never pair again.
-        bucket_horizon = watermark - policy.hold_ms - policy.first_sight_age_ms - policy.window_ms
+        bucket_horizon = pairing_horizon(policy, watermark - policy.hold_ms)
         for key, bucket in self.store.buckets.items():
             if bucket.p == self.p and bucket.start + policy.bucket_ms <= bucket_horizon:
                 self.store.buckets.delete(key)

@@ -176,7 +176,10 @@ def finding_from_json(obj: Any, *, policy: Policy, now_ms: int) -> Finding:
     primary = resources[0]
     if not isinstance(primary, dict):
         raise _Bad("malformed_field:Resources")
-    resource_id = _text(primary, "Id")
+    try:
+        resource_id = _text(primary, "Id")
+    except _Bad as bad:
+        raise _Bad(bad.reason.replace(":Id", ":Resources[0].Id")) from None
     if updated_at > now_ms + policy.future_tolerance_ms:
         raise _Bad("future_timestamp")
     if created_at > updated_at:
@@ -219,9 +222,14 @@ def finding_from_json(obj: Any, *, policy: Policy, now_ms: int) -> Finding:
 
 
 def _items(document: Any) -> list[Any] | None:
-    """The finding candidates in a decoded document; None when it holds none."""
+    """The finding candidates in a decoded document; None when it holds none. An array
+    may hold findings, envelopes and pages alike; their findings are taken in order."""
     if isinstance(document, list):
-        return document
+        out: list[Any] = []
+        for element in document:
+            inner = _items(element) if isinstance(element, dict) else None
+            out.extend(inner or [element])  # nothing inside: the element is rejected
+        return out
     if not isinstance(document, dict):
         return None
     if "detail-type" in document or ("detail" in document and "source" in document):
@@ -300,8 +308,9 @@ class FileUnit:
 def split_lines(lines: Iterable[bytes]) -> Iterator[FileUnit]:
     """One JSON document if the whole input parses as one, else JSON Lines.
 
-    Streams: a JSON Lines input is never held whole in memory. Blank lines hold no
-    finding occurrence and are skipped.
+    Streams: a JSON Lines input whose first line parses is never held whole in
+    memory (one whose first line is broken is read whole once, to try it as a
+    document). Blank lines hold no finding occurrence and are skipped.
     """
     iterator = iter(lines)
     head: list[bytes] = []
