@@ -128,6 +128,8 @@ class Worker:
         self.store, self.apply_state = Store.over(self.tables).staged()
         self.engines: dict[int, PartitionEngine] = {}
         self.last_arrival: dict[int, float] = {}
+        self.source_guard = OffsetGuard(s.bootstrap_servers, self.app)
+        self.keyed_guard = OffsetGuard(s.bootstrap_servers, self.app)
         self.app.agent(self.source, name="flapguard.ingest")(self.ingest)
         self.app.agent(self.keyed, name="flapguard.decide")(self.decide)
         self.app.timer(max(0.5, s.idle_flush_ms / 4000))(self.tick_idle_partitions)
@@ -149,27 +151,36 @@ class Worker:
     # -- ingest ---------------------------------------------------------------------
 
     async def ingest(self, stream: Any) -> None:
-        policy = self.settings.policy
-        partitions = self.settings.partitions
         async for event in stream.events():
             message = event.message
             try:
-                parsed = parse_message(message.value or b"", policy=policy, now_ms=now_ms())
-                pending = []
-                for index, item in enumerate(parsed):
-                    origin = origin_of(message, index)
-                    if isinstance(item, Rejected):
-                        pending.extend(await self._dead_letter(item, origin))
-                        continue
-                    key = item.partition_key.encode()
-                    pending.append(await self.keyed.send(
-                        key=key, value=encode_keyed(item, origin),
-                        partition=partition_for(key, partitions)))
-                # The offset of this record is committed only after everything it
-                # became is acknowledged.
-                await asyncio.gather(*pending)
+                guard = self.source_guard
+                missing = await guard.missing(message, guard.expected(message))
+                if missing is None:
+                    continue
+                for record in [*missing, message]:
+                    await self.forward(record)
+                    guard.done(record)
             except Exception:
                 fatal("cannot forward %s[%s]@%s", message.topic, message.partition, message.offset)
+
+    async def forward(self, message: Any) -> None:
+        """Parse one findings record; send its findings to the keyed topic and what
+        cannot be decided to the dead-letter topic; wait until the broker has them all
+        (only then may Faust commit the record's offset)."""
+        policy = self.settings.policy
+        parsed = parse_message(message.value or b"", policy=policy, now_ms=now_ms())
+        pending = []
+        for index, item in enumerate(parsed):
+            origin = origin_of(message, index)
+            if isinstance(item, Rejected):
+                pending.extend(await self._dead_letter(item, origin))
+                continue
+            key = item.partition_key.encode()
+            pending.append(await self.keyed.send(
+                key=key, value=encode_keyed(item, origin),
+                partition=partition_for(key, self.settings.partitions)))
+        await asyncio.gather(*pending)
 
     async def _dead_letter(self, item: Rejected, origin: Origin) -> list[Any]:
         futures = [await self.deadletter.send(
@@ -192,34 +203,50 @@ class Worker:
         return engine
 
     async def decide(self, stream: Any) -> None:
-        idle_s = self.settings.idle_flush_ms / 1000
         async for event in stream.events():
             message = event.message
-            partition = message.partition
             try:
-                engine = self.engine(partition)
-                if message.key == TICK_KEY:
-                    if time.monotonic() - self.last_arrival[partition] < idle_s:
-                        continue
-                    outcomes = engine.flush()
-                    log.info("partition %s idle: released %s held findings", partition, len(outcomes))
-                else:
-                    self.last_arrival[partition] = time.monotonic()
-                    try:
-                        finding, origin = decode_keyed(message.value)
-                    except (ValueError, KeyError, TypeError):
-                        # Only this worker writes the keyed topic; anything else there
-                        # is kept for inspection, not decided.
-                        rejected = Rejected("bad_keyed_record", message.value or b"")
-                        await asyncio.gather(*await self._dead_letter(rejected, origin_of(message, 0)))
-                        continue
-                    outcomes = engine.accept(finding, origin, seq=message.offset)
-                # Outputs first, acknowledged; then the state change, acknowledged; only
-                # then may Faust commit this record's offset.
-                await self.emit(outcomes)
-                await self.persist(partition)
+                if message.partition not in self.engines:
+                    log.info("partition %s: first record after (re)start at offset %s",
+                             message.partition, message.offset)
+                # Below `next_seq`: applied before a restart, its outputs sent.
+                missing = await self.keyed_guard.missing(message,
+                                                         self.engine(message.partition).next_seq)
+                if missing is None:
+                    continue
+                for record in [*missing, message]:
+                    await self.decide_record(record)
             except Exception:
-                fatal("cannot process keyed record %s[%s]@%s", message.topic, partition, message.offset)
+                fatal("cannot process keyed record %s[%s]@%s", message.topic, message.partition,
+                      message.offset)
+
+    async def decide_record(self, message: Any) -> None:
+        """Hold, decide, emit and persist one keyed record (a finding or an idle tick)."""
+        partition = message.partition
+        engine = self.engine(partition)
+        if message.key == TICK_KEY:
+            idle = time.monotonic() - self.last_arrival[partition] >= self.settings.idle_flush_ms / 1000
+            outcomes = engine.flush() if idle else []
+            engine.passed(message.offset)
+            if outcomes:
+                log.info("partition %s idle: released %s held findings", partition, len(outcomes))
+        else:
+            self.last_arrival[partition] = time.monotonic()
+            try:
+                finding, origin = decode_keyed(message.value)
+            except (ValueError, KeyError, TypeError):
+                # Only this worker writes the keyed topic; anything else there is kept
+                # for inspection, not decided.
+                rejected = Rejected("bad_keyed_record", message.value or b"")
+                await asyncio.gather(*await self._dead_letter(rejected, origin_of(message, 0)))
+                engine.passed(message.offset)
+                outcomes = []
+            else:
+                outcomes = engine.accept(finding, origin, seq=message.offset)
+        # Outputs first, acknowledged; then the state change, acknowledged; only then
+        # may Faust commit this record's offset.
+        await self.emit(outcomes)
+        await self.persist(partition)
 
     async def persist(self, partition: int) -> None:
         """Write the staged state changes to the tables and wait for their changelogs."""
@@ -266,6 +293,74 @@ class Worker:
 
     async def on_recover(self) -> None:
         self.engines.clear()
+        self.source_guard.reset()
+        self.keyed_guard.reset()
+
+
+class OffsetGuard:
+    """Makes sure every record of a partition is processed once, in offset order.
+
+    faust-streaming 0.15 can lose fetched records when it seeks to the committed
+    offsets right after a recovery (a restart, a rebalance): the agent then sees the
+    offsets jump. The guard reads the skipped records itself, with a plain consumer,
+    so that the agent processes them before the record that revealed the jump, and
+    then tells Faust they are done (Faust would otherwise hold its commits at the
+    hole, or, where it noticed the jump itself, commit past records never processed).
+    """
+
+    def __init__(self, bootstrap_servers: str, app: Any) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.app = app
+        self.next: dict[tuple[str, int], int] = {}
+
+    def expected(self, message: Any) -> int | None:
+        """The offset due next: after the last one processed, else the committed one."""
+        key = (message.topic, message.partition)
+        if key in self.next:
+            return self.next[key]
+        committed = self.app.consumer._committed_offset.get(message.tp)
+        return int(committed) if committed is not None else None
+
+    def done(self, message: Any) -> None:
+        self.next[(message.topic, message.partition)] = message.offset + 1
+
+    async def missing(self, message: Any, expected: int | None) -> list[Any] | None:
+        """The records to process before this one (usually none); None to skip this
+        one, processed before (a redelivery after a restart)."""
+        if expected is None or message.offset == expected:
+            return []
+        if message.offset < expected:
+            return None
+        log.warning("%s[%s]: the consumer skipped offsets %s to %s; reading them directly",
+                    message.topic, message.partition, expected, message.offset - 1)
+        records = await self._read(message.topic, message.partition, expected, message.offset)
+        # Faust's own record of skipped offsets ("gaps") counts them as done: now they are.
+        gaps = self.app.consumer._gap[message.tp]
+        gaps.addi(expected, message.offset)
+        gaps.merge_overlaps()
+        return records
+
+    async def _read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        tp = TopicPartition(topic, partition)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers,
+                                    enable_auto_commit=False, isolation_level="read_committed")
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            records: list[Any] = []
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                records.extend(r for r in batch.get(tp, ()) if r.offset < end)
+            return records
+        finally:
+            await consumer.stop()
+
+    def reset(self) -> None:
+        """After a rebalance, partitions start again from their committed offsets."""
+        self.next.clear()
 
 
 class ChangelogMapping(MutableMapping[str, bytes]):

@@ -50,8 +50,19 @@ class PartitionEngine:
         meta = self.meta
         if meta.watermark is None or finding.updated_at > meta.watermark:
             meta.watermark = finding.updated_at
-            self.store.meta.put(str(self.p), meta)
+        meta.next_seq = seq + 1
+        self.store.meta.put(str(self.p), meta)
         return self._release(meta.watermark - self.policy.hold_ms)
+
+    @property
+    def next_seq(self) -> int | None:
+        """The arrival expected next; None before the first."""
+        return self.meta.next_seq
+
+    def passed(self, seq: int) -> None:
+        """Record an arrival that holds no finding (the worker's idle tick)."""
+        self.meta.next_seq = seq + 1
+        self.store.meta.put(str(self.p), self.meta)
 
     def flush(self) -> list[Outcome]:
         """Decide everything held, whatever the watermark."""

@@ -118,6 +118,9 @@ class Arrival:
 class PartitionMeta:
     watermark: int | None = None
     swept_at: int | None = None
+    # The arrival after the last one applied: the worker skips a redelivered record
+    # below it and re-reads from it when its consumer skipped records.
+    next_seq: int | None = None
 
 
 class KV(Protocol[V]):
