@@ -1,0 +1,65 @@
+"""Several workers in one group, on real Apache Kafka: one dies, the others carry on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.records import decision_record
+from tests.kafka_io import WorkerRun, read_all, read_until, values
+from tests.test_worker_kafka import all_decided, backtest, replay
+from tests.timeline import history, write_jsonl
+
+PARTITIONS = 8
+
+
+@pytest.fixture
+def group(kafka_bootstrap: str, unique_name: str, tmp_path: Path) -> Iterator[list[WorkerRun]]:
+    workers = [WorkerRun(kafka_bootstrap, unique_name, tmp_path / f"w{n}", partitions=PARTITIONS)
+               for n in range(3)]
+    for worker in workers:
+        worker.workdir.mkdir()
+    workers[0].create_source(partitions=1)
+    yield workers
+    for worker in workers:
+        worker.stop()
+
+
+def test_three_workers_one_killed_lose_no_alert_and_never_rekey_one(
+    group: list[WorkerRun], tmp_path: Path
+) -> None:
+    path = write_jsonl(tmp_path / "history.jsonl", history(seed=23, accounts=5, days=60))
+    expected = [decision_record(o) for o in backtest(path, partitions=PARTITIONS)]
+    expected_alerts = {(r["dedup_key"], r["finding_id"], r.get("kind")) for r in expected
+                       if r["decision"] in ("alert", "resolved")}
+    assert len(expected_alerts) > 50
+    first, victim, third = group
+    replay(first, path)
+    for worker in group:
+        worker.start()
+    t = first.topics
+
+    def alive() -> None:
+        for worker in group:
+            worker.assert_alive()
+
+    read_until(first.bootstrap, [t["decisions"]],
+               lambda got: len(got[t["decisions"]]) >= len(expected) // 3,
+               timeout=180, alive=alive)
+    victim.kill()
+    decided_at_kill = {(r["line"], r["index"]) for r in values(read_all(first.bootstrap, t["decisions"]))}
+    assert len(decided_at_kill) < len(expected), "the group finished before a worker was killed"
+
+    survivors = [first, third]
+
+    def survivors_alive() -> None:
+        for worker in survivors:
+            worker.assert_alive()
+
+    got = read_until(first.bootstrap, [t["alerts"], t["decisions"]], all_decided(first, len(expected)),
+                     timeout=300, alive=survivors_alive)
+    alerts = values(got[t["alerts"]])
+    seen = {(a["dedup_key"], a["finding_id"], a["kind"]) for a in alerts}
+    assert seen == expected_alerts  # nothing lost, nothing under a new dedup_key
