@@ -24,12 +24,13 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
 import faust
 import orjson
 
+from streams import metrics
 from streams.config import WorkerSettings
 from streams.decide import Decision, Outcome, rejected_outcome
 from streams.engine import PartitionEngine
@@ -38,8 +39,8 @@ from streams.keys import partition_for
 from streams.records import (
     HEADER_INPUT,
     HEADER_LINE,
-    HEADER_REASON,
     alert_record,
+    deadletter_headers,
     kafka_decision_record,
     suppressed_record,
 )
@@ -66,18 +67,6 @@ def origin_of(message: Any, index: int) -> Origin:
         except (ValueError, UnicodeDecodeError):
             pass
     return Origin(source, line, index, message.topic, message.partition, message.offset)
-
-
-def deadletter_headers(reason: str, origin: Origin) -> list[tuple[str, bytes]]:
-    return [
-        (HEADER_REASON, reason.encode()),
-        ("flapguard-origin-topic", (origin.topic or "").encode()),
-        ("flapguard-origin-partition", str(origin.partition).encode()),
-        ("flapguard-origin-offset", str(origin.offset).encode()),
-        (HEADER_INPUT, origin.source.encode()),
-        (HEADER_LINE, str(origin.line).encode()),
-        ("flapguard-origin-index", str(origin.index).encode()),
-    ]
 
 
 def encode_keyed(finding: Finding, origin: Origin) -> bytes:
@@ -125,8 +114,8 @@ class Worker:
                                                   partitions=s.partitions))
             for name in Store.NAMES
         }
-        self.store, self.apply_state = Store.over(self.tables).staged()
         self.engines: dict[int, PartitionEngine] = {}
+        self.staged: dict[int, Callable[[], None]] = {}
         self.last_arrival: dict[int, float] = {}
         self.source_guard = OffsetGuard(s.bootstrap_servers, self.app)
         self.keyed_guard = OffsetGuard(s.bootstrap_servers, self.app)
@@ -151,27 +140,38 @@ class Worker:
     # -- ingest ---------------------------------------------------------------------
 
     async def ingest(self, stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
+        batch_wait = self.settings.batch_wait_ms / 1000
+        async for events in stream.take_events(self.settings.batch_size, within=batch_wait):
             try:
-                guard = self.source_guard
-                missing = await guard.missing(message, guard.expected(message))
-                if missing is None:
-                    continue
-                for record in [*missing, message]:
-                    await self.forward(record)
-                    guard.done(record)
+                pending: list[Any] = []
+                # Forwarding writes no state: records of a partition revoked since they
+                # were taken are forwarded all the same (the new owner's copies are
+                # duplicates the decisions ignore), never dropped.
+                for message in [event.message for event in events]:
+                    guard = self.source_guard
+                    missing = await guard.missing(message, guard.expected(message))
+                    if missing is None:
+                        continue
+                    for record in [*missing, message]:
+                        pending.extend(await self.forward(record))
+                        guard.done(record)
+                # Faust acknowledges the batch only once the broker has everything
+                # its records became.
+                await asyncio.gather(*pending)
             except Exception:
-                fatal("cannot forward %s[%s]@%s", message.topic, message.partition, message.offset)
+                first = events[0].message
+                fatal("cannot forward records from %s[%s]@%s", first.topic, first.partition,
+                      first.offset)
 
-    async def forward(self, message: Any) -> None:
+    async def forward(self, message: Any) -> list[Any]:
         """Parse one findings record; send its findings to the keyed topic and what
-        cannot be decided to the dead-letter topic; wait until the broker has them all
-        (only then may Faust commit the record's offset)."""
+        cannot be decided to the dead-letter topic. Returns the delivery futures."""
+        started = time.perf_counter()
         policy = self.settings.policy
         parsed = parse_message(message.value or b"", policy=policy, now_ms=now_ms())
         pending = []
         for index, item in enumerate(parsed):
+            metrics.consumed(item)
             origin = origin_of(message, index)
             if isinstance(item, Rejected):
                 pending.extend(await self._dead_letter(item, origin))
@@ -180,9 +180,11 @@ class Worker:
             pending.append(await self.keyed.send(
                 key=key, value=encode_keyed(item, origin),
                 partition=partition_for(key, self.settings.partitions)))
-        await asyncio.gather(*pending)
+        metrics.processed("ingest", started)
+        return pending
 
     async def _dead_letter(self, item: Rejected, origin: Origin) -> list[Any]:
+        metrics.dead_lettered(item.reason)
         futures = [await self.deadletter.send(
             key=None, value=item.raw, headers=deadletter_headers(item.reason, origin))]
         if self.decisions is not None:
@@ -195,7 +197,10 @@ class Worker:
     def engine(self, partition: int) -> PartitionEngine:
         engine = self.engines.get(partition)
         if engine is None:
-            engine = PartitionEngine(self.store, self.settings.policy, partition)
+            # Each partition stages its own writes: they go to its changelog partition.
+            store, apply = Store.over(self.tables).staged()
+            self.staged[partition] = apply
+            engine = PartitionEngine(store, self.settings.policy, partition)
             self.engines[partition] = engine
             self.last_arrival.setdefault(partition, time.monotonic())
             log.info("partition %s: engine loaded, %s held, watermark %s", partition,
@@ -203,27 +208,52 @@ class Worker:
         return engine
 
     async def decide(self, stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
+        batch_wait = self.settings.batch_wait_ms / 1000
+        async for events in stream.take_events(self.settings.batch_size, within=batch_wait):
             try:
-                if message.partition not in self.engines:
-                    log.info("partition %s: first record after (re)start at offset %s",
-                             message.partition, message.offset)
-                # Below `next_seq`: applied before a restart, its outputs sent.
-                missing = await self.keyed_guard.missing(message,
-                                                         self.engine(message.partition).next_seq)
-                if missing is None:
-                    continue
-                for record in [*missing, message]:
-                    await self.decide_record(record)
+                await self.decide_batch([event.message for event in events])
             except Exception:
-                fatal("cannot process keyed record %s[%s]@%s", message.topic, message.partition,
-                      message.offset)
+                first = events[0].message
+                fatal("cannot process keyed records from %s[%s]@%s", first.topic,
+                      first.partition, first.offset)
 
-    async def decide_record(self, message: Any) -> None:
-        """Hold, decide, emit and persist one keyed record (a finding or an idle tick)."""
+    async def decide_batch(self, messages: list[Any]) -> None:
+        """Hold and decide a batch of keyed records (findings or idle ticks), send every
+        output and wait for the broker, then write the state changes and wait again.
+        Faust acknowledges the batch only after that, so a crash anywhere re-decides
+        the same records the same way (same `dedup_key`)."""
+        outcomes: list[Outcome] = []
+        touched: set[int] = set()
+        for message in self.still_ours(messages):
+            if message.partition not in self.engines:
+                log.info("partition %s: first record after (re)start at offset %s",
+                         message.partition, message.offset)
+            engine = self.engine(message.partition)
+            # Below `next_seq`: applied before a restart, its outputs sent.
+            missing = await self.keyed_guard.missing(message, engine.next_seq)
+            if missing is None:
+                continue
+            for record in [*missing, message]:
+                outcomes.extend(await self.decide_record(engine, record))
+            touched.add(message.partition)
+        await self.emit(outcomes)
+        await self.persist(touched)
+
+    def still_ours(self, messages: list[Any]) -> list[Any]:
+        """Records of partitions this worker still owns. A batch taken before a
+        rebalance may hold records of partitions now owned by another worker; writing
+        their state here would overwrite the new owner's changelog."""
+        assigned = self.app.consumer.assignment()
+        ours = [m for m in messages if m.tp in assigned]
+        if len(ours) < len(messages):
+            log.info("dropped %s records of partitions revoked since they were taken",
+                     len(messages) - len(ours))
+        return ours
+
+    async def decide_record(self, engine: PartitionEngine, message: Any) -> list[Outcome]:
+        """Hold or decide one keyed record; the state changes stay staged."""
+        started = time.perf_counter()
         partition = message.partition
-        engine = self.engine(partition)
         if message.key == TICK_KEY:
             idle = time.monotonic() - self.last_arrival[partition] >= self.settings.idle_flush_ms / 1000
             outcomes = engine.flush() if idle else []
@@ -243,17 +273,17 @@ class Worker:
                 outcomes = []
             else:
                 outcomes = engine.accept(finding, origin, seq=message.offset)
-        # Outputs first, acknowledged; then the state change, acknowledged; only then
-        # may Faust commit this record's offset.
-        await self.emit(outcomes)
-        await self.persist(partition)
+        metrics.partition_done(engine, started, received=message.key != TICK_KEY)
+        return outcomes
 
-    async def persist(self, partition: int) -> None:
-        """Write the staged state changes to the tables and wait for their changelogs."""
-        for mapping in self.tables.values():
-            mapping.partition = partition
-        self.apply_state()
-        pending = [fut for mapping in self.tables.values() for fut in mapping.take_pending()]
+    async def persist(self, partitions: Iterable[int]) -> None:
+        """Write the staged state changes of these partitions to the tables, each to
+        its own changelog partition, and wait until the broker has them."""
+        pending = []
+        for partition in partitions:
+            self.staged[partition]()
+            for mapping in self.tables.values():
+                pending.extend(await mapping.send(partition))
         if pending:
             await asyncio.gather(*pending)
 
@@ -262,6 +292,7 @@ class Worker:
         pending = []
         emitted = now_ms()
         for outcome in outcomes:
+            metrics.decided(outcome)
             if outcome.decision in (Decision.ALERT, Decision.RESOLVED):
                 record = alert_record(outcome, emitted)
                 pending.append(await self.alerts.send(
@@ -365,16 +396,17 @@ class OffsetGuard:
 
 class ChangelogMapping(MutableMapping[str, bytes]):
     """A Faust table seen as a mapping of bytes whose writes go to the changelog
-    partition of the key's owner and return futures the agent waits for.
+    partition of the key's owner, sent by the agent, which waits for the broker.
 
     Faust's own `table[k] = v` queues the changelog write in a buffer that an offset
-    commit may overtake under back-pressure; these writes are awaited instead.
+    commit may overtake under back-pressure, and that does not drain while a
+    rebalance waits for the agent: a batch awaiting it would never finish. These
+    writes go straight to the producer instead.
     """
 
     def __init__(self, table: Any) -> None:
         self.table = table
-        self.partition = 0
-        self._pending: list[Any] = []
+        self._writes: list[tuple[str, bytes | None]] = []
 
     def __getitem__(self, key: str) -> bytes:
         value: bytes = self.table.data[key]
@@ -385,12 +417,11 @@ class ChangelogMapping(MutableMapping[str, bytes]):
 
     def __setitem__(self, key: str, value: bytes) -> None:
         self.table.data[key] = value
-        self._pending.append(self.table.send_changelog(self.partition, key, value))
+        self._writes.append((key, value))
 
     def __delitem__(self, key: str) -> None:
         del self.table.data[key]
-        self._pending.append(
-            self.table.send_changelog(self.partition, key, None, value_serializer="raw"))
+        self._writes.append((key, None))
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self.table.data.keys()))
@@ -398,9 +429,17 @@ class ChangelogMapping(MutableMapping[str, bytes]):
     def __len__(self) -> int:
         return len(self.table.data)
 
-    def take_pending(self) -> list[Any]:
-        pending, self._pending = self._pending, []
-        return pending
+    async def send(self, partition: int) -> list[Any]:
+        """Send the writes made since the last call to changelog `partition`; returns
+        the delivery futures."""
+        writes, self._writes = self._writes, []
+        topic = self.table.changelog_topic
+        return [
+            await topic.send(key=key, value=value, partition=partition,
+                             key_serializer=self.table.key_serializer, value_serializer="raw",
+                             callback=self.table._on_changelog_sent)
+            for key, value in writes
+        ]
 
 
 def fatal(message: str, *args: Any) -> None:
@@ -418,5 +457,6 @@ def run_worker(settings: WorkerSettings) -> None:
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker = Worker(settings)
+    metrics.start(worker)
     asyncio.run(worker.declare_topics())
     FaustWorker(worker.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()

@@ -103,6 +103,14 @@ class WorkerSettings:
     data_dir: str = ".flapguard-data"
     # Wall-clock idle time after which a partition releases its reorder buffer.
     idle_flush_ms: int = 5 * _UNIT_MS["m"]
+    # Records taken per agent batch, and the longest wait to fill one: the broker's
+    # acknowledgements are awaited once per batch, not per record.
+    batch_size: int = 500
+    batch_wait_ms: int = 50
     session_timeout_s: float = 30.0
     heartbeat_interval_s: float = 3.0
     log_level: str = "WARNING"
+    # Prometheus endpoint `host:port` (port 0: any free port); None: no endpoint.
+    metrics_address: str | None = "127.0.0.1:9464"
+    # Label decisions by AWS account too (one series per account and decision).
+    metrics_account_label: bool = False

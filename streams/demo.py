@@ -158,7 +158,7 @@ def run_demo(*, bootstrap: str | None, input_path: Path | None, timeout_s: float
                 "--deadletter-topic", topics["deadletter"],
                 "--decisions-topic", topics["decisions"], "--partitions", "4",
                 "--idle-flush", "1s", "--session-timeout", session,
-                "--data-dir", str(Path(tmp) / "data")]
+                "--data-dir", str(Path(tmp) / "data"), "--metrics-address", "127.0.0.1:0"]
         log_path = Path(tmp) / "worker.log"
         with worker_process(args, log_path) as proc:
             deadline = time.monotonic() + timeout_s

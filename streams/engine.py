@@ -13,7 +13,7 @@ import heapq
 from streams.config import Policy
 from streams.decide import Decider, Outcome, pairing_horizon
 from streams.findings import Finding
-from streams.state import Arrival, Origin, PartitionMeta, Store
+from streams.state import Arrival, FindingState, Origin, PartitionMeta, Store
 
 
 class PartitionEngine:
@@ -23,6 +23,7 @@ class PartitionEngine:
         self.p = partition
         self.decider = Decider(store, policy, partition)
         self._prefix = f"{partition}:"
+        self._meta_key = str(partition)
         # The heap mirrors the buffer entries of the store; rebuilt on start so that
         # a restarted or rebalanced worker carries on with what was held.
         self._heap: list[tuple[int, str, int, str]] = []
@@ -31,6 +32,12 @@ class PartitionEngine:
                 self._heap.append((*arrival.order, key))
         heapq.heapify(self._heap)
         self.meta = store.meta.get(str(partition)) or PartitionMeta()
+        # Finding ids of this partition by a lower bound of their `updated_at`, so that
+        # a sweep visits only states that may have expired instead of every state.
+        # None until the first sweep has scanned the store once (after a restart the
+        # store holds states this engine never decided).
+        self._expiry: list[tuple[int, str]] | None = None
+        self._tracked: set[str] = set()
 
     @property
     def watermark(self) -> int | None:
@@ -43,16 +50,21 @@ class PartitionEngine:
     def accept(self, finding: Finding, origin: Origin, seq: int) -> list[Outcome]:
         """Buffer one finding; return the decisions this arrival releases."""
         key = f"{self._prefix}{seq}"
-        if self.store.buffer.get(key) is None:  # a redelivered record is already held
-            arrival = Arrival(self.p, seq, finding, origin)
-            self.store.buffer.put(key, arrival)
-            heapq.heappush(self._heap, (*arrival.order, key))
+        buffer = self.store.buffer
+        if buffer.get(key) is None:  # a redelivered record is already held
+            buffer.put(key, Arrival(self.p, seq, finding, origin))
+            # (UpdatedAt, Id, arrival) = `Arrival.order`, written out: this is per event.
+            heapq.heappush(self._heap, (finding.updated_at, finding.id, seq, key))
         meta = self.meta
         if meta.watermark is None or finding.updated_at > meta.watermark:
             meta.watermark = finding.updated_at
         meta.next_seq = seq + 1
-        self.store.meta.put(str(self.p), meta)
-        return self._release(meta.watermark - self.policy.hold_ms)
+        self.store.meta.put(self._meta_key, meta)
+        up_to = meta.watermark - self.policy.hold_ms
+        if not self._heap or self._heap[0][0] > up_to:  # nothing to release
+            self._maybe_sweep()
+            return []
+        return self._release(up_to)
 
     @property
     def next_seq(self) -> int | None:
@@ -76,9 +88,14 @@ class PartitionEngine:
             arrival = self.store.buffer.get(key)
             self.store.buffer.delete(key)
             if arrival is not None:
-                outcome = self.decider.decide(arrival.finding, arrival.origin)
+                finding = arrival.finding
+                outcome = self.decider.decide(finding, arrival.origin)
                 outcome.seq = arrival.seq
                 out.append(outcome)
+                if self._expiry is not None and finding.id not in self._tracked:
+                    # Its state's `updated_at` is at least this (it only grows).
+                    self._tracked.add(finding.id)
+                    heapq.heappush(self._expiry, (finding.updated_at, finding.id))
         self._maybe_sweep()
         return out
 
@@ -101,21 +118,50 @@ class PartitionEngine:
         # - hold, and treats states and archives older than its own horizons as gone
         # (`Decider._current`, `pairing_horizon`): what is swept here is gone for all.
         finding_horizon = watermark - policy.hold_ms - policy.state_ttl_ms
-        for key, state in self.store.findings.items():
-            if state.p == self.p and state.updated_at < finding_horizon:
-                if state.live:
-                    live = self.store.live.get(state.partition_key)
-                    if live is not None:
-                        live.members.pop(key, None)
-                        if live.members:
-                            self.store.live.put(state.partition_key, live)
-                        else:
-                            self.store.live.delete(state.partition_key)
-                self.store.findings.delete(key)
-                removed += 1
+        if self._expiry is None:
+            expiry: list[tuple[int, str]] = []
+            for key, state in self.store.findings.items():
+                if state.p != self.p:
+                    continue
+                if state.updated_at < finding_horizon:
+                    self._forget(key, state)
+                    removed += 1
+                else:
+                    expiry.append((state.updated_at, key))
+            heapq.heapify(expiry)
+            self._expiry = expiry
+            self._tracked = {key for _, key in expiry}
+        else:
+            # Entries hold a lower bound of their state's `updated_at`: every state
+            # older than the horizon has its entry below it.
+            expiry = self._expiry
+            while expiry and expiry[0][0] < finding_horizon:
+                key = heapq.heappop(expiry)[1]
+                current = self.store.findings.get(key)
+                if current is None or current.p != self.p:
+                    self._tracked.discard(key)
+                elif current.updated_at < finding_horizon:
+                    self._forget(key, current)
+                    self._tracked.discard(key)
+                    removed += 1
+                else:
+                    heapq.heappush(expiry, (current.updated_at, key))
         bucket_horizon = pairing_horizon(policy, watermark - policy.hold_ms)
+        # Buckets are few (archives of the last days): a plain scan.
         for key, bucket in self.store.buckets.items():
             if bucket.p == self.p and bucket.start + policy.bucket_ms <= bucket_horizon:
                 self.store.buckets.delete(key)
                 removed += 1
         return removed
+
+    def _forget(self, key: str, state: FindingState) -> None:
+        """Delete an expired finding's state and its entry in the live index."""
+        if state.live:
+            live = self.store.live.get(state.partition_key)
+            if live is not None:
+                live.members.pop(key, None)
+                if live.members:
+                    self.store.live.put(state.partition_key, live)
+                else:
+                    self.store.live.delete(state.partition_key)
+        self.store.findings.delete(key)

@@ -33,7 +33,10 @@ _NORMALIZED_BANDS = ((90, Severity.CRITICAL), (70, Severity.HIGH), (40, Severity
                      (1, Severity.LOW), (0, Severity.INFORMATIONAL))
 
 
-@dataclass(frozen=True, slots=True)
+# Treated as immutable, but not `frozen`: a frozen dataclass's __init__ sets each of
+# these 19 fields through object.__setattr__, which cost more than the rest of parsing
+# a finding. `unsafe_hash` keeps the hash a frozen class would have.
+@dataclass(slots=True, unsafe_hash=True)
 class Finding:
     """The fields of one ASFF finding that decisions, keys and alerts use."""
 
@@ -108,11 +111,26 @@ class _Bad(Exception):
 
 def parse_timestamp(text: str) -> int:
     """RFC 3339 text -> epoch milliseconds (a missing offset means UTC)."""
+    # A finding's CreatedAt comes back with every update of it: remember recent texts.
+    ms = _TIMESTAMPS.get(text)
+    if ms is None:
+        ms = _parse_timestamp(text)
+        if len(_TIMESTAMPS) >= _TIMESTAMP_CACHE_SIZE:
+            _TIMESTAMPS.clear()
+        _TIMESTAMPS[text] = ms
+    return ms
+
+
+def _parse_timestamp(text: str) -> int:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     # Integer arithmetic: `timestamp() * 1000` loses a millisecond for some dates.
     return (moment - _EPOCH) // _MILLISECOND
+
+
+_TIMESTAMPS: dict[str, int] = {}
+_TIMESTAMP_CACHE_SIZE = 65_536
 
 
 def _text(obj: dict[str, Any], name: str, *, required: bool = True) -> str:
@@ -160,8 +178,114 @@ def _region_from_arn(arn: str) -> str:
     return parts[3] if len(parts) > 3 else ""
 
 
+_SEVERITY_LABELS = {s.name: s for s in Severity}
+
+
+def _fast_finding(obj: dict[str, Any], policy: Policy, now_ms: int) -> Finding | None:
+    """The common case of `finding_from_json` in one straight pass: every field present
+    and of its usual type. Returns None for anything else, which the general path then
+    decides (including every rejection), so both give the same result."""
+    get = obj.get
+    try:
+        finding_id = obj["Id"]
+        product_arn = obj["ProductArn"]
+        generator_id = obj["GeneratorId"]
+        account = obj["AwsAccountId"]
+        created_text = obj["CreatedAt"]
+        updated_text = obj["UpdatedAt"]
+        region = obj["Region"]
+        resources = obj["Resources"]
+    except KeyError:
+        return None
+    if not (type(finding_id) is str and finding_id and type(product_arn) is str and product_arn
+            and type(generator_id) is str and generator_id and type(account) is str and account
+            and type(created_text) is str and created_text and type(updated_text) is str
+            and updated_text and type(region) is str and region
+            and type(resources) is list and resources):
+        return None
+    primary = resources[0]
+    if type(primary) is not dict:
+        return None
+    resource_id = primary.get("Id")
+    if type(resource_id) is not str or not resource_id:
+        return None
+    try:
+        created_at = parse_timestamp(created_text)
+        updated_at = parse_timestamp(updated_text)
+    except (ValueError, OverflowError, OSError):
+        return None
+    if updated_at > now_ms + policy.future_tolerance_ms or created_at > updated_at:
+        return None
+    compliance = get("Compliance")
+    control_id = generator_id
+    status = None
+    reason_codes: tuple[str, ...] = ()
+    if type(compliance) is dict:
+        value = compliance.get("SecurityControlId")
+        if type(value) is str and value:
+            control_id = value
+        value = compliance.get("Status")
+        if type(value) is str and value:
+            status = value
+        reasons = compliance.get("StatusReasons")
+        if type(reasons) is list:
+            reason_codes = tuple(
+                r["ReasonCode"] for r in reasons
+                if isinstance(r, dict) and isinstance(r.get("ReasonCode"), str)
+            )
+    elif compliance is not None:
+        return None
+    severity_obj = get("Severity")
+    severity = None
+    if type(severity_obj) is dict:
+        label = severity_obj.get("Label")
+        if type(label) is str:
+            severity = _SEVERITY_LABELS.get(label)
+    if severity is None:
+        severity = _severity(severity_obj)
+    product_fields = get("ProductFields")
+    previous = None
+    if type(product_fields) is dict:
+        value = product_fields.get("PreviousComplianceStatus")
+        if type(value) is str and value:
+            previous = value
+    resource_type = primary.get("Type")
+    title = get("Title")
+    record_state = get("RecordState")
+    workflow = get("Workflow")
+    workflow_status = workflow.get("Status") if type(workflow) is dict else None
+    if type(workflow_status) is not str or not workflow_status:
+        value = get("WorkflowState")
+        workflow_status = value if type(value) is str and value else None
+    return Finding(
+        finding_id,
+        product_arn,
+        generator_id,
+        account,
+        region,
+        control_id,
+        resource_id,
+        resource_type if type(resource_type) is str and resource_type else "",
+        created_at,
+        updated_at,
+        created_text,
+        updated_text,
+        title if type(title) is str and title else "",
+        severity,
+        status,
+        previous,
+        reason_codes,
+        record_state if type(record_state) is str and record_state else ACTIVE,
+        workflow_status,
+    )
+
+
 def finding_from_json(obj: Any, *, policy: Policy, now_ms: int) -> Finding:
     """Validate one decoded ASFF finding; raises `_Bad` with the dead-letter reason."""
+    if type(obj) is dict:
+        fast = _fast_finding(obj, policy, now_ms)
+        if fast is not None:
+            return fast
     if not isinstance(obj, dict) or ("Id" not in obj and "SchemaVersion" not in obj):
         raise _Bad("not_a_finding")
     finding_id = _text(obj, "Id")
@@ -297,7 +421,7 @@ def parse_message(data: bytes, *, policy: Policy, now_ms: int) -> list[Parsed]:
     return parse_document(document, data, policy=policy, now_ms=now_ms)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, for speed (see `Finding`)
 class FileUnit:
     """One parse unit of an input file: a JSON Lines line, or the whole document."""
 

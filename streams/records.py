@@ -22,6 +22,19 @@ def iso(ms: int | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def deadletter_headers(reason: str, origin: Origin) -> list[tuple[str, bytes]]:
+    """Kafka headers of a dead letter: why, and where the bytes came from."""
+    return [
+        (HEADER_REASON, reason.encode()),
+        ("flapguard-origin-topic", (origin.topic or "").encode()),
+        ("flapguard-origin-partition", str(origin.partition).encode()),
+        ("flapguard-origin-offset", str(origin.offset).encode()),
+        (HEADER_INPUT, origin.source.encode()),
+        (HEADER_LINE, str(origin.line).encode()),
+        ("flapguard-origin-index", str(origin.index).encode()),
+    ]
+
+
 def alert_record(outcome: Outcome, emitted_at_ms: int) -> dict[str, Any]:
     """`securityhub.alerts`: one per `alert` and per `resolved`."""
     f = outcome.finding

@@ -87,7 +87,7 @@ class LiveSet:
     members: dict[str, LiveMember] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention; see `Finding`
 class Origin:
     """Where a finding occurrence came from: a file line, a Kafka record, or both (a
     replayed file carries its file and line in record headers)."""
@@ -100,7 +100,7 @@ class Origin:
     offset: int = -1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention; see `Finding`
 class Arrival:
     """A finding waiting in the reorder buffer."""
 

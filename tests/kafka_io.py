@@ -48,7 +48,8 @@ class WorkerRun:
             "--suppressed-topic", t["suppressed"], "--deadletter-topic", t["deadletter"],
             "--decisions-topic", t["decisions"], "--partitions", str(self.partitions),
             "--idle-flush", "2s", "--session-timeout", "6s", "--log-level", "INFO",
-            "--data-dir", str(self.workdir / "data"), *self.extra,
+            "--data-dir", str(self.workdir / "data"), "--metrics-address", "127.0.0.1:0",
+            *self.extra,
         ]
         self.starts += 1
         log = (self.workdir / f"worker-{self.starts}.log").open("wb")

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from streams.keys import partition_for
 from streams.records import decision_record
 from tests.kafka_io import WorkerRun, read_all, read_until, values
 from tests.test_worker_kafka import all_decided, backtest, replay
 from tests.timeline import history, write_jsonl
 
 PARTITIONS = 8
+
+
+def undecided(run: WorkerRun, expected: list[dict[str, Any]]) -> str:
+    """Which input lines have no decision yet, by keyed partition (for a failure)."""
+    decided = {(r["line"], r["index"]) for r in values(read_all(run.bootstrap, run.topics["decisions"]))}
+    missing = [r for r in expected if (r["line"], r["index"]) not in decided]
+    by_partition = Counter(partition_for(r["key"], PARTITIONS) if r["key"] else None for r in missing)
+    lines = [r["line"] for r in missing]
+    return f"{len(missing)} undecided, by keyed partition {dict(by_partition)}, lines {lines[:20]}"
 
 
 @pytest.fixture
@@ -58,8 +70,12 @@ def test_three_workers_one_killed_lose_no_alert_and_never_rekey_one(
         for worker in survivors:
             worker.assert_alive()
 
-    got = read_until(first.bootstrap, [t["alerts"], t["decisions"]], all_decided(first, len(expected)),
-                     timeout=300, alive=survivors_alive)
+    try:
+        got = read_until(first.bootstrap, [t["alerts"], t["decisions"]],
+                         all_decided(first, len(expected)), timeout=240, alive=survivors_alive)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {undecided(first, expected)}") from None
     alerts = values(got[t["alerts"]])
     seen = {(a["dedup_key"], a["finding_id"], a["kind"]) for a in alerts}
-    assert seen == expected_alerts  # nothing lost, nothing under a new dedup_key
+    # Nothing lost, nothing under a new dedup_key.
+    assert seen == expected_alerts, (sorted(seen - expected_alerts), sorted(expected_alerts - seen))

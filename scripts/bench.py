@@ -1,0 +1,243 @@
+"""Throughput of the worker against the limit, on the same broker and the same findings.
+
+For two layouts of the findings topic (one finding per message; per-partition pages of
+up to 100 findings, as a batching forwarder writes them) it measures, in one run:
+  (a) the limit: a plain aiokafka consumer that reads the topic, parses with orjson and
+      calls the core's decision code (one PartitionEngine per partition);
+  (b) the real worker end to end (findings in, keyed topic, tables, output topics).
+Prints both rates, decision latency percentiles of the worker (time from a finding's
+record being written to its decision being written, in a paced run), and one line per
+layout: `LAYOUT: end-to-end/limit ratio: R (worker W findings/s, limit L findings/s)`.
+A benchmark, not a test: figures vary with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from streams.brokers import KafkaBroker, create_topics, default_kafka_libs  # noqa: E402
+from streams.config import Policy  # noqa: E402
+from streams.engine import PartitionEngine  # noqa: E402
+from streams.findings import Finding, parse_message  # noqa: E402
+from streams.keys import partition_for  # noqa: E402
+from streams.state import Origin, Store  # noqa: E402
+from tests.kafka_io import WorkerRun  # noqa: E402
+
+TEMPLATE = REPO / "tests" / "fixtures" / "incident-rds45.jsonl"
+HOUR_MS = 3_600_000
+
+
+def make_findings(count: int, size: int = 3200) -> list[bytes]:
+    """`count` ~3 KB control findings: resources refreshed every 18 h, in event order."""
+    base = orjson.loads(TEMPLATE.read_bytes().split(b"\n", 1)[0])
+    base["Description"] = "x" * max(0, size - len(orjson.dumps(base)))
+    resources = max(1, count // 20)
+    out = []
+    start = 1_735_689_600_000  # 2025-01-01
+    for n in range(count):
+        r, step = n % resources, n // resources
+        f = copy.deepcopy(base)
+        f["Id"] = f"arn:aws:securityhub:ap-northeast-1:123456789012:security-control/RDS.45/finding/{r:08d}"
+        f["Resources"][0]["Id"] = f"arn:aws:rds:ap-northeast-1:123456789012:cluster:db-{r:06d}"
+        f["CreatedAt"] = _iso(start + r * 1000)
+        f["UpdatedAt"] = _iso(start + r * 1000 + step * 18 * HOUR_MS)
+        out.append(orjson.dumps(f))
+    return out
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+def single_layout(findings: list[bytes], partitions: int) -> list[tuple[bytes, bytes, int]]:
+    records = []
+    for raw in findings:
+        (f,) = parse_message(raw, policy=Policy(), now_ms=int(time.time() * 1000))
+        assert isinstance(f, Finding)
+        key = f.partition_key.encode()
+        records.append((key, raw, partition_for(key, partitions)))
+    return records
+
+
+def batched_layout(findings: list[bytes], partitions: int, per_message: int = 100
+                   ) -> list[tuple[bytes | None, bytes, int]]:
+    pages: dict[int, list[bytes]] = {}
+    records: list[tuple[bytes | None, bytes, int]] = []
+    for key, raw, p in single_layout(findings, partitions):
+        pages.setdefault(p, []).append(raw)
+        if len(pages[p]) == per_message:
+            records.append((None, b'{"Findings":[' + b",".join(pages.pop(p)) + b"]}", p))
+    records.extend((None, b'{"Findings":[' + b",".join(page) + b"]}", p) for p, page in pages.items())
+    return records
+
+
+async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes, int]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=512 * 1024,
+                                max_request_size=16 * 1024 * 1024, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key, partition=p) for key, value, p in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def limit_rate(bootstrap: str, topic: str, partitions: int, expected: int) -> float:
+    """Read, parse, decide: the ceiling for one Python process on this broker."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=f"limit-{uuid.uuid4().hex[:6]}",
+                                max_partition_fetch_bytes=8 * 1024 * 1024)
+    await consumer.start()
+    policy = Policy()
+    engines = [PartitionEngine(Store.in_memory(), policy, p) for p in range(partitions)]
+    decided = 0
+    started = None
+    try:
+        while decided < expected:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            if started is None and batches:
+                started = time.perf_counter()
+            now = int(time.time() * 1000)
+            for tp, records in batches.items():
+                engine = engines[tp.partition]
+                for record in records:
+                    for index, item in enumerate(parse_message(record.value, policy=policy, now_ms=now)):
+                        if isinstance(item, Finding):
+                            origin = Origin(topic, record.offset, index)
+                            decided += 1
+                            engine.accept(item, origin, record.offset * 1000 + index)
+        assert started is not None
+        return expected / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+async def decision_times(bootstrap: str, topic: str, expected: int, timeout: float) -> list[tuple[int, int]]:
+    """(decision record timestamp, source offset) of every decision, once all are there."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, metadata_max_age_ms=1000)
+    await consumer.start()
+    got: list[tuple[int, int]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(got) < expected:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: the worker decided {len(got)} of {expected} in {timeout}s")
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                got.extend((r.timestamp, orjson.loads(r.value)["offset"]) for r in records)
+    finally:
+        await consumer.stop()
+    return got
+
+
+def worker_rate(bootstrap: str, run: WorkerRun, expected: int) -> float:
+    run.start()
+    try:
+        times = asyncio.run(decision_times(bootstrap, run.topics["decisions"], expected, 1800))
+    finally:
+        run.stop()
+    stamps = sorted(t for t, _ in times)
+    # From the first decision to the last: start-up and group join are not throughput.
+    return (len(stamps) - 1) / max(1e-3, (stamps[-1] - stamps[0]) / 1000)
+
+
+def measure(bootstrap: str, layout: str, records: list[tuple[bytes | None, bytes, int]],
+            count: int, partitions: int, workdir: Path) -> tuple[float, float]:
+    run = WorkerRun(bootstrap, f"bench-{layout}-{uuid.uuid4().hex[:6]}", workdir / layout,
+                    partitions=partitions)
+    run.workdir.mkdir(parents=True)
+    asyncio.run(create_topics(bootstrap, {run.topics["findings"]: partitions,
+                                          run.topics["decisions"]: partitions}))
+    asyncio.run(produce(bootstrap, run.topics["findings"], records))
+    limit = asyncio.run(limit_rate(bootstrap, run.topics["findings"], partitions, count))
+    worker = worker_rate(bootstrap, run, count)
+    return worker, limit
+
+
+def latency(bootstrap: str, findings: list[bytes], partitions: int, workdir: Path, rate: float
+            ) -> tuple[float, float]:
+    """Paced run: records written at `rate`/s; latency = decision written - record written."""
+    run = WorkerRun(bootstrap, f"bench-latency-{uuid.uuid4().hex[:6]}", workdir / "latency",
+                    partitions=partitions, extra=["--hold", "0s"])
+    run.workdir.mkdir(parents=True)
+    asyncio.run(create_topics(bootstrap, {run.topics["findings"]: partitions,
+                                          run.topics["decisions"]: partitions}))
+    run.start()
+    try:
+        records = single_layout(findings, partitions)
+        written = asyncio.run(paced(bootstrap, run.topics["findings"], records, rate))
+        times = asyncio.run(decision_times(bootstrap, run.topics["decisions"], len(records), 600))
+    finally:
+        run.stop()
+    lat = sorted(t - written[o] for t, o in times if o in written)
+    return statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
+
+
+async def paced(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, int]], rate: float
+                ) -> dict[int, int]:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    written: dict[int, int] = {}
+    try:
+        start = time.monotonic()
+        for n, (key, value, p) in enumerate(records):
+            await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
+            meta = await (await producer.send(topic, value, key=key, partition=p))
+            written[meta.offset] = meta.timestamp
+    finally:
+        await producer.stop()
+    return written
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--findings", type=int, default=20_000)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--latency-rate", type=float, default=200.0,
+                        help="findings/s of the paced latency run (0 to skip)")
+    args = parser.parse_args()
+    findings = make_findings(args.findings)
+    print(f"{len(findings)} findings of ~{len(findings[0])} bytes, {args.partitions} partitions")
+    with KafkaBroker(default_kafka_libs()) as broker, tempfile.TemporaryDirectory() as tmp:
+        bootstrap = broker.bootstrap_servers
+        results = {}
+        for layout, records in (("single", single_layout(findings, args.partitions)),
+                                ("batched", batched_layout(findings, args.partitions))):
+            worker, limit = measure(bootstrap, layout, records, len(findings), args.partitions, Path(tmp))
+            results[layout] = (worker, limit)
+            print(f"{layout}: limit {limit:,.0f} findings/s, worker {worker:,.0f} findings/s")
+        if args.latency_rate > 0:
+            sample = findings[: int(args.latency_rate * 20)]
+            p50, p99 = latency(bootstrap, sample, args.partitions, Path(tmp), args.latency_rate)
+            print(f"decision latency at {args.latency_rate:.0f} findings/s: p50 {p50:.0f} ms, "
+                  f"p99 {p99:.0f} ms")
+        for layout, (worker, limit) in results.items():
+            print(f"{layout}: end-to-end/limit ratio: {worker / limit:.2f} "
+                  f"(worker {worker:,.0f} findings/s, limit {limit:,.0f} findings/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
