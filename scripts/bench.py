@@ -22,7 +22,6 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -77,7 +76,7 @@ def batched_layout(findings: list[bytes], partitions: int, per_message: int = 10
                    ) -> list[tuple[bytes | None, bytes, int]]:
     pages: dict[int, list[bytes]] = {}
     records: list[tuple[bytes | None, bytes, int]] = []
-    for key, raw, p in single_layout(findings, partitions):
+    for _key, raw, p in single_layout(findings, partitions):
         pages.setdefault(p, []).append(raw)
         if len(pages[p]) == per_message:
             records.append((None, b'{"Findings":[' + b",".join(pages.pop(p)) + b"]}", p))
@@ -130,21 +129,24 @@ async def limit_rate(bootstrap: str, topic: str, partitions: int, expected: int)
         await consumer.stop()
 
 
-async def decision_times(bootstrap: str, topic: str, expected: int, timeout: float) -> list[tuple[int, int]]:
-    """(decision record timestamp, source offset) of every decision, once all are there."""
+async def decision_times(bootstrap: str, topic: str, expected: int, timeout: float
+                         ) -> list[tuple[int, tuple[int, int]]]:
+    """(decision record timestamp, (source partition, offset)) of every decision."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False, metadata_max_age_ms=1000)
     await consumer.start()
-    got: list[tuple[int, int]] = []
+    got: list[tuple[int, tuple[int, int]]] = []
     deadline = time.monotonic() + timeout
     try:
         while len(got) < expected:
             if time.monotonic() > deadline:
                 raise SystemExit(f"bench: the worker decided {len(got)} of {expected} in {timeout}s")
             for records in (await consumer.getmany(timeout_ms=500)).values():
-                got.extend((r.timestamp, orjson.loads(r.value)["offset"]) for r in records)
+                for r in records:
+                    decision = orjson.loads(r.value)
+                    got.append((r.timestamp, (decision["partition"], decision["offset"])))
     finally:
         await consumer.stop()
     return got
@@ -189,23 +191,23 @@ def latency(bootstrap: str, findings: list[bytes], partitions: int, workdir: Pat
         times = asyncio.run(decision_times(bootstrap, run.topics["decisions"], len(records), 600))
     finally:
         run.stop()
-    lat = sorted(t - written[o] for t, o in times if o in written)
+    lat = sorted(t - written[where] for t, where in times if where in written)
     return statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
 
 
 async def paced(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, int]], rate: float
-                ) -> dict[int, int]:
+                ) -> dict[tuple[int, int], int]:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
-    written: dict[int, int] = {}
+    written: dict[tuple[int, int], int] = {}
     try:
         start = time.monotonic()
         for n, (key, value, p) in enumerate(records):
             await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
             meta = await (await producer.send(topic, value, key=key, partition=p))
-            written[meta.offset] = meta.timestamp
+            written[(meta.partition, meta.offset)] = meta.timestamp
     finally:
         await producer.stop()
     return written

@@ -345,13 +345,13 @@ def finding_from_json(obj: Any, *, policy: Policy, now_ms: int) -> Finding:
     )
 
 
-def _items(document: Any) -> list[Any] | None:
+def finding_items(document: Any) -> list[Any] | None:
     """The finding candidates in a decoded document; None when it holds none. An array
     may hold findings, envelopes and pages alike; their findings are taken in order."""
     if isinstance(document, list):
         out: list[Any] = []
         for element in document:
-            inner = _items(element) if isinstance(element, dict) else None
+            inner = finding_items(element) if isinstance(element, dict) else None
             out.extend(inner or [element])  # nothing inside: the element is rejected
         return out
     if not isinstance(document, dict):
@@ -387,7 +387,7 @@ def parse_document(
 
     A bad finding inside a good envelope or page is rejected alone.
     """
-    items = _items(document)
+    items = finding_items(document)
     if items is None:
         reason = "not_a_finding"
         if isinstance(document, dict) and document.get("detail-type") in FINDINGS_DETAIL_TYPES:

@@ -19,7 +19,7 @@ from typing import Any
 
 from streams.aws import check_credentials, is_aws_error, make_client
 from streams.config import Policy
-from streams.findings import Rejected, _items, parse_message
+from streams.findings import Rejected, finding_items, parse_message
 from streams.forward import (
     HEADER_MESSAGE_ID,
     ForwardError,
@@ -61,7 +61,7 @@ def message_records(body: bytes, *, source: str, message_id: str, policy: Policy
                                   extra=((HEADER_MESSAGE_ID, message_id.encode()),))]
     import orjson
 
-    items = _items(orjson.loads(body)) or []
+    items = finding_items(orjson.loads(body)) or []
     extra = ((HEADER_MESSAGE_ID, message_id.encode()),)
     return [OutRecord(r.route, r.key, r.value, r.headers + extra, r.updated_at)
             for r in finding_records(items, parsed, source=source)]
