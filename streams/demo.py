@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -30,6 +27,7 @@ from streams.brokers import TansuBroker, create_topics
 from streams.config import Policy
 from streams.records import HEADER_REASON
 from streams.replay import replay_async
+from streams.worker_process import worker_process
 
 BUNDLED_INCIDENT = "incident-rds45.jsonl"
 
@@ -62,23 +60,6 @@ def _broker(bootstrap: str | None) -> Iterator[tuple[str, bool]]:
         return
     with TansuBroker() as broker:
         yield broker.bootstrap_servers, True
-
-
-@contextlib.contextmanager
-def worker_process(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streams", "worker", *args],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
 
 
 async def collect(bootstrap: str, topics: dict[str, str], expected: int, deadline: float,

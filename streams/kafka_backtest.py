@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -32,6 +29,7 @@ from streams.backtest import (
     read_occurrences,
 )
 from streams.config import Policy, format_duration
+from streams.worker_process import worker_process
 
 SESSION_TIMEOUT = "10s"
 IDLE_FLUSH = "2s"
@@ -44,7 +42,6 @@ class KafkaBacktestError(Exception):
 def worker_command(bootstrap: str, app_id: str, topics: dict[str, str], *, policy: Policy,
                    partitions: int, data_dir: Path) -> list[str]:
     return [
-        sys.executable, "-m", "streams", "worker",
         "--bootstrap-servers", bootstrap, "--app-id", app_id,
         "--findings-topic", topics["findings"], "--alerts-topic", topics["alerts"],
         "--suppressed-topic", topics["suppressed"], "--deadletter-topic", topics["deadletter"],
@@ -92,16 +89,11 @@ def kafka_backtest(
         asyncio.run(replay_async(list(inputs.values()), bootstrap=bootstrap,
                                  topic=topics["findings"], partitions=1))
         started = time.perf_counter()
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                worker_command(bootstrap, app_id, topics, policy=policy, partitions=partitions,
-                               data_dir=workdir / "data"),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
+        args = worker_command(bootstrap, app_id, topics, policy=policy, partitions=partitions,
+                              data_dir=workdir / "data")
+        with worker_process(args, log_path) as proc:
             decided = asyncio.run(_read_decisions(bootstrap, topics["decisions"], expected, proc,
                                                   timeout_s, log_path))
-        finally:
-            _stop(proc)
         seconds = time.perf_counter() - started
         renamed = {str(plain): name for name, plain in inputs.items()}
         report = report_from_records(paths, decided, renamed, policy=policy, partitions=partitions,
@@ -174,14 +166,3 @@ async def _read_decisions(
     finally:
         await consumer.stop()
     return got
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
