@@ -284,11 +284,12 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def serve(address: str) -> Any:
-    """Serve the registry on http://address/metrics in a daemon thread."""
+def serve(address: str, registry: CollectorRegistry = REGISTRY) -> Any:
+    """Serve `registry` (the worker's by default) on http://address/metrics in a daemon
+    thread."""
     host, port = parse_address(address)
     try:
-        server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+        server, _thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         raise MetricsError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from None
     return server

@@ -47,6 +47,8 @@ from streams.writeback import (
     WriteBackError,
     WriteBackItem,
     alerted_item,
+    id_filters,
+    predecessor_ids,
     suppressed_item,
     update_requests,
 )
@@ -380,9 +382,10 @@ class Notifier:
     async def _write_back(self, records: list[Any]) -> list[Failure]:
         items: list[tuple[Any, WriteBackItem]] = []
         failures: list[Failure] = []
+        workflows = await self._predecessor_workflows(records)
         for r in records:
             try:
-                item = self._write_back_item(r)
+                item = self._write_back_item(r, workflows)
             except WriteBackError as exc:
                 failures.append(Failure(r, "securityhub", str(exc), 0))
                 continue
@@ -398,18 +401,44 @@ class Notifier:
                 failures.extend(Failure(r, "securityhub", error, attempts) for r in members)
         return failures
 
-    def _write_back_item(self, record: Any) -> WriteBackItem | None:
+    def _write_back_item(self, record: Any, workflows: dict[str, str]) -> WriteBackItem | None:
         if record.topic == self.settings.suppressed_topic:
             try:
                 value = orjson.loads(record.value or b"")
             except orjson.JSONDecodeError as exc:
                 raise WriteBackError(f"not JSON: {exc}") from None
-            return suppressed_item(value)
+            return suppressed_item(value, workflows)
         try:
             alert = parse_alert(record.value or b"")
         except AlertError:
             return None  # already dead-lettered once, by the delivery
         return None if alert.kind is Kind.RESOLVED else alerted_item(alert)
+
+    async def _predecessor_workflows(self, records: list[Any]) -> dict[str, str]:
+        """Workflow status of the predecessors of the suppressed records, by finding id,
+        from Security Hub. A predecessor it cannot tell counts as NOTIFIED: the copy
+        then says "we told someone", never hides more than the predecessor did."""
+        values = []
+        for record in records:
+            if record.topic == self.settings.suppressed_topic:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    values.append(orjson.loads(record.value or b""))
+        wanted = set(predecessor_ids(values))
+        found: dict[str, str] = {}
+        for filters in id_filters(sorted(wanted)):
+            try:
+                response = await asyncio.to_thread(self.securityhub.get_findings, Filters=filters,
+                                                   MaxResults=100)
+            except Exception as exc:
+                log.warning("write-back: cannot read predecessors' workflow status (%s); "
+                            "copying NOTIFIED", aws_error(exc))
+                return found
+            # Filtered here too: not every endpoint applies `Filters`.
+            for finding in response.get("Findings") or []:
+                status = (finding.get("Workflow") or {}).get("Status")
+                if finding.get("Id") in wanted and isinstance(status, str):
+                    found[finding["Id"]] = status
+        return found
 
     async def _update(self, request: dict[str, Any]) -> None:
         try:

@@ -2,9 +2,10 @@
 
 - An alerted finding becomes Workflow NOTIFIED (its Note is left alone: it may be an
   analyst's).
-- A suppressed re-creation (or reactivation, or consolidation switch) becomes NOTIFIED
-  too, as its predecessor was, with a Note naming the predecessor and the gap, so an
-  analyst who opens it sees why nobody was paged.
+- A suppressed re-creation (or reactivation, or consolidation switch) takes its
+  predecessor's Workflow status (SUPPRESSED if an analyst muted the predecessor, else
+  NOTIFIED), with a Note naming the predecessor and the gap, so an analyst who opens it
+  sees why nobody was paged.
 
 One call carries one Workflow and one Note for up to 100 findings, so findings are
 grouped by (Workflow, Note). The "Imported" events these calls cause do not change
@@ -14,7 +15,7 @@ grouped by (Workflow, Note). The "Imported" events these calls cause do not chan
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,6 +26,8 @@ BATCH_LIMIT = 100
 NOTE_LIMIT = 512
 UPDATED_BY = "flapguard"
 WORKFLOW_NOTIFIED = "NOTIFIED"
+WORKFLOW_SUPPRESSED = "SUPPRESSED"
+ID_FILTER_LIMIT = 20  # values per GetFindings string filter
 _FINDING_ARN = re.compile(r"^arn:(?P<partition>aws[a-z-]*):securityhub:(?P<region>[a-z0-9-]+):\d{12}:")
 _REASONS = {
     "recreated_after_archive": "re-created {gap} after {pred} was archived",
@@ -51,8 +54,9 @@ def alerted_item(alert: Alert) -> WriteBackItem:
     return WriteBackItem(alert.finding_id, product, WORKFLOW_NOTIFIED, None)
 
 
-def suppressed_item(record: Any) -> WriteBackItem | None:
-    """None for records that need no write-back (a late pair: its re-creation alerted)."""
+def suppressed_item(record: Any, workflows: Mapping[str, str] | None = None) -> WriteBackItem | None:
+    """None for records that need no write-back (a late pair: its re-creation alerted).
+    `workflows`: the Workflow status of predecessors, by finding id, where known."""
     if not isinstance(record, dict):
         raise WriteBackError("suppressed record is not a JSON object")
     reason = str(record.get("reason") or "")
@@ -61,8 +65,31 @@ def suppressed_item(record: Any) -> WriteBackItem | None:
     finding_id = str(record.get("finding_id") or "")
     if not finding_id:
         raise WriteBackError("suppressed record without finding_id")
-    return WriteBackItem(finding_id, securityhub_product_arn(finding_id), WORKFLOW_NOTIFIED,
+    predecessor = str(record.get("paired_finding_id") or "")
+    muted = (workflows or {}).get(predecessor) == WORKFLOW_SUPPRESSED
+    return WriteBackItem(finding_id, securityhub_product_arn(finding_id),
+                         WORKFLOW_SUPPRESSED if muted else WORKFLOW_NOTIFIED,
                          suppression_note(record, reason))
+
+
+def predecessor_ids(records: Sequence[Any]) -> list[str]:
+    """The predecessors whose Workflow status a write-back of these suppressed records
+    copies, in first-seen order."""
+    ids: dict[str, None] = {}
+    for record in records:
+        if isinstance(record, dict) and record.get("reason") in _REASONS:
+            predecessor = record.get("paired_finding_id")
+            if isinstance(predecessor, str) and predecessor:
+                ids[predecessor] = None
+    return list(ids)
+
+
+def id_filters(finding_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """GetFindings `Filters` arguments, each for up to ID_FILTER_LIMIT finding ids."""
+    return [
+        {"Id": [{"Value": fid, "Comparison": "EQUALS"} for fid in finding_ids[start:start + ID_FILTER_LIMIT]]}
+        for start in range(0, len(finding_ids), ID_FILTER_LIMIT)
+    ]
 
 
 def securityhub_product_arn(finding_id: str) -> str:

@@ -48,6 +48,7 @@ class Recorder:
 
     default: Reply = field(default_factory=Reply)
     plan: list[Reply] = field(default_factory=list)
+    by_path: dict[str, Reply] = field(default_factory=dict)  # fixed replies for some paths
     requests: list[Received] = field(default_factory=list)
     answered: list[int] = field(default_factory=list)
     changed: threading.Condition = field(default_factory=threading.Condition)
@@ -57,6 +58,8 @@ class Recorder:
         with self.changed:
             self.requests.append(received)
             self.changed.notify_all()
+            if received.path in self.by_path:
+                return self.by_path[received.path]
             return self.plan.pop(0) if self.plan else self.default
 
     def wait_for(self, count: int, timeout: float = 30) -> list[Received]:

@@ -147,6 +147,9 @@ def test_killed_mid_batch_and_restarted_loses_nothing_and_repeats_keep_the_dedup
         assert all(r == repeats[0] for r in repeats)  # a repeat is the same event, same dedup_key
 
 
+BATCH_UPDATE = "/findings/batchupdate"
+
+
 def test_write_back_marks_alerted_and_suppressed_findings(kafka_bootstrap: str, unique_name: str) -> None:
     create_topics_sync(kafka_bootstrap, {f"{unique_name}.alerts": 1, f"{unique_name}.suppressed": 1})
     produce_alerts(kafka_bootstrap, f"{unique_name}.alerts", alerts(2))
@@ -160,12 +163,37 @@ def test_write_back_marks_alerted_and_suppressed_findings(kafka_bootstrap: str, 
                         AWS_REGION="us-east-1", AWS_ENDPOINT_URL_SECURITYHUB=hub.url.rstrip("/"))
         run_notify(notify_args(kafka_bootstrap, unique_name, "--write-back", "--suppressed-topic",
                                f"{unique_name}.suppressed", "--exit-when-idle"), env)
-        updates = hub.bodies()
+        updates = [r.json() for r in hub.requests if r.path == BATCH_UPDATE]
     ids = {i["Id"]: u.get("Note", {}).get("Text") for u in updates for i in u["FindingIdentifiers"]}
     assert set(ids) == {f"{FINDING_ID}-0", f"{FINDING_ID}-1", FINDING_ID}
     assert all(u["Workflow"] == {"Status": "NOTIFIED"} for u in updates)
     assert ids[f"{FINDING_ID}-0"] is None
     assert "re-created 12h30m18s after" in ids[FINDING_ID]
+
+
+def test_write_back_copies_a_muted_predecessors_workflow(kafka_bootstrap: str, unique_name: str) -> None:
+    create_topics_sync(kafka_bootstrap, {f"{unique_name}.alerts": 1, f"{unique_name}.suppressed": 1})
+    predecessor = f"{FINDING_ID}-old"
+    suppression = {"finding_id": FINDING_ID, "paired_finding_id": predecessor, "key": "k",
+                   "archived_at": "2025-09-30T16:14:03.000Z", "recreated_at": "2025-10-01T04:44:21.000Z",
+                   "gap_seconds": 45018.0, "reason": "recreated_after_archive"}
+    produce(kafka_bootstrap, f"{unique_name}.suppressed", [orjson.dumps(suppression)], [b"k"])
+    with http_recorder("/") as hub:
+        hub.default = Reply(200, b'{"ProcessedFindings": [], "UnprocessedFindings": []}')
+        # GetFindings answers with the predecessor (and another finding: the endpoint
+        # may ignore Filters), muted by an analyst.
+        found = {"Findings": [{"Id": "someone-else", "Workflow": {"Status": "SUPPRESSED"}},
+                              {"Id": predecessor, "Workflow": {"Status": "SUPPRESSED"}}]}
+        hub.by_path["/findings"] = Reply(200, orjson.dumps(found))
+        env = clean_env(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                        AWS_REGION="us-east-1", AWS_ENDPOINT_URL_SECURITYHUB=hub.url.rstrip("/"))
+        run_notify(notify_args(kafka_bootstrap, unique_name, "--write-back", "--suppressed-topic",
+                               f"{unique_name}.suppressed", "--exit-when-idle"), env)
+        lookups = [r.json() for r in hub.requests if r.path == "/findings"]
+        updates = [r.json() for r in hub.requests if r.path == BATCH_UPDATE]
+    assert lookups and lookups[0]["Filters"] == {"Id": [{"Value": predecessor, "Comparison": "EQUALS"}]}
+    assert [(u["FindingIdentifiers"][0]["Id"], u["Workflow"]) for u in updates] == [
+        (FINDING_ID, {"Status": "SUPPRESSED"})]
 
 
 def test_exit_when_idle_on_a_missing_topic_exits_0_and_says_so(

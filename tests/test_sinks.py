@@ -31,6 +31,8 @@ from streams.sinks import (
 from streams.writeback import (
     WriteBackError,
     alerted_item,
+    id_filters,
+    predecessor_ids,
     securityhub_product_arn,
     suppressed_item,
     update_requests,
@@ -334,6 +336,28 @@ def test_suppressed_recreation_notes_predecessor_and_gap() -> None:
                          "12h30m18s after arn:aws:securityhub:x:1:old was archived; predecessor "
                          "archived at 2025-09-30T16:14:03.000Z.")
     assert item.product_arn == "arn:aws:securityhub:ap-northeast-1::product/aws/securityhub"
+
+
+def test_suppressed_recreation_copies_a_muted_predecessors_workflow() -> None:
+    record = {"finding_id": FINDING_ID, "paired_finding_id": "old", "gap_seconds": 60.0,
+              "reason": "recreated_after_archive"}
+    muted = suppressed_item(record, {"old": "SUPPRESSED"})
+    told = suppressed_item(record, {"old": "NOTIFIED"})
+    unknown = suppressed_item(record, {})
+    assert muted is not None and muted.workflow == "SUPPRESSED"
+    assert told is not None and told.workflow == "NOTIFIED"
+    assert unknown is not None and unknown.workflow == "NOTIFIED"  # never hides more
+
+
+def test_predecessor_lookups_name_each_predecessor_once_in_filters_of_twenty() -> None:
+    records = [{"reason": "recreated_after_archive", "paired_finding_id": f"p{i % 30}"}
+               for i in range(45)]
+    records.append({"reason": "late_pair", "paired_finding_id": "late"})  # needs no write-back
+    ids = predecessor_ids(records)
+    assert ids == [f"p{i}" for i in range(30)]
+    filters = id_filters(ids)
+    assert [len(f["Id"]) for f in filters] == [20, 10]
+    assert filters[0]["Id"][0] == {"Value": "p0", "Comparison": "EQUALS"}
 
 
 def test_late_pair_needs_no_write_back_and_bad_records_are_refused() -> None:
