@@ -186,6 +186,26 @@ def _add_worker_options(parser: argparse.ArgumentParser) -> None:
                         "env FLAPGUARD_METRICS_ACCOUNT_LABEL=1")
 
 
+def _add_metrics_address(parser: argparse.ArgumentParser, default: str) -> None:
+    _option(parser, "--metrics-address", default=default, convert=_metrics_address,
+            help="serve Prometheus metrics on http://HOST:PORT/metrics (port 0: any free "
+            "port; 'off': none); keep it on loopback unless a scraper needs it")
+
+
+def _serve_metrics(address: str | None, registry: Any) -> None:
+    """Serve a forwarder's or the notifier's registry (a daemon thread; it ends with
+    the process). A port in use is a one-line error, before any work starts."""
+    if address is None:
+        return
+    import logging
+
+    from streams.metrics import serve
+
+    server = serve(address, registry)
+    host, port = server.server_address[:2]
+    logging.getLogger("flapguard.metrics").info("metrics on http://%s:%s/metrics", host, port)
+
+
 def _metrics_address(text: str) -> str | None:
     from streams.metrics import parse_address
 
@@ -505,6 +525,7 @@ def _add_forward(sub: Any) -> None:
         _option(parser, "--max-attempts", default="10", convert=_positive_int,
                 help="boto3 attempts per request (adaptive retry mode)")
         _flag(parser, "--once", "stop once everything available now is forwarded, exit 0")
+        _add_metrics_address(parser, "127.0.0.1:9466")
     _option(hub, "--regions", default=None, convert=_names,
             help="comma-separated Regions to poll (without cross-Region aggregation); "
             "default: --region")
@@ -559,6 +580,9 @@ def _forward(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="flapguard forward: %(levelname)s %(message)s")
+    from streams.forward_metrics import REGISTRY
+
+    _serve_metrics(args.metrics_address, REGISTRY)
     try:
         if args.source == "securityhub":
             from streams.securityhub import PollSettings, Source, run_poller
@@ -652,6 +676,7 @@ def _add_notify(sub: Any) -> None:
             convert=parse_duration_ms, help="Kafka consumer group session timeout")
     _flag(notify, "--exit-when-idle", "exit 0 once every alert on the topic is delivered")
     _option(notify, "--log-level", default="WARNING", help="log level")
+    _add_metrics_address(notify, "127.0.0.1:9465")
 
 
 def _rate(text: str) -> float:
@@ -684,6 +709,9 @@ def _notify(args: argparse.Namespace) -> int:
         raise CliError("no sink configured: give --slack-webhook-url, --pagerduty-routing-key, "
                        "--sns-topic-arn, --stdout or --write-back")
     check_configured(settings.routes, settings.configured_sinks())
+    from streams.notify_metrics import REGISTRY
+
+    _serve_metrics(args.metrics_address, REGISTRY)
     counts = notify(settings)
     print(f"delivered {counts.delivered} notifications for {counts.records} records; "
           f"dead-lettered {counts.dead_lettered}; written back {counts.written_back}",

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from streams import notify_metrics
 from streams.brokers import create_topics
 from streams.config import ConfigError
 from streams.records import HEADER_REASON
@@ -357,13 +358,17 @@ class Notifier:
             failures.extend(await self._write_back(records))
         self.counts.records += len(records)
         self.counts.dead_lettered += len(failures)
+        for failure in failures:
+            notify_metrics.dead_lettered(failure.sink)
         return failures
 
     async def _deliver(self, record: Any) -> list[Failure]:
         try:
             alert = parse_alert(record.value or b"")
         except AlertError as exc:
+            notify_metrics.consumed(None)
             return [Failure(record, "parse", str(exc), 0)]
+        notify_metrics.consumed(alert)
         sinks = self.settings.routes.sinks_for(alert, list(self.senders))
         async with self.gate:
             outcomes = await asyncio.gather(*(self._send(self.senders[s], alert) for s in sinks))
@@ -374,10 +379,15 @@ class Notifier:
 
     async def _send(self, sender: Sender, alert: Alert) -> tuple[str | None, int]:
         def attempt() -> Awaitable[None]:
+            notify_metrics.attempted(sender.name)
             return sender.send(alert)
 
-        return await with_retries(attempt, self.settings.retry, self.rng,
-                                  f"{sender.name} delivery of {alert.dedup_key}")
+        started = time.monotonic()
+        error, attempts = await with_retries(attempt, self.settings.retry, self.rng,
+                                             f"{sender.name} delivery of {alert.dedup_key}")
+        notify_metrics.delivery_done(sender.name, delivered=error is None, attempts=attempts,
+                                     seconds=time.monotonic() - started)
+        return error, attempts
 
     async def _write_back(self, records: list[Any]) -> list[Failure]:
         items: list[tuple[Any, WriteBackItem]] = []
@@ -397,6 +407,7 @@ class Notifier:
                 f"BatchUpdateFindings of {len(members)} finding(s)")
             if error is None:
                 self.counts.written_back += len(members)
+                notify_metrics.written_back(len(members))
             else:
                 failures.extend(Failure(r, "securityhub", error, attempts) for r in members)
         return failures
@@ -506,6 +517,7 @@ async def run_notify(settings: NotifySettings, senders: dict[str, Sender] | None
                        for tp, rs in batches.items() if rs}
             try:
                 await consumer.commit(offsets)
+                notify_metrics.committed(time.time())
             except CommitFailedError as exc:
                 # Partitions moved to another member mid-batch: it re-delivers them
                 # (at-least-once; the repeats carry the same dedup_key).

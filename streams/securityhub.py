@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from streams import forward_metrics
 from streams.aws import check_credentials, is_aws_error, is_throttling, make_client
 from streams.config import Policy
 from streams.cursor import CursorStore, SeenSet, Sweep
@@ -121,6 +122,10 @@ class Poller:
     async def run(self) -> int:
         stored = await self.cursor.load()
         clients = {s: await asyncio.to_thread(self._client, s) for s in self.settings.sources}
+        for source, client in clients.items():
+            forward_metrics.count_getfindings(client)
+            if (key := self.settings.cursor_key(source)) in stored:
+                forward_metrics.cursor_moved(key, stored[key])
         buckets = {s: TokenBucket(self.settings.rate, self.settings.burst) for s in clients}
         seen = {s: SeenSet() for s in clients}
         total = 0
@@ -156,6 +161,7 @@ class Poller:
             try:
                 count = await self._pass(source, client, sweep, bucket, seen)
                 self.swept.add(source)
+                forward_metrics.polled("securityhub")
                 return count
             except Exception as exc:
                 if not is_aws_error(exc):
@@ -168,6 +174,7 @@ class Poller:
                     raise aws_error(exc, f"GetFindings at {where}") from None
                 log.warning("%s: %s; again in %.0f s", source.name,
                             "throttled after retries" if is_throttling(exc) else one_line(exc), backoff)
+                forward_metrics.SWEEP_RETRIES.inc()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 60.0)
                 sweep.restart()
@@ -187,17 +194,25 @@ class Poller:
             page = await asyncio.to_thread(next, pages, None)
             if page is None:
                 break
+            forward_metrics.GETFINDINGS_PAGES.inc()
             records = wanted_records(page, sweep, seen, source=source.name, policy=self.policy,
                                      now_ms=int(time.time() * 1000))
-            count += await self.sink.send_all(records)
+            sent = await self.sink.send_all(records)
+            forward_metrics.forwarded("securityhub", sent)
+            count += sent
             moved = sweep.page_acked([r.updated_at for r in records if r.updated_at is not None])
             if moved is not None:
-                await self.cursor.save(self.settings.cursor_key(source), moved)
+                await self._save(source, moved)
             self.progress.add(len(records), sweep.newest)
         moved = sweep.finished()
         if moved is not None:
-            await self.cursor.save(self.settings.cursor_key(source), moved)
+            await self._save(source, moved)
         return count
+
+    async def _save(self, source: Source, updated_at_ms: int) -> None:
+        key = self.settings.cursor_key(source)
+        await self.cursor.save(key, updated_at_ms)
+        forward_metrics.cursor_moved(key, updated_at_ms)
 
 
 async def run_poller(settings: PollSettings, cursor: CursorStore) -> int:

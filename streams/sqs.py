@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from streams import forward_metrics
 from streams.aws import check_credentials, is_aws_error, make_client
 from streams.config import Policy
 from streams.findings import Rejected, finding_items, parse_message
@@ -31,6 +32,7 @@ from streams.forward import (
     finding_records,
     one_line,
 )
+from streams.records import HEADER_REASON
 
 log = logging.getLogger(__name__)
 BATCH = 10  # SQS's maximum per ReceiveMessage
@@ -88,7 +90,9 @@ async def drain(settings: SqsSettings, client: Any, sink: KafkaSink, stop: async
             backoff = min(2 * backoff, 60.0)
             continue
         answered, backoff = True, 1.0
+        forward_metrics.polled("sqs")
         messages = response.get("Messages", [])
+        forward_metrics.SQS_RECEIVED.inc(len(messages))
         if not messages:
             if settings.once:
                 break
@@ -101,13 +105,22 @@ async def drain(settings: SqsSettings, client: Any, sink: KafkaSink, stop: async
         result = await asyncio.to_thread(
             client.delete_message_batch, QueueUrl=settings.queue_url,
             Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
-        for failed in result.get("Failed", []):
+        failures = result.get("Failed", [])
+        for failed in failures:
             # Redelivered later: a duplicate downstream, never a loss.
             log.warning("could not delete message %s: %s", failed.get("Id"), failed.get("Message"))
         found = sum(1 for r in records if r.route is Route.FINDINGS)
+        forward_metrics.forwarded("sqs", found, [dead_letter_reason(r) for r in records
+                                                 if r.route is Route.DEADLETTER])
+        forward_metrics.SQS_DELETED.inc(len(messages) - len(failures))
+        forward_metrics.SQS_DELETE_FAILED.inc(len(failures))
         forwarded += found
         progress.add(found, None)
     return forwarded
+
+
+def dead_letter_reason(record: OutRecord) -> str:
+    return dict(record.headers).get(HEADER_REASON, b"").decode(errors="replace")
 
 
 async def run_sqs(settings: SqsSettings) -> int:

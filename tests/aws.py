@@ -145,7 +145,8 @@ def start_forward(*args: str, log: Path) -> subprocess.Popen[bytes]:
 def forwarder_env(env: dict[str, str] | None) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("AWS_", "FLAPGUARD_")) and k != "KAFKA_BOOTSTRAP_SERVERS"}
-    return {**base, **(AWS_ENV if env is None else env)}
+    # No /metrics listener: parallel forwarders would collide on the default port.
+    return {**base, "FLAPGUARD_METRICS_ADDRESS": "off", **(AWS_ENV if env is None else env)}
 
 
 class ThrottlingProxy:

@@ -342,8 +342,12 @@ def test_write_back_sends_the_exact_batch_update_findings_body(aws_env: None) ->
         failures = deliver(settings(write_back=True), [*alerted, resolved, suppressed, late],
                            senders={}, securityhub=client)
         assert failures == []
-        assert [(r.method, r.path) for r in hub.requests] == [("PATCH", "/findings/batchupdate")] * 3
-        first, second, third = hub.bodies()
+        # One GetFindings for the predecessor's Workflow status (the recorder answers
+        # without findings: NOTIFIED is copied), then the updates.
+        assert [(r.method, r.path) for r in hub.requests] == [
+            ("POST", "/findings"), *[("PATCH", "/findings/batchupdate")] * 3]
+        lookup, first, second, third = hub.bodies()
+        assert lookup["Filters"] == {"Id": [{"Value": FINDING_ID + "-old", "Comparison": "EQUALS"}]}
         product = "arn:aws:securityhub:ap-northeast-1::product/aws/securityhub"
         assert first == {
             "FindingIdentifiers": [{"Id": f"{FINDING_ID}-{i}", "ProductArn": product} for i in range(100)],

@@ -56,6 +56,8 @@ def notify_args(bootstrap: str, name: str, *extra: str) -> list[str]:
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLAPGUARD_")}
+    # No /metrics listener: parallel notifiers would collide on the default port.
+    env["FLAPGUARD_METRICS_ADDRESS"] = "off"
     env.update(extra)
     return env
 

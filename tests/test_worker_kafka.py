@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from streams.config import Policy
 from streams.decide import Outcome
 from streams.records import HEADER_REASON, decision_record
 from streams.replay import replay_async
+from tests.builders import OTHER_RESOURCE, archived, at, finding
 from tests.kafka_io import WorkerRun, read_all, read_until, values
 from tests.timeline import history, write_jsonl
 
@@ -140,3 +142,50 @@ def test_worker_killed_mid_stream_loses_no_alert_and_never_rekeys_one(
     seen = {(a["dedup_key"], a["finding_id"], a["kind"]) for a in alerts}
     assert seen == expected_alerts  # nothing lost, nothing under a new dedup_key
     assert run.starts == 2
+
+
+def test_forged_clock_and_forged_predecessor_change_nothing_in_the_worker(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    """DESIGN §2-3 through Kafka: a finding dated in the future is dead-lettered and does
+    not move the watermark (a pair reordered within the hold still pairs), and an
+    archived finding of another product never silences a real control finding."""
+    future = (datetime.now(UTC) + timedelta(days=30)).isoformat(timespec="milliseconds")
+    forged = finding("forged", created=at(hours=-2), product="imported")
+    old = finding("old", created=at(hours=1), resource=OTHER_RESOURCE)
+    arrivals = [
+        forged,
+        archived(forged, at(hours=-1)),
+        finding("from-the-future", created=at(hours=1, minutes=30), updated=future.replace("+00:00", "Z"),
+                resource=OTHER_RESOURCE),
+        finding("real", created=at()),  # same account, Region, control, resource as `forged`
+        old,
+        finding("recreated", created=at(hours=2, minutes=1), resource=OTHER_RESOURCE),
+        archived(old, at(hours=2)),  # arrives after its re-creation, within the hold
+    ]
+    path = tmp_path / "forged.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(f) + b"\n" for f in arrivals))
+    run = WorkerRun(kafka_bootstrap, unique_name, tmp_path, partitions=1)
+    run.create_source(partitions=1)
+    try:
+        replay(run, path)
+        run.start()
+        t = run.topics
+        got = read_until(run.bootstrap, [t["decisions"], t["deadletter"]],
+                         all_decided(run, len(arrivals)), timeout=90, alive=run.assert_alive)
+    finally:
+        run.stop()
+    decided = by_position(values(got[t["decisions"]]))
+    summary = [(decided[(n, 0)]["decision"], decided[(n, 0)].get("kind", decided[(n, 0)].get("reason")))
+               for n in range(1, len(arrivals) + 1)]
+    assert summary == [
+        ("alert", "new"),  # another product's finding alerts as itself
+        ("silent", "archived"),  # ... and its archive is no predecessor
+        ("dead_letter", "future_timestamp"),
+        ("alert", "new"),  # the real control finding is not silenced by the forged archive
+        ("alert", "new"),
+        ("suppressed", "recreated_after_archive"),  # the watermark did not jump
+        ("silent", "archived"),
+    ]
+    (dead,) = got[t["deadletter"]]
+    assert dict(dead.headers)[HEADER_REASON] == b"future_timestamp"
