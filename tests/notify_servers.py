@@ -5,19 +5,14 @@ server mode (SNS, SQS)."""
 from __future__ import annotations
 
 import contextlib
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import orjson
-
-from streams.brokers import free_port
 
 
 @dataclass(frozen=True)
@@ -131,48 +126,3 @@ def http_recorder(path: str = "/hook") -> Iterator[Recorder]:
         server.server_close()
 
 
-@contextlib.contextmanager
-def moto_server(workdir: Path) -> Iterator[str]:
-    """`moto_server` on a free loopback port; yields its endpoint URL."""
-    import sys
-
-    binary = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    if not Path(binary).exists():
-        import pytest
-
-        pytest.skip("moto_server not installed (pip install 'moto[server]')")
-    port = free_port()
-    log = (workdir / "moto.log").open("wb")
-    proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                            stderr=subprocess.STDOUT)
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(url, proc, timeout=30)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"moto_server exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
-            return
-        except urllib.error.HTTPError:
-            return  # it answers
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"moto_server did not answer within {timeout}s") from None
-            time.sleep(0.1)  # polling a port that is not open yet: nothing to wait on

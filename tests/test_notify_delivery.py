@@ -34,7 +34,8 @@ from streams.notify import (
     retry_after_seconds,
 )
 from streams.routing import parse_routes
-from tests.notify_servers import Recorder, Reply, http_recorder, moto_server
+from tests.aws import moto_server_fixture  # noqa: F401  (the session's moto server)
+from tests.notify_servers import Recorder, Reply, http_recorder
 from tests.test_sinks import FINDING_ID, record
 
 ALERTS = "alerts"
@@ -258,10 +259,10 @@ def test_routes_pick_the_sinks(slack: Recorder, pagerduty: Recorder) -> None:
 
 # ------------------------------------------------------------------------ SNS
 
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with moto_server(tmp_path_factory.mktemp("moto")) as url:
-        yield url
+@pytest.fixture
+def moto(moto_server: str) -> str:
+    """The test session's moto server (tests/aws.py)."""
+    return moto_server
 
 
 @pytest.fixture
