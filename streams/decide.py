@@ -127,9 +127,12 @@ class Decider:
     # -- entry point ----------------------------------------------------------------
 
     def decide(self, f: Finding, origin: Origin) -> Outcome:
-        state = self._current(f.id, f)
-        if state is not None and f.updated_at <= state.updated_at:
-            return self._silent(origin, f, Reason.DUPLICATE_EVENT, state)  # rule 2
+        state = self.store.findings.get(f.id)  # `_current`, inlined: this is per event
+        if state is not None:
+            if state.updated_at < f.updated_at - self.policy.state_ttl_ms:
+                state = None
+            elif f.updated_at <= state.updated_at:
+                return self._silent(origin, f, Reason.DUPLICATE_EVENT, state)  # rule 2
         if f.record_state == ARCHIVED:
             outcome = self._archived(f, origin, state)  # rule 3
         elif state is None and f.updated_at - f.created_at > self.policy.first_sight_age_ms:
@@ -181,7 +184,12 @@ class Decider:
     def _active(self, f: Finding, origin: Origin, state: FindingState | None) -> Outcome:
         first_sight = state is None
         state = state or self._new_state(f)
-        alertable = self._alertable(f)
+        alertable = (  # rules 6-7 apply: ACTIVE, not suppressed, severe enough, failing
+            f.record_state == ACTIVE
+            and f.workflow_status != WORKFLOW_SUPPRESSED
+            and f.severity >= self.policy.min_severity
+            and (f.compliance_status is None or f.compliance_status in FAILING)
+        )
         if state.record_state == ARCHIVED and state.archived_at is not None:
             archived_at = state.archived_at
             state.archived_at = None
@@ -192,7 +200,8 @@ class Decider:
             outcome = self._unnotified(f, origin, state)  # rule 6
         elif alertable:
             reason = Reason.FLAP_SAME_FINDING if state.na_since else Reason.PERIODIC_UPDATE
-            outcome = Outcome(origin, Decision.SILENT, f, reason=reason)  # rule 7
+            # Positional (kind=None, reason): most events end here, and keywords cost.
+            outcome = Outcome(origin, Decision.SILENT, f, None, reason)  # rule 7
         elif state.last_status in FAILING and f.compliance_status == PASSED:
             outcome = Outcome(origin, Decision.RESOLVED, f, kind=AlertKind.RESOLVED,
                               dedup_key=state.dedup_key or dedup_key(f.id, f.updated_at_text))
@@ -202,7 +211,7 @@ class Decider:
             outcome = Outcome(origin, Decision.SILENT, f, reason=Reason.WORKFLOW_SUPPRESSED)
         else:
             reason = Reason.NOT_ALERTABLE if first_sight else Reason.PERIODIC_UPDATE
-            outcome = Outcome(origin, Decision.SILENT, f, reason=reason)  # rule 10
+            outcome = Outcome(origin, Decision.SILENT, f, None, reason)  # rule 10
         self._absorb(state, f)
         if outcome.dedup_key is None and outcome.decision is not Decision.RESOLVED:
             outcome.dedup_key = state.dedup_key
@@ -374,14 +383,6 @@ class Decider:
             return None
         return state
 
-    def _alertable(self, f: Finding) -> bool:
-        return (
-            f.record_state == ACTIVE
-            and f.workflow_status != WORKFLOW_SUPPRESSED
-            and f.severity >= self.policy.min_severity
-            and (f.compliance_status is None or f.compliance_status in FAILING)
-        )
-
     def _new_state(self, f: Finding) -> FindingState:
         return FindingState(
             p=self.p,
@@ -403,13 +404,14 @@ class Decider:
         """Fold the event into the finding's state once its decision is taken."""
         state.updated_at = f.updated_at
         state.record_state = f.record_state
-        evaluated = _evaluated(f.compliance_status)
+        status = f.compliance_status
+        evaluated = status if status is not None and status != NOT_AVAILABLE else None  # `_evaluated`
         if evaluated is not None:
             state.last_status = evaluated
             state.na_since = False
-        elif f.compliance_status == NOT_AVAILABLE:
+        elif status == NOT_AVAILABLE:
             state.na_since = True
-        failing_now = evaluated in FAILING or (f.compliance_status is None and f.record_state == ACTIVE)
+        failing_now = evaluated in FAILING or (status is None and f.record_state == ACTIVE)
         if failing_now:
             state.severity = int(f.severity)
             if state.dedup_key is None:
@@ -430,10 +432,18 @@ class Decider:
             and not state.superseded
             and state.dedup_key is not None
         )
-        entry = LiveMember(state.severity, state.dedup_key) if state.dedup_key else None
         live = self.store.live.get(state.partition_key) if member or state.live else None
-        if member == state.live and (not member or (live and live.members.get(finding_id) == entry)):
-            return
+        if member == state.live:
+            if not member:
+                return
+            if live is not None:  # unchanged if it holds the entry it would get
+                current = live.members.get(finding_id)
+                if (current is None if not state.dedup_key else
+                        current is not None and current.severity == state.severity
+                        and current.dedup_key == state.dedup_key):
+                    return
+        # Built only now: most events change nothing here.
+        entry = LiveMember(state.severity, state.dedup_key) if state.dedup_key else None
         live = live or LiveSet(self.p)
         if member and entry is not None:
             live.members[finding_id] = entry

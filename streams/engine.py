@@ -51,20 +51,26 @@ class PartitionEngine:
         """Buffer one finding; return the decisions this arrival releases."""
         key = f"{self._prefix}{seq}"
         buffer = self.store.buffer
+        updated_at = finding.updated_at
+        heap = self._heap
         if buffer.get(key) is None:  # a redelivered record is already held
             buffer.put(key, Arrival(self.p, seq, finding, origin))
             # (UpdatedAt, Id, arrival) = `Arrival.order`, written out: this is per event.
-            heapq.heappush(self._heap, (finding.updated_at, finding.id, seq, key))
+            heapq.heappush(heap, (updated_at, finding.id, seq, key))
         meta = self.meta
-        if meta.watermark is None or finding.updated_at > meta.watermark:
-            meta.watermark = finding.updated_at
+        watermark = meta.watermark
+        if watermark is None or updated_at > watermark:
+            meta.watermark = watermark = updated_at
         meta.next_seq = seq + 1
         self.store.meta.put(self._meta_key, meta)
-        up_to = meta.watermark - self.policy.hold_ms
-        if not self._heap or self._heap[0][0] > up_to:  # nothing to release
+        up_to = watermark - self.policy.hold_ms
+        if heap and heap[0][0] <= up_to:
+            return self._release(up_to)
+        # `_maybe_sweep`'s test, inlined: most arrivals release nothing and sweep nothing.
+        swept_at = meta.swept_at
+        if swept_at is None or watermark - swept_at >= self.policy.sweep_every_ms:
             self._maybe_sweep()
-            return []
-        return self._release(up_to)
+        return []
 
     @property
     def next_seq(self) -> int | None:
@@ -83,19 +89,24 @@ class PartitionEngine:
     def _release(self, up_to: int | None) -> list[Outcome]:
         out: list[Outcome] = []
         heap = self._heap
+        buffer = self.store.buffer
+        decide = self.decider.decide
+        expiry = self._expiry
+        tracked = self._tracked
+        heappop = heapq.heappop
         while heap and (up_to is None or heap[0][0] <= up_to):
-            key = heapq.heappop(heap)[3]
-            arrival = self.store.buffer.get(key)
-            self.store.buffer.delete(key)
+            key = heappop(heap)[3]
+            arrival = buffer.get(key)
+            buffer.delete(key)
             if arrival is not None:
                 finding = arrival.finding
-                outcome = self.decider.decide(finding, arrival.origin)
+                outcome = decide(finding, arrival.origin)
                 outcome.seq = arrival.seq
                 out.append(outcome)
-                if self._expiry is not None and finding.id not in self._tracked:
+                if expiry is not None and finding.id not in tracked:
                     # Its state's `updated_at` is at least this (it only grows).
-                    self._tracked.add(finding.id)
-                    heapq.heappush(self._expiry, (finding.updated_at, finding.id))
+                    tracked.add(finding.id)
+                    heapq.heappush(expiry, (finding.updated_at, finding.id))
         self._maybe_sweep()
         return out
 

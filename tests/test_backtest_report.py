@@ -11,10 +11,12 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.backtest import Progress, backtest_files
+from streams.backtest import Progress, _InOrder, backtest_files
 from streams.cli import main
 from streams.config import Policy
+from streams.decide import Decision, Outcome
 from streams.generate import Profile, labels_path, write_feed
+from streams.state import Origin
 from tests.builders import INCIDENT, NOW_MS
 
 REPORT_KEYS = {"findings", "decisions", "naive_alerts", "alerts", "suppressed", "findings_per_second",
@@ -154,16 +156,27 @@ def test_progress_bar_draws_only_when_enabled(monkeypatch: pytest.MonkeyPatch) -
     drawn = io.StringIO()
     monkeypatch.setattr("sys.stderr", drawn)
     quiet = Progress(1000, enabled=False)
-    for _ in range(5000):
-        quiet.advance(1)
+    quiet.at(1000, 5000)
     quiet.close()
     assert drawn.getvalue() == ""
     shown = Progress(1000, enabled=True)
     shown.shown = -1e9  # draw at the next chance
-    for _ in range(1024):
-        shown.advance(1)
+    shown.at(1000, 1024)
     shown.close()
     assert "\r[" in drawn.getvalue() and "100.0%" in drawn.getvalue()
+    assert "1,024 lines" in drawn.getvalue()
+
+
+def test_backtest_moves_the_progress_bar_to_the_end_of_its_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn = io.StringIO()
+    monkeypatch.setattr("sys.stderr", drawn)
+    feed = tmp_path / "feed.jsonl"
+    lines = write_feed(Profile(seed=2, accounts=2, days=10), feed).findings
+    backtest_files([feed], policy=Policy(), now_ms=NOW_MS, progress=True)
+    last = drawn.getvalue().rsplit("\r", 1)[-1]
+    assert "100.0%" in last and f"{lines:,} lines" in last
 
 
 def test_cli_prints_no_progress_bar_when_stderr_is_not_a_terminal(
@@ -193,3 +206,21 @@ def test_cli_rejects_a_bad_sweep(args: list[str], message: str,
 def test_missing_labels_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["backtest", "--input", str(INCIDENT), "--labels", str(tmp_path / "none.jsonl")]) == 1
     assert "labels not found" in capsys.readouterr().err
+
+
+def test_decisions_are_handed_on_in_input_order_whatever_order_they_are_decided_in() -> None:
+    handed: list[int] = []
+    ordered = _InOrder(lambda outcome: handed.append(outcome.seq))
+
+    def outcomes(*seqs: int) -> list[Outcome]:
+        return [Outcome(Origin("f", s + 1, 0), Decision.SILENT, seq=s) for s in seqs]
+
+    ordered.put(outcomes(0, 1))
+    ordered.put(outcomes(3, 5))  # decided before 2 and 4
+    assert handed == [0, 1]
+    ordered.put(outcomes(2))
+    assert handed == [0, 1, 2, 3]
+    ordered.put(outcomes(4, 6, 8))
+    ordered.put(outcomes(7))
+    assert handed == list(range(9))
+    assert ordered.waiting == {}

@@ -68,7 +68,7 @@ def test_demo_incident_gives_exactly_the_expected_records(run: WorkerRun) -> Non
     run.start()
     t = run.topics
     got = read_until(run.bootstrap, [t["alerts"], t["suppressed"], t["deadletter"], t["decisions"]],
-                     all_decided(run, len(expected)), timeout=90, alive=run.assert_alive)
+                     all_decided(run, len(expected)), timeout=180, alive=run.assert_alive)
 
     decisions = by_position(values(got[t["decisions"]]))
     for row in expected:
@@ -172,7 +172,7 @@ def test_forged_clock_and_forged_predecessor_change_nothing_in_the_worker(
         run.start()
         t = run.topics
         got = read_until(run.bootstrap, [t["decisions"], t["deadletter"]],
-                         all_decided(run, len(arrivals)), timeout=90, alive=run.assert_alive)
+                         all_decided(run, len(arrivals)), timeout=180, alive=run.assert_alive)
     finally:
         run.stop()
     decided = by_position(values(got[t["decisions"]]))
