@@ -177,7 +177,7 @@ class Worker:
                 pending.extend(await self._dead_letter(item, origin))
                 continue
             key = item.partition_key.encode()
-            pending.append(await self.keyed.send(
+            pending.append(await self.send(self.keyed,
                 key=key, value=encode_keyed(item, origin),
                 partition=partition_for(key, self.settings.partitions)))
         metrics.processed("ingest", started)
@@ -185,11 +185,11 @@ class Worker:
 
     async def _dead_letter(self, item: Rejected, origin: Origin) -> list[Any]:
         metrics.dead_lettered(item.reason)
-        futures = [await self.deadletter.send(
+        futures = [await self.send(self.deadletter,
             key=None, value=item.raw, headers=deadletter_headers(item.reason, origin))]
         if self.decisions is not None:
             record = kafka_decision_record(rejected_outcome(item, origin))
-            futures.append(await self.decisions.send(key=None, value=orjson.dumps(record)))
+            futures.append(await self.send(self.decisions, key=None, value=orjson.dumps(record)))
         return futures
 
     # -- decide ---------------------------------------------------------------------
@@ -283,7 +283,7 @@ class Worker:
         for partition in partitions:
             self.staged[partition]()
             for mapping in self.tables.values():
-                pending.extend(await mapping.send(partition))
+                pending.extend(await mapping.send(partition, self.app.producer))
         if pending:
             await asyncio.gather(*pending)
 
@@ -295,16 +295,16 @@ class Worker:
             metrics.decided(outcome)
             if outcome.decision in (Decision.ALERT, Decision.RESOLVED):
                 record = alert_record(outcome, emitted)
-                pending.append(await self.alerts.send(
+                pending.append(await self.send(self.alerts,
                     key=(outcome.dedup_key or "").encode(), value=orjson.dumps(record)))
             pairings = [outcome.pairing] if outcome.pairing else []
             for pairing in [*pairings, *outcome.late_pairs]:
-                pending.append(await self.suppressed.send(
+                pending.append(await self.send(self.suppressed,
                     key=pairing.key.encode(), value=orjson.dumps(suppressed_record(pairing))))
             if self.decisions is not None:
                 record = kafka_decision_record(outcome)
                 key = outcome.key.encode() if outcome.key else None
-                pending.append(await self.decisions.send(key=key, value=orjson.dumps(record)))
+                pending.append(await self.send(self.decisions, key=key, value=orjson.dumps(record)))
         if pending:
             await asyncio.gather(*pending)
 
@@ -320,7 +320,13 @@ class Worker:
             # A partition with no engine yet (after a restart or rebalance) gets one
             # tick so that its engine reloads what the buffer table holds.
             if engine is None or (engine.pending and now - self.last_arrival[partition] >= idle_s):
-                await self.keyed.send(key=TICK_KEY, value=b"", partition=partition)
+                await self.send(self.keyed, key=TICK_KEY, value=b"", partition=partition)
+
+    async def send(self, topic: Any, *, key: bytes | None, value: bytes, partition: int | None = None,
+                   headers: list[tuple[str, bytes]] | None = None) -> Any:
+        """Hand one record to the producer; returns its delivery future. Faust's
+        `Topic.send` does the same with more work per record than deciding it."""
+        return await self.app.producer.send(topic.get_topic_name(), key, value, partition, None, headers)
 
     async def on_recover(self) -> None:
         self.engines.clear()
@@ -429,17 +435,18 @@ class ChangelogMapping(MutableMapping[str, bytes]):
     def __len__(self) -> int:
         return len(self.table.data)
 
-    async def send(self, partition: int) -> list[Any]:
-        """Send the writes made since the last call to changelog `partition`; returns
-        the delivery futures."""
+    async def send(self, partition: int, producer: Any) -> list[Any]:
+        """Send the writes made since the last call to changelog `partition`, through
+        the app's producer (Faust's per-record topic machinery costs more than the
+        decision); returns the delivery futures."""
         writes, self._writes = self._writes, []
         topic = self.table.changelog_topic
-        return [
-            await topic.send(key=key, value=value, partition=partition,
-                             key_serializer=self.table.key_serializer, value_serializer="raw",
-                             callback=self.table._on_changelog_sent)
-            for key, value in writes
-        ]
+        name = topic.get_topic_name()
+        futures = []
+        for key, value in writes:
+            key_bytes, _ = topic.prepare_key(key, self.table.key_serializer)
+            futures.append(await producer.send(name, key_bytes, value, partition, None, None))
+        return futures
 
 
 def fatal(message: str, *args: Any) -> None:
