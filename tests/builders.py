@@ -217,6 +217,19 @@ def _drop(obj: Any, path: str) -> None:
         obj.pop(last, None)
 
 
+def change_path(obj: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """Set (or, with the value "<delete>", remove) a nested field in place; a path
+    through a missing or non-object field changes nothing."""
+    target: Any = obj
+    for name in path[:-1]:
+        target = target.get(name) if isinstance(target, dict) else None
+    if isinstance(target, dict):
+        if value == "<delete>":
+            target.pop(path[-1], None)
+        else:
+            target[path[-1]] = copy.deepcopy(value)
+
+
 def evolve(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
     """A later event of the same finding: a deep copy with top-level ASFF fields changed
     and, for convenience, `updated=`, `status=`, `record_state=`, `workflow=`,

@@ -20,7 +20,7 @@ from streams.findings import Finding, _Bad, _parse_timestamp, finding_from_json,
 from streams.generate import HOUR_MS, Profile, write_feed
 from streams.records import decision_record
 from streams.state import Store
-from tests.builders import NOW_MS, finding
+from tests.builders import NOW_MS, change_path, finding
 from tests.hypothesis_profile import CORE
 
 
@@ -61,14 +61,7 @@ def test_straight_line_parser_equals_the_general_one_on_any_variant(
 ) -> None:
     obj = finding("a", previous_status="FAILED", reason_codes=["CONFIG_RETURNS_NOT_APPLICABLE"])
     for path, value in changes:
-        target = obj
-        for name in path[:-1]:
-            target = target.get(name) if isinstance(target, dict) else None
-        if isinstance(target, dict):
-            if value == "<delete>":
-                target.pop(path[-1], None)
-            else:
-                target[path[-1]] = copy.deepcopy(value)
+        change_path(obj, path, value)
     fast, general = parse_both(obj)
     assert fast == general
 

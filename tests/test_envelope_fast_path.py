@@ -20,7 +20,7 @@ from streams.config import Policy
 from streams.findings import Parsed, Rejected, envelope_finding, parse_document, parse_message
 from streams.generate import Profile, write_feed
 from streams.records import decision_record
-from tests.builders import NOW_MS, envelope, finding
+from tests.builders import NOW_MS, change_path, envelope, finding
 from tests.hypothesis_profile import CORE
 from tests.test_core_speedups import JSON_VALUES, PATHS
 
@@ -74,22 +74,11 @@ def test_fast_path_equals_the_general_parser_on_any_variant(
     event = sample()
     inner = event["detail"]["findings"][0]
     for path, value in changes:
-        _change(inner, path, value)
+        change_path(inner, path, value)
     event["detail"]["findings"].extend(copy.deepcopy(inner) for _ in range(extra_findings))
     for path, value in envelope_changes:
-        _change(event, path, value)
+        change_path(event, path, value)
     assert_same(orjson.dumps(event))
-
-
-def _change(obj: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    target: Any = obj
-    for name in path[:-1]:
-        target = target.get(name) if isinstance(target, dict) else None
-    if isinstance(target, dict):
-        if value == "<delete>":
-            target.pop(path[-1], None)
-        else:
-            target[path[-1]] = copy.deepcopy(value)
 
 
 # Text that orjson and msgspec might read differently, written into the message itself.
