@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from streams.kafka_auth import BrokerSecurity
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
@@ -95,6 +97,7 @@ class WorkerSettings:
     """The Faust worker's edges: broker, topics, app identity and store."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
+    security: BrokerSecurity = field(default_factory=BrokerSecurity)
     app_id: str = "flapguard"
     topics: Topics = field(default_factory=Topics)
     policy: Policy = field(default_factory=Policy)
