@@ -9,7 +9,9 @@
 
 Both are context managers exposing ``bootstrap_servers`` (``"127.0.0.1:PORT"``); entering
 returns once the broker answers a Kafka Metadata request that lists itself, and leaving
-stops the process (SIGTERM, then SIGKILL) and removes its temporary folder.
+stops the process (SIGTERM, then SIGKILL) and removes its temporary folder. ``halt()``
+and ``resume()`` take a started broker down and bring it back on the same port with
+the same data (outage tests).
 
 Only the standard library is imported at module level; :func:`create_topics` imports
 aiokafka when called.
@@ -34,7 +36,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from streams.kafka_auth import BrokerSecurity
 
 __all__ = [
     "BrokerError",
@@ -220,6 +225,7 @@ class _LocalBroker:
         self.log_path: Path | None = None
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._command: list[str] | None = None
         self._log_file: IO[bytes] | None = None
 
     # -- to override
@@ -257,42 +263,38 @@ class _LocalBroker:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"flapguard-{self.name.lower()}-"))
         try:
             self.port = free_port()
-            command = self._prepare(self.workdir)
+            self._command = self._prepare(self.workdir)
             self.log_path = self.workdir / f"{self.name.lower()}.log"
-            self._log_file = self.log_path.open("wb")
-            self._proc = subprocess.Popen(
-                command,
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log_file,
-                stderr=subprocess.STDOUT,
-                env=self._env(),
-                start_new_session=True,  # a Ctrl-C of the test run is ours to handle
-                preexec_fn=(_die_with_parent if self.die_with_parent and sys.platform == "linux" else None),
-            )
-            atexit.register(self.stop)
-            self._wait_ready(began + self.startup_timeout)
+            self._launch(began)
         except BaseException:
             self.stop()
             raise
-        self.startup_seconds = time.monotonic() - began
+        return self
+
+    def halt(self, *, kill: bool = False) -> None:
+        """Stop the process (SIGTERM, or SIGKILL with ``kill``) but keep its port, folder
+        and data, so that :meth:`resume` brings the same broker back: an outage."""
+        if self._command is None:
+            raise BrokerError(f"{self.name} is not started")
+        self._stop_process(kill=kill)
+
+    def resume(self) -> Self:
+        """Start the broker again after :meth:`halt`, on the same port and data."""
+        if self._command is None:
+            raise BrokerError(f"{self.name} was never started")
+        if self.running:
+            raise BrokerError(f"{self.name} is running")
+        try:
+            self._launch(time.monotonic())
+        except BaseException:
+            self._stop_process(kill=True)
+            raise
         return self
 
     def stop(self) -> None:
         atexit.unregister(self.stop)
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        self._stop_process(kill=False)
+        self._command = None
         if self.workdir is not None and not self.keep_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
@@ -313,6 +315,38 @@ class _LocalBroker:
         return f"<{type(self).__name__} {LOOPBACK}:{self.port} {state}>"
 
     # -- internals
+    def _launch(self, began: float) -> None:
+        assert self._command is not None and self.workdir is not None and self.log_path is not None
+        self._log_file = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            self._command,
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=self._env(),
+            start_new_session=True,  # a Ctrl-C of the test run is ours to handle
+            preexec_fn=(_die_with_parent if self.die_with_parent and sys.platform == "linux" else None),
+        )
+        atexit.register(self.stop)
+        self._wait_ready(began + self.startup_timeout)
+        self.startup_seconds = time.monotonic() - began
+
+    def _stop_process(self, *, kill: bool) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
     def _wait_ready(self, deadline: float) -> None:
         last_error = "no answer yet"
         while True:
@@ -385,7 +419,9 @@ class KafkaBroker(_LocalBroker):
 
     ``libs`` is the folder of jars from ``scripts/fetch-kafka`` (default:
     :func:`default_kafka_libs`). ``overrides`` adds or replaces ``server.properties``
-    entries. The broker is tuned for tests: no initial rebalance delay, sessions down to
+    entries; ``format_args`` are added to the storage format command (for instance
+    ``--add-scram 'SCRAM-SHA-512=[name=alice,password=...]'``: SCRAM users of a KRaft
+    cluster exist from the start). The broker is tuned for tests: no initial rebalance delay, sessions down to
     500 ms, few partitions for internal topics, compaction and retention checks that
     start at once, infinite time retention (records carry event timestamps, possibly
     months old), and no topic auto-creation: every topic must be created explicitly,
@@ -399,6 +435,7 @@ class KafkaBroker(_LocalBroker):
         libs: str | os.PathLike[str] | None = None,
         *,
         overrides: Mapping[str, str] | None = None,
+        format_args: Sequence[str] = (),
         heap: str = "512m",
         jvm_args: Sequence[str] = (),
         java: str | None = None,
@@ -416,6 +453,7 @@ class KafkaBroker(_LocalBroker):
         )
         self.libs = Path(libs) if libs is not None else default_kafka_libs()
         self.overrides = dict(overrides or {})
+        self.format_args = list(format_args)
         self.heap = heap
         self.jvm_args = list(jvm_args)
         self.java = java
@@ -497,7 +535,8 @@ class KafkaBroker(_LocalBroker):
         classpath = f"{self.libs}{os.sep}*"
         base = [java, f"-Xmx{self.heap}", "-cp", classpath]
         fmt = subprocess.run(
-            [*base, KAFKA_STORAGE_TOOL, "format", "-t", self.cluster_id, "-c", str(properties)],
+            [*base, KAFKA_STORAGE_TOOL, "format", "-t", self.cluster_id, "-c", str(properties),
+             *self.format_args],
             cwd=workdir,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -594,16 +633,20 @@ async def create_topics(
     *,
     replication_factor: int = 1,
     timeout: float = 30.0,
+    security: BrokerSecurity | None = None,
 ) -> None:
     """Create ``topics`` (name -> partitions) with the same topic ``config`` each, and wait
-    until every partition has a leader. Topics that already exist are left as they are."""
+    until every partition has a leader. Topics that already exist are left as they are.
+    ``security``: how to connect (default PLAINTEXT)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import for_code
 
     if not topics:
         return
     deadline = time.monotonic() + timeout
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    auth = security.aiokafka_kwargs() if security is not None else {}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000),
+                                **auth)
     await admin.start()
     try:
         response = await admin.create_topics(
@@ -649,8 +692,10 @@ def create_topics_sync(
     *,
     replication_factor: int = 1,
     timeout: float = 30.0,
+    security: BrokerSecurity | None = None,
 ) -> None:
     """:func:`create_topics` for code without a running event loop."""
     asyncio.run(
-        create_topics(bootstrap, topics, config, replication_factor=replication_factor, timeout=timeout)
+        create_topics(bootstrap, topics, config, replication_factor=replication_factor, timeout=timeout,
+                      security=security)
     )
