@@ -24,7 +24,9 @@ from streams.config import (
     Topics,
     WorkerSettings,
     format_duration,
+    format_size,
     parse_duration_ms,
+    parse_size,
 )
 
 ENV_PREFIX = "FLAPGUARD_"
@@ -135,6 +137,15 @@ def _add_policy(parser: argparse.ArgumentParser) -> None:
             help="a finding first seen this long after its creation is a bootstrap, not new")
     _option(parser, "--state-ttl", default=format_duration(d.state_ttl_ms),
             convert=parse_duration_ms, help="forget a finding this long after its last update")
+    _option(parser, "--max-message-bytes", default=format_size(d.max_message_bytes), convert=parse_size,
+            help="a larger message is a dead letter (oversized)")
+    _option(parser, "--max-findings-per-message", default=str(d.max_findings_per_message),
+            convert=_positive_int, help="a message with more findings is a dead letter (too_many_findings)")
+    _option(parser, "--max-depth", default=str(d.max_depth), convert=_positive_int,
+            help="a finding nested deeper is a dead letter (too_deep)")
+    _option(parser, "--max-string-length", default=str(d.max_string_length), convert=_positive_int,
+            help="a finding with a longer string (key or value, in characters) is a dead letter "
+            "(string_too_long)")
 
 
 def policy_from(args: argparse.Namespace) -> Policy:
@@ -144,6 +155,10 @@ def policy_from(args: argparse.Namespace) -> Policy:
         min_severity=args.min_severity,
         first_sight_age_ms=args.first_sight_age,
         state_ttl_ms=args.state_ttl,
+        max_message_bytes=args.max_message_bytes,
+        max_findings_per_message=args.max_findings_per_message,
+        max_depth=args.max_depth,
+        max_string_length=args.max_string_length,
     )
 
 

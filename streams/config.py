@@ -29,6 +29,27 @@ def parse_duration_ms(text: str) -> int:
     return round(float(number) * _UNIT_MS[unit or "s"])
 
 
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
+_UNIT_BYTES = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """`4MiB`, `512KiB`, `1000` (bytes) -> bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ConfigError(f"not a size: {text!r} (write it like 4MiB, 512KiB or 1000)")
+    number, unit = match.groups()
+    return int(number) * _UNIT_BYTES[unit or "B"]
+
+
+def format_size(size: int) -> str:
+    """The shortest exact form: 4194304 -> `4MiB`."""
+    for unit in ("GiB", "MiB", "KiB"):
+        if size and size % _UNIT_BYTES[unit] == 0:
+            return f"{size // _UNIT_BYTES[unit]}{unit}"
+    return str(size)
+
+
 def format_duration(ms: int) -> str:
     """The shortest exact form: 108000000 -> `30h`."""
     for unit in ("w", "d", "h", "m", "s"):
@@ -72,8 +93,14 @@ class Policy:
     future_tolerance_ms: int = 1 * _UNIT_MS["h"]
     # How often, in event time, expired state is swept.
     sweep_every_ms: int = 1 * _UNIT_MS["h"]
+    # Input limits (DESIGN §2, issue 8). Over any of them: dead letter, never a crash.
     max_message_bytes: int = 4 * 1024 * 1024
     max_findings_per_message: int = 1000
+    # Nesting of one finding (the finding object is level 1). Real ASFF stays under 10.
+    max_depth: int = 32
+    # Characters of any one string (key or value) of a finding. ASFF's longest
+    # documented fields are 1024 characters; embedded policy documents run longer.
+    max_string_length: int = 32 * 1024
 
     def __post_init__(self) -> None:
         for name in ("window_ms", "hold_ms", "first_sight_age_ms", "state_ttl_ms"):
@@ -81,6 +108,9 @@ class Policy:
                 raise ConfigError(f"{name.removesuffix('_ms').replace('_', '-')} must not be negative")
         if self.bucket_ms <= 0 or self.sweep_every_ms <= 0:
             raise ConfigError("bucket and sweep durations must be positive")
+        for name in ("max_message_bytes", "max_findings_per_message", "max_depth", "max_string_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ ACTIVE = "ACTIVE"
 ARCHIVED = "ARCHIVED"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
+_MAX_ID_LENGTH = 512
 
 # ASFF Severity.Normalized bands, used when a finding carries no Label.
 _NORMALIZED_BANDS = ((90, Severity.CRITICAL), (70, Severity.HIGH), (40, Severity.MEDIUM),
@@ -385,8 +386,44 @@ def _raw(obj: Any) -> bytes:
 
 
 def _candidate_id(obj: Any) -> str | None:
+    """The `Id` of a rejected finding, for the dead-letter headers: only a plausible
+    one (ASFF caps it at 512 characters), never a header-sized payload."""
     value = obj.get("Id") if isinstance(obj, dict) else None
-    return value if isinstance(value, str) else None
+    return value if isinstance(value, str) and len(value) <= _MAX_ID_LENGTH else None
+
+
+def within_limits_by_size(raw: bytes, policy: Policy) -> bool:
+    """True when the bytes alone prove every finding in them keeps the depth and
+    string limits: fewer brackets than the depth limit, fewer bytes than the string
+    limit. Two C-speed counts, so that ordinary messages are never walked."""
+    return (len(raw) <= policy.max_string_length
+            and raw.count(b"{") + raw.count(b"[") <= policy.max_depth)
+
+
+def limit_violation(value: Any, policy: Policy) -> str | None:
+    """`too_deep` or `string_too_long` when a decoded finding breaks a limit, else None.
+
+    Iterative, so a deep document cannot exhaust the stack; stops at the first breach.
+    """
+    max_depth = policy.max_depth
+    max_length = policy.max_string_length
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if type(node) is dict:
+            if depth > max_depth:
+                return "too_deep"
+            for key, child in node.items():
+                if len(key) > max_length:
+                    return "string_too_long"
+                stack.append((child, depth + 1))
+        elif type(node) is list:
+            if depth > max_depth:
+                return "too_deep"
+            stack.extend((child, depth + 1) for child in node)
+        elif type(node) is str and len(node) > max_length:
+            return "string_too_long"
+    return None
 
 
 def parse_document(
@@ -394,7 +431,9 @@ def parse_document(
 ) -> list[Parsed]:
     """Every finding occurrence of one decoded document, in order; at least one entry.
 
-    A bad finding inside a good envelope or page is rejected alone.
+    A bad finding inside a good envelope or page is rejected alone: a finding over
+    the depth or string limit cannot take its neighbours down with it. `raw` is the
+    document's bytes (empty when there are none, as for API pages).
     """
     items = finding_items(document)
     if items is None:
@@ -407,16 +446,21 @@ def parse_document(
     if len(items) > policy.max_findings_per_message:
         return [Rejected("too_many_findings", raw)]
     single = len(items) == 1 and items[0] is document
-    out: list[Parsed] = []
-    for item in items:
-        try:
-            out.append(finding_from_json(item, policy=policy, now_ms=now_ms))
-        except _Bad as bad:
-            out.append(Rejected(bad.reason, raw if single else _raw(item), _candidate_id(item)))
-        except Exception as exc:  # defensive: a parser bug must not lose input
-            reason = f"parser_error:{type(exc).__name__}"
-            out.append(Rejected(reason, raw if single else _raw(item), _candidate_id(item)))
-    return out
+    screened = bool(raw) and within_limits_by_size(raw, policy)
+    return [_parse_item(item, raw if single else None, screened, policy, now_ms) for item in items]
+
+
+def _parse_item(item: Any, raw: bytes | None, screened: bool, policy: Policy, now_ms: int) -> Parsed:
+    """One finding of a document; `raw` is its bytes when it is the whole document."""
+    try:
+        reason = None if screened else limit_violation(item, policy)
+        if reason is None:
+            return finding_from_json(item, policy=policy, now_ms=now_ms)
+    except _Bad as bad:
+        reason = bad.reason
+    except Exception as exc:  # defensive: a parser bug must not lose input
+        reason = f"parser_error:{type(exc).__name__}"
+    return Rejected(reason, _raw(item) if raw is None else raw, _candidate_id(item))
 
 
 def parse_message(data: bytes, *, policy: Policy, now_ms: int) -> list[Parsed]:
@@ -509,7 +553,7 @@ def envelope_finding(data: bytes, *, policy: Policy, now_ms: int) -> Finding | N
         return None
     # msgspec does not check the UTF-8 of the fields it skips, where orjson rejects
     # bad UTF-8: only pure ASCII takes the fast path.
-    if not data.isascii():
+    if not data.isascii() or not within_limits_by_size(data, policy):
         return None
     try:
         envelope = _decode_envelope(data)
@@ -519,7 +563,7 @@ def envelope_finding(data: bytes, *, policy: Policy, now_ms: int) -> Finding | N
     if detail is None or envelope.detail_type not in FINDINGS_DETAIL_TYPES:
         return None
     items = detail.findings
-    if items is None or len(items) != 1 or policy.max_findings_per_message < 1:
+    if items is None or len(items) != 1:
         return None
     return _wire_finding(items[0], policy, now_ms)
 

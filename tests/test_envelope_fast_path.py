@@ -129,8 +129,10 @@ def test_fast_path_equals_the_general_parser_on_bytes_spliced_in(noise: bytes, w
 def test_limits_apply_before_the_fast_path() -> None:
     data = orjson.dumps(sample())
     assert assert_same(data, Policy(max_message_bytes=len(data) - 1))[0] == Rejected("oversized", data)
-    [rejected] = assert_same(data, Policy(max_findings_per_message=0))
-    assert isinstance(rejected, Rejected) and rejected.reason == "too_many_findings"
+    [rejected] = assert_same(data, Policy(max_depth=3))
+    assert isinstance(rejected, Rejected) and rejected.reason == "too_deep"
+    [rejected] = assert_same(data, Policy(max_string_length=20))
+    assert isinstance(rejected, Rejected) and rejected.reason == "string_too_long"
 
 
 def test_every_envelope_of_a_generated_feed_takes_the_fast_path(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,13 @@ from streams.config import Policy
 from streams.decide import Outcome
 from streams.records import HEADER_REASON, decision_record
 from streams.replay import replay_async
-from tests.builders import OTHER_RESOURCE, archived, at, finding
+from tests.builders import OTHER_RESOURCE, archived, at, envelope, finding
 from tests.kafka_io import WorkerRun, read_all, read_until, values
 from tests.timeline import history, write_jsonl
 
 FIXTURES = Path(__file__).parent / "fixtures"
 INCIDENT = FIXTURES / "incident-rds45.jsonl"
+NEIGHBOUR = OTHER_RESOURCE.replace("cluster:", "cluster:neighbour-")
 
 
 @pytest.fixture
@@ -144,14 +146,19 @@ def test_worker_killed_mid_stream_loses_no_alert_and_never_rekeys_one(
     assert run.starts == 2
 
 
-def test_forged_clock_and_forged_predecessor_change_nothing_in_the_worker(
+def test_forged_and_hostile_findings_change_nothing_in_the_worker(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
-    """DESIGN §2-3 through Kafka: a finding dated in the future is dead-lettered and does
-    not move the watermark (a pair reordered within the hold still pairs), and an
-    archived finding of another product never silences a real control finding."""
+    """DESIGN §2-3 and issue 8 through Kafka: a finding dated in the future is
+    dead-lettered and does not move the watermark (a pair reordered within the hold
+    still pairs); an archived finding of another product never silences a real control
+    finding; findings over the depth or string limits are dead letters with their
+    bytes, and one of them never takes its neighbour in the same envelope with it."""
     future = (datetime.now(UTC) + timedelta(days=30)).isoformat(timespec="milliseconds")
     forged = finding("forged", created=at(hours=-2), product="imported")
+    too_deep = finding("deep", created=at(hours=2), resource=NEIGHBOUR)
+    too_deep["ProductFields"] = {"Deep": reduce(lambda inner, _: [inner], range(40), "leaf")}
+    too_long = finding("long", created=at(hours=2), resource=NEIGHBOUR, title="x" * 40_000)
     old = finding("old", created=at(hours=1), resource=OTHER_RESOURCE)
     arrivals = [
         forged,
@@ -162,9 +169,12 @@ def test_forged_clock_and_forged_predecessor_change_nothing_in_the_worker(
         old,
         finding("recreated", created=at(hours=2, minutes=1), resource=OTHER_RESOURCE),
         archived(old, at(hours=2)),  # arrives after its re-creation, within the hold
+        too_deep,
+        envelope([too_long, finding("neighbour", created=at(hours=2, minutes=2), resource=NEIGHBOUR)]),
     ]
     path = tmp_path / "forged.jsonl"
-    path.write_bytes(b"".join(orjson.dumps(f) + b"\n" for f in arrivals))
+    lines = [orjson.dumps(f) for f in arrivals]
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
     run = WorkerRun(kafka_bootstrap, unique_name, tmp_path, partitions=1)
     run.create_source(partitions=1)
     try:
@@ -172,7 +182,7 @@ def test_forged_clock_and_forged_predecessor_change_nothing_in_the_worker(
         run.start()
         t = run.topics
         got = read_until(run.bootstrap, [t["decisions"], t["deadletter"]],
-                         all_decided(run, len(arrivals)), timeout=180, alive=run.assert_alive)
+                         all_decided(run, len(arrivals) + 1), timeout=180, alive=run.assert_alive)
     finally:
         run.stop()
     decided = by_position(values(got[t["decisions"]]))
@@ -186,6 +196,12 @@ def test_forged_clock_and_forged_predecessor_change_nothing_in_the_worker(
         ("alert", "new"),
         ("suppressed", "recreated_after_archive"),  # the watermark did not jump
         ("silent", "archived"),
+        ("dead_letter", "too_deep"),
+        ("dead_letter", "string_too_long"),
     ]
-    (dead,) = got[t["deadletter"]]
-    assert dict(dead.headers)[HEADER_REASON] == b"future_timestamp"
+    last = len(arrivals)
+    assert (decided[(last, 1)]["decision"], decided[(last, 1)]["kind"]) == ("alert", "new")
+    dead = {dict(r.headers)[HEADER_REASON]: r.value for r in got[t["deadletter"]]}
+    assert set(dead) == {b"future_timestamp", b"too_deep", b"string_too_long"}
+    assert dead[b"too_deep"] == lines[-2]  # the original bytes
+    assert orjson.loads(dead[b"string_too_long"]) == too_long
