@@ -31,6 +31,7 @@ import faust
 import orjson
 
 from streams import metrics
+from streams.broker_wait import BrokerWatch, retry_while_unavailable
 from streams.config import WorkerSettings
 from streams.decide import Decision, Outcome, rejected_outcome
 from streams.engine import PartitionEngine
@@ -122,6 +123,8 @@ class Worker:
         self.app.agent(self.source, name="flapguard.ingest")(self.ingest)
         self.app.agent(self.keyed, name="flapguard.decide")(self.decide)
         self.app.timer(max(0.5, s.idle_flush_ms / 4000))(self.tick_idle_partitions)
+        self.broker_watch = BrokerWatch(s.bootstrap_servers, self.probe_broker)
+        self.app.timer(2.0)(self.broker_watch.check)
         # After every recovery (start, rebalance) the engines' heaps are rebuilt from
         # the tables on the next record of each partition.
         self.tables["buffer"].table.on_recover(self.on_recover)
@@ -328,6 +331,13 @@ class Worker:
         `Topic.send` does the same with more work per record than deciding it."""
         return await self.app.producer.send(topic.get_topic_name(), key, value, partition, None, headers)
 
+    async def probe_broker(self) -> None:
+        """Ask the broker for cluster metadata with the producer's own client (and so
+        its security settings); raises when no broker answers."""
+        producer = getattr(self.app.producer, "_producer", None)
+        if producer is not None:
+            await producer.client.fetch_all_metadata()
+
     async def on_recover(self) -> None:
         self.engines.clear()
         self.source_guard.reset()
@@ -465,5 +475,7 @@ def run_worker(settings: WorkerSettings) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker = Worker(settings)
     metrics.start(worker)
-    asyncio.run(worker.declare_topics())
+    # A broker that is not up yet is waited for (with backoff), not a crash.
+    asyncio.run(retry_while_unavailable(worker.declare_topics, servers=settings.bootstrap_servers,
+                                        what="creating or checking the topics"))
     FaustWorker(worker.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
