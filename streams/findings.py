@@ -395,9 +395,13 @@ def _candidate_id(obj: Any) -> str | None:
 def within_limits_by_size(raw: bytes, policy: Policy) -> bool:
     """True when the bytes alone prove every finding in them keeps the depth and
     string limits: fewer brackets than the depth limit, fewer bytes than the string
-    limit. Two C-speed counts, so that ordinary messages are never walked."""
+    limit. One C-speed pass over the bytes, so that ordinary messages are never walked."""
     return (len(raw) <= policy.max_string_length
-            and raw.count(b"{") + raw.count(b"[") <= policy.max_depth)
+            and len(raw.translate(None, _ALL_BUT_OPENING_BRACKETS)) <= policy.max_depth)
+
+
+# Deleting every other byte leaves the brackets: one pass, where two counts are two.
+_ALL_BUT_OPENING_BRACKETS = bytes(b for b in range(256) if b not in b"{[")
 
 
 def limit_violation(value: Any, policy: Policy) -> str | None:
