@@ -17,12 +17,14 @@ import orjson
 
 @dataclass(frozen=True)
 class Reply:
-    """How to answer one request: a status, an optional Retry-After, a pause before it."""
+    """How to answer one request: a status, an optional Retry-After, a pause before it,
+    and an optional gate: the reply waits until the test sets it (a stalled sink)."""
 
     status: int = 200
     body: bytes = b"ok"
     retry_after: str | None = None
     delay_s: float = 0.0
+    gate: threading.Event | None = None
 
 
 @dataclass
@@ -86,6 +88,8 @@ def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
             received = Received(self.path, dict(self.headers.items()), self.rfile.read(length),
                                 self.command, time.monotonic())
             reply = recorder.next_reply(received)
+            if reply.gate is not None:
+                reply.gate.wait(timeout=300)
             if reply.delay_s:
                 time.sleep(reply.delay_s)
             try:
