@@ -45,7 +45,7 @@ from streams.records import (
     kafka_decision_record,
     suppressed_record,
 )
-from streams.state import Origin, Store
+from streams.state import Origin, Store, encode
 
 log = logging.getLogger("flapguard.worker")
 
@@ -71,7 +71,7 @@ def origin_of(message: Any, index: int) -> Origin:
 
 
 def encode_keyed(finding: Finding, origin: Origin) -> bytes:
-    return orjson.dumps({"finding": finding.to_json(), "origin": origin})
+    return encode({"finding": finding.to_json(), "origin": origin})
 
 
 def decode_keyed(data: bytes) -> tuple[Finding, Origin]:

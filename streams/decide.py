@@ -7,8 +7,10 @@ the design, first match wins.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
+
+import msgspec
 
 from streams.config import Policy
 from streams.findings import ACTIVE, ARCHIVED, FAILING, NOT_AVAILABLE, Finding, Rejected
@@ -75,8 +77,7 @@ class Pairing:
         return (self.recreated_at - self.archived_at) / 1000
 
 
-@dataclass(slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, gc=False):  # a Struct for speed, as `Finding`
     """The one decision for one finding occurrence, with what the outputs need."""
 
     origin: Origin
@@ -86,7 +87,7 @@ class Outcome:
     reason: str | None = None
     dedup_key: str | None = None
     pairing: Pairing | None = None
-    late_pairs: list[Pairing] = field(default_factory=list)
+    late_pairs: list[Pairing] = msgspec.field(default_factory=list)
     rejected: Rejected | None = None
     seq: int = -1  # arrival order, set by the engine
 
@@ -418,7 +419,8 @@ class Decider:
                 state.dedup_key = dedup_key(f.id, f.updated_at_text)
 
     def _save(self, finding_id: str, state: FindingState) -> None:
-        self._update_live(finding_id, state)
+        if state.standard is not None and state.control:  # `_update_live`'s own test, first
+            self._update_live(finding_id, state)
         self.store.findings.put(finding_id, state)
 
     def _update_live(self, finding_id: str, state: FindingState) -> None:

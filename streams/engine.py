@@ -26,10 +26,11 @@ class PartitionEngine:
         self._meta_key = str(partition)
         # The heap mirrors the buffer entries of the store; rebuilt on start so that
         # a restarted or rebalanced worker carries on with what was held.
-        self._heap: list[tuple[int, str, int, str]] = []
+        # Entries: (UpdatedAt, Id, arrival) = `Arrival.order`, the buffer key, the arrival.
+        self._heap: list[tuple[int, str, int, str, Arrival]] = []
         for key, arrival in store.buffer.items():
             if key.startswith(self._prefix):
-                self._heap.append((*arrival.order, key))
+                self._heap.append((*arrival.order, key, arrival))
         heapq.heapify(self._heap)
         self.meta = store.meta.get(str(partition)) or PartitionMeta()
         # Finding ids of this partition by a lower bound of their `updated_at`, so that
@@ -54,9 +55,9 @@ class PartitionEngine:
         updated_at = finding.updated_at
         heap = self._heap
         if buffer.get(key) is None:  # a redelivered record is already held
-            buffer.put(key, Arrival(self.p, seq, finding, origin))
-            # (UpdatedAt, Id, arrival) = `Arrival.order`, written out: this is per event.
-            heapq.heappush(heap, (updated_at, finding.id, seq, key))
+            arrival = Arrival(self.p, seq, finding, origin)
+            buffer.put(key, arrival)
+            heapq.heappush(heap, (updated_at, finding.id, seq, key, arrival))
         meta = self.meta
         watermark = meta.watermark
         if watermark is None or updated_at > watermark:
@@ -95,18 +96,18 @@ class PartitionEngine:
         tracked = self._tracked
         heappop = heapq.heappop
         while heap and (up_to is None or heap[0][0] <= up_to):
-            key = heappop(heap)[3]
-            arrival = buffer.get(key)
+            # The heap and the buffer hold the same arrivals: only `accept` adds to
+            # both, only this takes from both.
+            _, _, _, key, arrival = heappop(heap)
             buffer.delete(key)
-            if arrival is not None:
-                finding = arrival.finding
-                outcome = decide(finding, arrival.origin)
-                outcome.seq = arrival.seq
-                out.append(outcome)
-                if expiry is not None and finding.id not in tracked:
-                    # Its state's `updated_at` is at least this (it only grows).
-                    tracked.add(finding.id)
-                    heapq.heappush(expiry, (finding.updated_at, finding.id))
+            finding = arrival.finding
+            outcome = decide(finding, arrival.origin)
+            outcome.seq = arrival.seq
+            out.append(outcome)
+            if expiry is not None and finding.id not in tracked:
+                # Its state's `updated_at` is at least this (it only grows).
+                tracked.add(finding.id)
+                heapq.heappush(expiry, (finding.updated_at, finding.id))
         self._maybe_sweep()
         return out
 

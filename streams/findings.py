@@ -36,11 +36,10 @@ _NORMALIZED_BANDS = ((90, Severity.CRITICAL), (70, Severity.HIGH), (40, Severity
                      (1, Severity.LOW), (0, Severity.INFORMATIONAL))
 
 
-# Treated as immutable, but not `frozen`: a frozen dataclass's __init__ sets each of
-# these 19 fields through object.__setattr__, which cost more than the rest of parsing
-# a finding. `unsafe_hash` keeps the hash a frozen class would have.
-@dataclass(slots=True, unsafe_hash=True)
-class Finding:
+# A msgspec Struct, not a dataclass: its __init__ is C, where a dataclass's is a Python
+# function that set these 19 fields one by one at about the cost of the rest of parsing
+# a finding. Frozen (and so hashable); `gc=False`: it holds only strings and numbers.
+class Finding(msgspec.Struct, frozen=True, gc=False):
     """The fields of one ASFF finding that decisions, keys and alerts use."""
 
     id: str
@@ -84,7 +83,7 @@ class Finding:
         return self.compliance_status is None or self.compliance_status in FAILING
 
     def to_json(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in self.__struct_fields__}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Finding:
@@ -395,13 +394,11 @@ def _candidate_id(obj: Any) -> str | None:
 def within_limits_by_size(raw: bytes, policy: Policy) -> bool:
     """True when the bytes alone prove every finding in them keeps the depth and
     string limits: fewer brackets than the depth limit, fewer bytes than the string
-    limit. One C-speed pass over the bytes, so that ordinary messages are never walked."""
+    limit. C-speed passes over the bytes, so that ordinary messages are never walked."""
+    # The brackets are what removing them removes: `replace` finds them with memchr,
+    # several times faster than `count` or `translate` on a 2 KB finding.
     return (len(raw) <= policy.max_string_length
-            and len(raw.translate(None, _ALL_BUT_OPENING_BRACKETS)) <= policy.max_depth)
-
-
-# Deleting every other byte leaves the brackets: one pass, where two counts are two.
-_ALL_BUT_OPENING_BRACKETS = bytes(b for b in range(256) if b not in b"{[")
+            and len(raw) - len(raw.replace(b"{", b"").replace(b"[", b"")) <= policy.max_depth)
 
 
 def limit_violation(value: Any, policy: Policy) -> str | None:
@@ -569,11 +566,8 @@ def envelope_finding(data: bytes, *, policy: Policy, now_ms: int) -> Finding | N
     items = detail.findings
     if items is None or len(items) != 1:
         return None
-    return _wire_finding(items[0], policy, now_ms)
-
-
-def _wire_finding(wire: _WireFinding, policy: Policy, now_ms: int) -> Finding | None:
-    """`_fast_finding` over the decoded fields (their types are already checked)."""
+    # From here on, `_fast_finding` over the decoded fields (their types are checked).
+    wire = items[0]
     finding_id = wire.Id
     product_arn = wire.ProductArn
     generator_id = wire.GeneratorId
@@ -594,12 +588,13 @@ def _wire_finding(wire: _WireFinding, policy: Policy, now_ms: int) -> Finding | 
     # `parse_timestamp`'s cache, looked up here first: both are usually in it.
     created_at = _TIMESTAMPS.get(created_text)
     updated_at = _TIMESTAMPS.get(updated_text)
-    if created_at is None or updated_at is None:
-        try:
+    try:
+        if created_at is None:
             created_at = parse_timestamp(created_text)
+        if updated_at is None:  # the usual miss: each update has its own time
             updated_at = parse_timestamp(updated_text)
-        except (ValueError, OverflowError, OSError):
-            return None
+    except (ValueError, OverflowError, OSError):
+        return None
     if updated_at > now_ms + policy.future_tolerance_ms or created_at > updated_at:
         return None
     compliance = wire.Compliance

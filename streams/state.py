@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Generic, Protocol, TypeVar
 
+import msgspec
 import orjson
 
 from streams.findings import Finding
@@ -87,8 +88,7 @@ class LiveSet:
     members: dict[str, LiveMember] = field(default_factory=dict)
 
 
-@dataclass(slots=True, unsafe_hash=True)  # immutable by convention; see `Finding`
-class Origin:
+class Origin(msgspec.Struct, frozen=True, gc=False):  # a Struct for speed, as `Finding`
     """Where a finding occurrence came from: a file line, a Kafka record, or both (a
     replayed file carries its file and line in record headers)."""
 
@@ -100,8 +100,7 @@ class Origin:
     offset: int = -1
 
 
-@dataclass(slots=True, unsafe_hash=True)  # immutable by convention; see `Finding`
-class Arrival:
+class Arrival(msgspec.Struct, frozen=True, gc=False):  # a Struct for speed, as `Finding`
     """A finding waiting in the reorder buffer."""
 
     p: int
@@ -161,7 +160,10 @@ class CodecKV(Generic[V]):
         return None if raw is None else self.decode(raw)
 
     def put(self, key: str, value: V) -> None:
-        self.data[key] = encode(value)
+        # A copy of its own size: orjson's output keeps an allocation of at least 4 KiB
+        # whatever its length (orjson 3.13: 4.1 KB of RSS per 350-byte value), and a
+        # table holds millions of values.
+        self.data[key] = bytes(memoryview(encode(value)))
 
     def delete(self, key: str) -> None:
         if key in self.data:
@@ -254,7 +256,8 @@ class Store:
 
 
 def encode(value: Any) -> bytes:
-    return orjson.dumps(value)
+    """JSON bytes of a state value (dataclasses natively, Structs such as `Arrival` as dicts)."""
+    return orjson.dumps(value, default=msgspec.structs.asdict)
 
 
 def _plain(cls: type[Any]) -> Callable[[bytes], Any]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 import time
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams import metrics
