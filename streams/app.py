@@ -36,6 +36,7 @@ from streams.config import WorkerSettings
 from streams.decide import Decision, Outcome, rejected_outcome
 from streams.engine import PartitionEngine
 from streams.findings import Finding, Rejected, parse_message
+from streams.kafka_auth import PLAINTEXT, BrokerSecurity
 from streams.keys import partition_for
 from streams.records import (
     HEADER_INPUT,
@@ -91,7 +92,10 @@ class Worker:
             store=s.store,
             datadir=s.data_dir,
             topic_partitions=s.partitions,
+            # No web server; were it ever turned on, loopback only.
             web_enabled=False,
+            web_bind="127.0.0.1",
+            broker_credentials=s.security.faust_credentials(),
             broker_session_timeout=s.session_timeout_s,
             broker_heartbeat_interval=s.heartbeat_interval_s,
             consumer_auto_offset_reset="earliest",
@@ -118,8 +122,8 @@ class Worker:
         self.engines: dict[int, PartitionEngine] = {}
         self.staged: dict[int, Callable[[], None]] = {}
         self.last_arrival: dict[int, float] = {}
-        self.source_guard = OffsetGuard(s.bootstrap_servers, self.app)
-        self.keyed_guard = OffsetGuard(s.bootstrap_servers, self.app)
+        self.source_guard = OffsetGuard(s.bootstrap_servers, self.app, s.security)
+        self.keyed_guard = OffsetGuard(s.bootstrap_servers, self.app, s.security)
         self.app.agent(self.source, name="flapguard.ingest")(self.ingest)
         self.app.agent(self.keyed, name="flapguard.decide")(self.decide)
         self.app.timer(max(0.5, s.idle_flush_ms / 4000))(self.tick_idle_partitions)
@@ -138,7 +142,8 @@ class Worker:
                   self.decisions]
         names = [t.get_topic_name() for t in topics if t is not None]
         await create_topics(self.settings.bootstrap_servers,
-                            dict.fromkeys(names, self.settings.partitions))
+                            dict.fromkeys(names, self.settings.partitions),
+                            security=self.settings.security)
 
     # -- ingest ---------------------------------------------------------------------
 
@@ -355,9 +360,11 @@ class OffsetGuard:
     hole, or, where it noticed the jump itself, commit past records never processed).
     """
 
-    def __init__(self, bootstrap_servers: str, app: Any) -> None:
+    def __init__(self, bootstrap_servers: str, app: Any,
+                 security: BrokerSecurity = PLAINTEXT) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.app = app
+        self.security = security
         self.next: dict[tuple[str, int], int] = {}
 
     def expected(self, message: Any) -> int | None:
@@ -392,7 +399,8 @@ class OffsetGuard:
 
         tp = TopicPartition(topic, partition)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers,
-                                    enable_auto_commit=False, isolation_level="read_committed")
+                                    enable_auto_commit=False, isolation_level="read_committed",
+                                    **self.security.aiokafka_kwargs())
         await consumer.start()
         try:
             consumer.assign([tp])

@@ -28,10 +28,10 @@ def is_unavailable(exc: BaseException) -> bool:
     """True when `exc` means the broker cannot be reached (yet), not that it refused us."""
     from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
-    from streams.brokers import BrokerError
+    from streams.brokers import BrokerError, BrokerRefused
 
-    if isinstance(exc, ssl.SSLError):
-        return False  # a TLS set-up error: waiting will not fix it
+    if isinstance(exc, ssl.SSLError | BrokerRefused):
+        return False  # a TLS set-up error, refused credentials: waiting will not fix it
     if isinstance(exc, (KafkaConnectionError, KafkaTimeoutError, OSError, TimeoutError, BrokerError)):
         return True
     if isinstance(exc, KafkaError):

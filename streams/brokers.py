@@ -23,6 +23,7 @@ import asyncio
 import atexit
 import base64
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Self
@@ -43,8 +44,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BrokerError",
+    "BrokerRefused",
     "KafkaBroker",
     "TansuBroker",
+    "connection_error",
     "create_topics",
     "create_topics_sync",
     "default_kafka_libs",
@@ -63,6 +66,11 @@ _TOPIC_ALREADY_EXISTS = 36
 
 class BrokerError(RuntimeError):
     """A local broker could not be prepared, started or reached."""
+
+
+class BrokerRefused(BrokerError):
+    """A broker answered but refused this client (credentials, TLS): waiting will not
+    change that."""
 
 
 def free_port() -> int:
@@ -639,7 +647,7 @@ async def create_topics(
     until every partition has a leader. Topics that already exist are left as they are.
     ``security``: how to connect (default PLAINTEXT)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import for_code
+    from aiokafka.errors import KafkaConnectionError, for_code
 
     if not topics:
         return
@@ -647,7 +655,16 @@ async def create_topics(
     auth = security.aiokafka_kwargs() if security is not None else {}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000),
                                 **auth)
-    await admin.start()
+    try:
+        with _quiet_aiokafka():
+            await admin.start()
+    except KafkaConnectionError:
+        # It says only "Unable to bootstrap"; the reason (a refused password, an unknown
+        # CA...) went to a log line. Say it in the error.
+        error = await connection_error(bootstrap, security, timeout=min(timeout, 10.0))
+        if error is None:
+            raise
+        raise error from None
     try:
         response = await admin.create_topics(
             [
@@ -664,6 +681,68 @@ async def create_topics(
         await _wait_for_leaders(admin, topics, deadline)
     finally:
         await admin.close()
+
+
+@contextlib.contextmanager
+def _quiet_aiokafka() -> Iterator[None]:
+    """aiokafka logs each failed bootstrap connection before it raises; the caller
+    reports the failure once, as one line."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+_HINTS = {
+    "CERTIFICATE_VERIFY_FAILED": "is --ssl-ca-file the CA that signed the brokers' certificates?",
+    "SaslAuthenticationFailed": "check --sasl-username and --sasl-password",
+    "UnsupportedSaslMechanism": "the brokers do not enable this --sasl-mechanism",
+}
+
+
+async def connection_error(bootstrap: str, security: BrokerSecurity | None,
+                           timeout: float = 10.0) -> BrokerError | None:
+    """Why no client connects to ``bootstrap`` with ``security``: one line, with a hint
+    where the cause is a usual one; :class:`BrokerRefused` when a broker answered but
+    refused this client (credentials, TLS), which waiting will not fix. None if a
+    connection succeeds now. Never a secret: brokers do not echo credentials, and
+    neither does this."""
+    import ssl
+
+    from aiokafka import errors
+    from aiokafka.conn import collect_hosts, create_conn
+
+    refusals = (ssl.SSLError, errors.AuthenticationFailedError,
+                errors.AuthenticationMethodNotSupported, errors.SaslAuthenticationFailed,
+                errors.UnsupportedSaslMechanismError, errors.IllegalSaslStateError)
+    auth = security.aiokafka_kwargs() if security is not None else {}
+    first: tuple[str, bool] | None = None
+    for host, port, _ in collect_hosts(bootstrap, randomize=False):
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(host, port, request_timeout_ms=int(timeout * 1000), **auth), timeout)
+        except TimeoutError:
+            first = first or (f"{host}:{port}: no answer within {timeout:.0f} s", False)
+            continue
+        except (OSError, errors.KafkaError) as exc:
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            first = first or (f"{host}:{port}: {text}", isinstance(exc, refusals))
+            continue
+        conn.close()
+        return None
+    if first is None:
+        return None
+    why, refused = first
+    hint = next((text for marker, text in _HINTS.items() if marker in why), None)
+    if hint is None and security is not None and security.protocol == "SSL" \
+            and security.cert_file is None and "closed" in why:
+        hint = "does the broker require a client certificate (--ssl-cert-file)?"
+    how = f" ({security.describe()})" if security is not None else ""
+    message = f"cannot connect{how}: {why}" + (f" ({hint})" if hint else "")
+    return BrokerRefused(message) if refused else BrokerError(message)
 
 
 async def _wait_for_leaders(admin: Any, topics: Mapping[str, int], deadline: float) -> None:

@@ -28,6 +28,7 @@ from streams.config import (
     parse_duration_ms,
     parse_size,
 )
+from streams.kafka_auth import BrokerSecurity
 
 ENV_PREFIX = "FLAPGUARD_"
 EXIT_USAGE = 2
@@ -165,6 +166,41 @@ def policy_from(args: argparse.Namespace) -> Policy:
 def _add_broker(parser: argparse.ArgumentParser, default: str | None = "127.0.0.1:9092") -> None:
     _option(parser, "--bootstrap-servers", default=default, env_fallbacks=["KAFKA_BOOTSTRAP_SERVERS"],
             help="Kafka bootstrap servers, host:port[,host:port]")
+    _add_security(parser)
+
+
+def _add_security(parser: argparse.ArgumentParser) -> None:
+    """Broker TLS, SASL and MSK IAM (streams/kafka_auth.py checks the combination).
+    Secrets: never a default shown, never echoed; their environment variables are the
+    way to give them."""
+    secret = " (a secret; prefer the environment variable)"
+    _option(parser, "--security-protocol", default="PLAINTEXT",
+            help="how to talk to the brokers: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    _option(parser, "--ssl-ca-file", default=None,
+            help="PEM file of the CA certificates that signed the brokers' (default: the "
+            "system's)")
+    _option(parser, "--ssl-cert-file", default=None,
+            help="PEM client certificate (chain), for brokers that require one (mutual TLS)")
+    _option(parser, "--ssl-key-file", default=None,
+            help="PEM private key of --ssl-cert-file (unless that file holds it)")
+    _option(parser, "--ssl-key-password", default=None, help="password of an encrypted key" + secret)
+    _option(parser, "--sasl-mechanism", default=None,
+            help="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, or OAUTHBEARER (MSK IAM; implied by "
+            "--msk-iam-region)")
+    _option(parser, "--sasl-username", default=None, help="SASL PLAIN/SCRAM user name")
+    _option(parser, "--sasl-password", default=None, help="SASL PLAIN/SCRAM password" + secret)
+    _option(parser, "--msk-iam-region", default=None,
+            help="Amazon MSK IAM: sign SASL OAUTHBEARER tokens for this Region with the AWS "
+            "credential chain (needs --security-protocol SASL_SSL)")
+
+
+def security_from(args: argparse.Namespace) -> BrokerSecurity:
+    """The broker security of a command's options (a ConfigError if they do not fit)."""
+    return BrokerSecurity(
+        protocol=args.security_protocol, ca_file=args.ssl_ca_file, cert_file=args.ssl_cert_file,
+        key_file=args.ssl_key_file, key_password=args.ssl_key_password,
+        sasl_mechanism=args.sasl_mechanism, sasl_username=args.sasl_username,
+        sasl_password=args.sasl_password, msk_iam_region=args.msk_iam_region)
 
 
 def _add_worker_options(parser: argparse.ArgumentParser) -> None:
@@ -238,6 +274,7 @@ def worker_settings_from(args: argparse.Namespace) -> WorkerSettings:
     session_s = args.session_timeout / 1000
     return WorkerSettings(
         bootstrap_servers=args.bootstrap_servers,
+        security=security_from(args),
         app_id=args.app_id,
         topics=Topics(
             findings=args.findings_topic,
@@ -374,7 +411,8 @@ def _backtest(args: argparse.Namespace) -> int:
             try:
                 report = kafka_backtest(args.input, bootstrap=args.bootstrap_servers, policy=policy,
                                         partitions=args.partitions, now_ms=now_ms, labels=labels,
-                                        decisions_out=out, timeout_s=args.kafka_timeout / 1000)
+                                        decisions_out=out, timeout_s=args.kafka_timeout / 1000,
+                                        security=security_from(args))
             except KafkaBacktestError as exc:
                 raise CliError(str(exc)) from None
         else:
@@ -454,11 +492,12 @@ def _worker(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from streams.replay import replay_files
 
+    security = security_from(args)
     for path in args.input:
         if not path.is_file():
             raise CliError(f"input not found: {path}")
     count = replay_files(args.input, bootstrap=args.bootstrap_servers, topic=args.topic,
-                         partitions=args.partitions)
+                         partitions=args.partitions, security=security)
     print(f"replayed {count} records to {args.topic}")
     return 0
 
@@ -468,7 +507,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     try:
         return run_demo(bootstrap=args.bootstrap_servers, input_path=args.input,
-                        timeout_s=args.timeout / 1000)
+                        timeout_s=args.timeout / 1000, security=security_from(args))
     except DemoError as exc:
         raise CliError(str(exc)) from None
 
@@ -581,7 +620,7 @@ def _cursor_store(args: argparse.Namespace) -> Any:
     if kind == "file" and where:
         return FileCursor(Path(where))
     if kind == "topic" and where:
-        return TopicCursor(args.bootstrap_servers, where)
+        return TopicCursor(args.bootstrap_servers, where, security=security_from(args))
     raise CliError(f"--cursor: expected topic:NAME, file:PATH, none or auto, got {args.cursor!r}")
 
 
@@ -592,6 +631,7 @@ def _forward(args: argparse.Namespace) -> int:
 
     if not args.region and not getattr(args, "regions", None):
         raise CliError("no AWS Region: give --region (or AWS_REGION)")
+    security = security_from(args)
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="flapguard forward: %(levelname)s %(message)s")
@@ -613,7 +653,8 @@ def _forward(args: argparse.Namespace) -> int:
                 max_attempts=args.max_attempts, page_size=args.page_size,
                 sts_endpoint_url=args.sts_endpoint_url,
                 trust_order=args.endpoint_sorts == "yes"
-                or (args.endpoint_sorts == "auto" and args.endpoint_url is None))
+                or (args.endpoint_sorts == "auto" and args.endpoint_url is None),
+                security=security)
             count = asyncio.run(run_poller(settings, _cursor_store(args)))
         else:
             from streams.sqs import SqsSettings, run_sqs
@@ -627,7 +668,7 @@ def _forward(args: argparse.Namespace) -> int:
                 deadletter_topic=args.deadletter_topic, queue_url=args.queue_url,
                 region=args.region, endpoint_url=args.endpoint_url, partitions=args.partitions,
                 once=args.once, wait_time_s=args.wait_time // 1000,
-                max_attempts=args.max_attempts)))
+                max_attempts=args.max_attempts, security=security)))
     except ForwardError as exc:
         raise CliError(str(exc)) from None
     print(f"forwarded {count} findings to {args.topic}")
@@ -709,7 +750,8 @@ def _notify(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = NotifySettings(
-        bootstrap_servers=args.bootstrap_servers, alerts_topic=args.alerts_topic,
+        bootstrap_servers=args.bootstrap_servers, security=security_from(args),
+        alerts_topic=args.alerts_topic,
         suppressed_topic=args.suppressed_topic, deadletter_topic=args.deadletter_topic,
         group_id=args.group_id, routes=load_routes(args.routes) if args.routes else Routes(),
         stdout=args.stdout, slack_webhook_url=args.slack_webhook_url, slack_rate=args.slack_rate,

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import orjson
 
 from streams.forward import quiet_bootstrap
+from streams.kafka_auth import BrokerSecurity
 from streams.records import iso
 
 
@@ -170,18 +171,21 @@ class TopicCursor:
     bootstrap: str
     topic: str
     producer: Any = None
+    security: BrokerSecurity = field(default_factory=BrokerSecurity)
 
     async def load(self) -> dict[str, int]:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
         from streams.brokers import create_topics
 
+        auth = self.security.aiokafka_kwargs()
         with quiet_bootstrap():
             await create_topics(self.bootstrap, {self.topic: 1},
-                                {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"})
-            self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+                                {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+                                security=self.security)
+            self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", **auth)
             await self.producer.start()
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, **auth)
         await consumer.start()
         values: dict[str, int] = {}
         try:

@@ -25,6 +25,7 @@ import orjson
 from streams.backtest import read_occurrences
 from streams.brokers import TansuBroker, create_topics
 from streams.config import Policy
+from streams.kafka_auth import PLAINTEXT, BrokerSecurity
 from streams.records import HEADER_REASON
 from streams.replay import replay_async
 from streams.worker_process import worker_process
@@ -63,12 +64,13 @@ def _broker(bootstrap: str | None) -> Iterator[tuple[str, bool]]:
 
 
 async def collect(bootstrap: str, topics: dict[str, str], expected: int, deadline: float,
-                  proc: subprocess.Popen[bytes]) -> Collected:
+                  proc: subprocess.Popen[bytes], security: BrokerSecurity = PLAINTEXT) -> Collected:
     """Read the output topics until every occurrence has its decision."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(*topics.values(), bootstrap_servers=bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                **security.aiokafka_kwargs())
     await consumer.start()
     got = Collected()
     try:
@@ -118,7 +120,11 @@ def render(got: Collected) -> str:
     return "\n".join(lines)
 
 
-def run_demo(*, bootstrap: str | None, input_path: Path | None, timeout_s: float) -> int:
+def run_demo(*, bootstrap: str | None, input_path: Path | None, timeout_s: float,
+             security: BrokerSecurity = PLAINTEXT) -> int:
+    if not bootstrap and security != PLAINTEXT:
+        raise DemoError("broker security needs --bootstrap-servers (the demo's local broker is "
+                        "PLAINTEXT)")
     run = uuid.uuid4().hex[:8]
     app_id = f"flapguard-demo-{run}"
     topics = {name: f"{app_id}.{name}" for name in
@@ -131,7 +137,7 @@ def run_demo(*, bootstrap: str | None, input_path: Path | None, timeout_s: float
               f"replaying {expected} finding occurrences from {incident.name}")
         # One findings partition keeps the input order, so the worker decides exactly
         # as `flapguard backtest` does.
-        asyncio.run(create_topics(servers, {topics["findings"]: 1}))
+        asyncio.run(create_topics(servers, {topics["findings"]: 1}, security=security))
         session = "2s" if local else "10s"
         args = ["--bootstrap-servers", servers, "--app-id", app_id,
                 "--findings-topic", topics["findings"], "--alerts-topic", topics["alerts"],
@@ -141,13 +147,14 @@ def run_demo(*, bootstrap: str | None, input_path: Path | None, timeout_s: float
                 "--idle-flush", "1s", "--session-timeout", session,
                 "--data-dir", str(Path(tmp) / "data"), "--metrics-address", "127.0.0.1:0"]
         log_path = Path(tmp) / "worker.log"
-        with worker_process(args, log_path) as proc:
+        with worker_process(args, log_path, env=security.to_env()) as proc:
             deadline = time.monotonic() + timeout_s
             asyncio.run(replay_async([incident], bootstrap=servers, topic=topics["findings"],
-                                     partitions=1))
+                                     partitions=1, security=security))
             try:
                 got = asyncio.run(collect(servers, {k: v for k, v in topics.items()
-                                                    if k != "findings"}, expected, deadline, proc))
+                                                    if k != "findings"}, expected, deadline, proc,
+                                          security))
             except DemoError as exc:
                 tail = log_path.read_text(errors="replace").splitlines()[-15:]
                 raise DemoError(f"{exc}; worker log tail:\n" + "\n".join(tail)) from None

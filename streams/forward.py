@@ -24,6 +24,7 @@ import orjson
 
 from streams.config import Policy
 from streams.findings import Finding, Parsed, Rejected, parse_document
+from streams.kafka_auth import BrokerSecurity
 from streams.keys import partition_for
 from streams.records import deadletter_headers, iso
 from streams.state import Origin
@@ -104,6 +105,7 @@ class KafkaSink:
     partitions: int = 8
     producer: Any = None
     partition_counts: dict[str, int] = field(default_factory=dict)
+    security: BrokerSecurity = field(default_factory=BrokerSecurity)
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaProducer
@@ -111,10 +113,12 @@ class KafkaSink:
         from streams.brokers import create_topics
 
         with quiet_bootstrap():
-            await create_topics(self.bootstrap, {name: self.partitions for name in self.topics.values()})
+            await create_topics(self.bootstrap, {name: self.partitions for name in self.topics.values()},
+                                security=self.security)
             self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
                                              max_batch_size=256 * 1024,
-                                             max_request_size=8 * 1024 * 1024)
+                                             max_request_size=8 * 1024 * 1024,
+                                             **self.security.aiokafka_kwargs())
             await self.producer.start()
         for name in self.topics.values():
             self.partition_counts[name] = len(await self.producer.partitions_for(name))

@@ -109,7 +109,7 @@ class BrokerSecurity:
             raise _error(f"--sasl-mechanism: unknown mechanism {self.sasl_mechanism!r} "
                          f"(one of {', '.join(MECHANISMS)})")
         if not sasl:
-            for name in ("sasl_mechanism", "sasl_username", "sasl_password", "msk_iam_region"):
+            for name in ("msk_iam_region", "sasl_mechanism", "sasl_username", "sasl_password"):
                 if getattr(self, name) is not None:
                     raise _error(f"{FLAGS[name]} needs --security-protocol SASL_SSL or "
                                  f"SASL_PLAINTEXT (it is {protocol})")
@@ -226,11 +226,10 @@ class BrokerSecurity:
 
     def to_env(self) -> dict[str, str]:
         """The FLAPGUARD_* variables that give a child `flapguard` process the same
-        security (secrets travel in its environment, never on its command line)."""
-        env = {env_name(FLAGS[f.name]): getattr(self, f.name) for f in fields(self)
-               if getattr(self, f.name) is not None}
-        env[env_name(FLAGS["protocol"])] = self.protocol
-        return env
+        security (secrets travel in its environment, never on its command line). Unset
+        fields are empty variables, which the command line reads as unset: whatever the
+        parent's environment held, the child gets exactly this."""
+        return {env_name(FLAGS[f.name]): getattr(self, f.name) or "" for f in fields(self)}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BrokerSecurity:

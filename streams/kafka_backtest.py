@@ -29,6 +29,7 @@ from streams.backtest import (
     read_occurrences,
 )
 from streams.config import Policy, format_duration
+from streams.kafka_auth import PLAINTEXT, BrokerSecurity
 from streams.worker_process import worker_process
 
 SESSION_TIMEOUT = "10s"
@@ -73,7 +74,7 @@ def _plain_inputs(paths: list[Path], workdir: Path) -> dict[str, Path]:
 def kafka_backtest(
     paths: list[Path], *, bootstrap: str, policy: Policy, partitions: int, now_ms: int,
     labels: LabelChoice = "beside", decisions_out: IO[bytes] | None = None,
-    timeout_s: float = 1800.0, app_id: str | None = None,
+    timeout_s: float = 1800.0, app_id: str | None = None, security: BrokerSecurity = PLAINTEXT,
 ) -> Report:
     from streams.replay import replay_async
 
@@ -87,13 +88,13 @@ def kafka_backtest(
         inputs = _plain_inputs(paths, workdir)
         expected = sum(1 for _ in read_occurrences(paths, policy=policy, now_ms=now_ms))
         asyncio.run(replay_async(list(inputs.values()), bootstrap=bootstrap,
-                                 topic=topics["findings"], partitions=1))
+                                 topic=topics["findings"], partitions=1, security=security))
         started = time.perf_counter()
         args = worker_command(bootstrap, app_id, topics, policy=policy, partitions=partitions,
                               data_dir=workdir / "data")
-        with worker_process(args, log_path) as proc:
+        with worker_process(args, log_path, env=security.to_env()) as proc:
             decided = asyncio.run(_read_decisions(bootstrap, topics["decisions"], expected, proc,
-                                                  timeout_s, log_path))
+                                                  timeout_s, log_path, security))
         seconds = time.perf_counter() - started
         renamed = {str(plain): name for name, plain in inputs.items()}
         report = report_from_records(paths, decided, renamed, policy=policy, partitions=partitions,
@@ -135,7 +136,7 @@ def report_from_records(
 
 async def _read_decisions(
     bootstrap: str, topic: str, expected: int, proc: subprocess.Popen[bytes], timeout_s: float,
-    log_path: Path,
+    log_path: Path, security: BrokerSecurity = PLAINTEXT,
 ) -> dict[tuple[str, int, int], dict[str, Any]]:
     """Every decision of the topic by input position (the last wins after a redelivery),
     until there is one for each of the `expected` occurrences."""
@@ -144,9 +145,10 @@ async def _read_decisions(
     from streams.brokers import create_topics
 
     # The worker creates its topics; creating this one first lets us subscribe at once.
-    await create_topics(bootstrap, {topic: 1})
+    await create_topics(bootstrap, {topic: 1}, security=security)
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, metadata_max_age_ms=1000)
+                                enable_auto_commit=False, metadata_max_age_ms=1000,
+                                **security.aiokafka_kwargs())
     await consumer.start()
     got: dict[tuple[str, int, int], dict[str, Any]] = {}
     deadline = time.monotonic() + timeout_s

@@ -4,7 +4,9 @@ The same transform as `flapguard forward sqs` (`sqs.message_records`): each find
 the event keyed by its partition key, anything else to the dead-letter topic. The
 handler returns only after the broker acknowledged every record; an exception makes
 Lambda retry the event (a duplicate downstream, which the core treats as one).
-Configure with FLAPGUARD_BOOTSTRAP_SERVERS, FLAPGUARD_TOPIC, FLAPGUARD_DEADLETTER_TOPIC.
+Configure with FLAPGUARD_BOOTSTRAP_SERVERS, FLAPGUARD_TOPIC, FLAPGUARD_DEADLETTER_TOPIC,
+and for broker security the same variables as the command line (FLAPGUARD_SECURITY_PROTOCOL,
+FLAPGUARD_MSK_IAM_REGION for MSK IAM with the function's role, ...).
 Handler: `streams.lambda_handler.handler`.
 """
 
@@ -19,6 +21,7 @@ import orjson
 
 from streams.config import Policy, Topics
 from streams.forward import KafkaSink, Route
+from streams.kafka_auth import PLAINTEXT, BrokerSecurity
 from streams.sqs import message_records
 
 
@@ -31,10 +34,11 @@ def settings_from_env(env: dict[str, str]) -> tuple[str, str, str]:
 
 
 async def forward_event(event: Any, *, bootstrap: str, topic: str, deadletter_topic: str,
-                        request_id: str) -> dict[str, int]:
+                        request_id: str, security: BrokerSecurity = PLAINTEXT) -> dict[str, int]:
     records = message_records(orjson.dumps(event), source="lambda", message_id=request_id,
                               policy=Policy(), now_ms=int(time.time() * 1000))
-    sink = KafkaSink(bootstrap, {Route.FINDINGS: topic, Route.DEADLETTER: deadletter_topic})
+    sink = KafkaSink(bootstrap, {Route.FINDINGS: topic, Route.DEADLETTER: deadletter_topic},
+                     security=security)
     await sink.start()
     try:
         await sink.send_all(records)
@@ -46,6 +50,8 @@ async def forward_event(event: Any, *, bootstrap: str, topic: str, deadletter_to
 
 def handler(event: Any, context: Any) -> dict[str, int]:
     bootstrap, topic, deadletter_topic = settings_from_env(dict(os.environ))
+    security = BrokerSecurity.from_env(os.environ)
     request_id = str(getattr(context, "aws_request_id", "") or "")
     return asyncio.run(forward_event(event, bootstrap=bootstrap, topic=topic,
-                                     deadletter_topic=deadletter_topic, request_id=request_id))
+                                     deadletter_topic=deadletter_topic, request_id=request_id,
+                                     security=security))

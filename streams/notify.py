@@ -32,6 +32,7 @@ import orjson
 from streams import notify_metrics
 from streams.brokers import create_topics
 from streams.config import ConfigError
+from streams.kafka_auth import BrokerSecurity
 from streams.records import HEADER_REASON
 from streams.routing import Routes
 from streams.sinks import (
@@ -277,6 +278,7 @@ async def with_retries(
 @dataclass(frozen=True, slots=True)
 class NotifySettings:
     bootstrap_servers: str
+    security: BrokerSecurity = field(default_factory=BrokerSecurity)
     alerts_topic: str = "securityhub.alerts"
     suppressed_topic: str = "securityhub.suppressed"
     deadletter_topic: str = "securityhub.notify-deadletter"
@@ -469,7 +471,9 @@ async def run_notify(settings: NotifySettings, senders: dict[str, Sender] | None
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
     from aiokafka.errors import CommitFailedError
 
-    await create_topics(settings.bootstrap_servers, {settings.deadletter_topic: 1})
+    auth = settings.security.aiokafka_kwargs()
+    await create_topics(settings.bootstrap_servers, {settings.deadletter_topic: 1},
+                        security=settings.security)
     topics = [settings.alerts_topic] + ([settings.suppressed_topic] if settings.write_back else [])
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id,
@@ -477,9 +481,9 @@ async def run_notify(settings: NotifySettings, senders: dict[str, Sender] | None
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=max(100, settings.session_timeout_ms // 10),
         # Slack at 1 message/s makes a batch slow; the group must not evict us meanwhile.
-        max_poll_interval_ms=3_600_000, metadata_max_age_ms=5_000,
+        max_poll_interval_ms=3_600_000, metadata_max_age_ms=5_000, **auth,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", **auth)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -16,6 +16,7 @@ from pathlib import Path
 from streams.brokers import create_topics
 from streams.config import Policy
 from streams.findings import Finding, parse_message, split_lines
+from streams.kafka_auth import PLAINTEXT, BrokerSecurity
 from streams.records import HEADER_INPUT, HEADER_LINE
 
 
@@ -39,12 +40,14 @@ def replay_records(paths: Iterable[Path], *, now_ms: int | None = None) -> Itera
                 yield ReplayRecord(key, unit.data, headers)
 
 
-async def replay_async(paths: Iterable[Path], *, bootstrap: str, topic: str, partitions: int) -> int:
+async def replay_async(paths: Iterable[Path], *, bootstrap: str, topic: str, partitions: int,
+                       security: BrokerSecurity = PLAINTEXT) -> int:
     from aiokafka import AIOKafkaProducer
 
-    await create_topics(bootstrap, {topic: partitions})
+    await create_topics(bootstrap, {topic: partitions}, security=security)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                                max_batch_size=256 * 1024, max_request_size=8 * 1024 * 1024)
+                                max_batch_size=256 * 1024, max_request_size=8 * 1024 * 1024,
+                                **security.aiokafka_kwargs())
     await producer.start()
     count = 0
     try:
@@ -62,5 +65,7 @@ async def replay_async(paths: Iterable[Path], *, bootstrap: str, topic: str, par
     return count
 
 
-def replay_files(paths: Iterable[Path], *, bootstrap: str, topic: str, partitions: int) -> int:
-    return asyncio.run(replay_async(paths, bootstrap=bootstrap, topic=topic, partitions=partitions))
+def replay_files(paths: Iterable[Path], *, bootstrap: str, topic: str, partitions: int,
+                 security: BrokerSecurity = PLAINTEXT) -> int:
+    return asyncio.run(replay_async(paths, bootstrap=bootstrap, topic=topic, partitions=partitions,
+                                    security=security))

@@ -21,6 +21,7 @@ from streams.aws import check_credentials, is_aws_error, is_throttling, make_cli
 from streams.config import Policy
 from streams.cursor import CursorStore, SeenSet, Sweep
 from streams.forward import ForwardError, KafkaSink, OutRecord, Progress, Route, one_line, page_records
+from streams.kafka_auth import BrokerSecurity
 from streams.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class PollSettings:
     sts_endpoint_url: str | None = None
     # AWS sorts by UpdatedAt; a stand-in (moto) may not: then the cursor moves per sweep.
     trust_order: bool = True
+    security: BrokerSecurity = field(default_factory=BrokerSecurity)
 
     def cursor_key(self, source: Source) -> str:
         return f"{source.name}|{self.endpoint_url or 'aws'}"
@@ -221,7 +223,8 @@ async def run_poller(settings: PollSettings, cursor: CursorStore) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    sink = KafkaSink(settings.bootstrap, {Route.FINDINGS: settings.topic}, settings.partitions)
+    sink = KafkaSink(settings.bootstrap, {Route.FINDINGS: settings.topic}, settings.partitions,
+                     security=settings.security)
     progress = Progress()
     try:
         await sink.start()

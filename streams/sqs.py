@@ -14,7 +14,7 @@ import asyncio
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from streams import forward_metrics
@@ -32,6 +32,7 @@ from streams.forward import (
     finding_records,
     one_line,
 )
+from streams.kafka_auth import BrokerSecurity
 from streams.records import HEADER_REASON
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class SqsSettings:
     once: bool = False
     wait_time_s: int = 20
     max_attempts: int = 10
+    security: BrokerSecurity = field(default_factory=BrokerSecurity)
 
 
 def message_records(body: bytes, *, source: str, message_id: str, policy: Policy,
@@ -130,7 +132,7 @@ async def run_sqs(settings: SqsSettings) -> int:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     sink = KafkaSink(settings.bootstrap, {Route.FINDINGS: settings.topic,
                                           Route.DEADLETTER: settings.deadletter_topic},
-                     settings.partitions)
+                     settings.partitions, security=settings.security)
     progress = Progress()
     try:
         await sink.start()

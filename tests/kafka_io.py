@@ -29,6 +29,8 @@ class WorkerRun:
     workdir: Path
     partitions: int = 4
     extra: list[str] = field(default_factory=list)
+    # The child's whole environment (None: this process's), e.g. broker security.
+    env: dict[str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -54,7 +56,7 @@ class WorkerRun:
         self.starts += 1
         log = (self.workdir / f"worker-{self.starts}.log").open("wb")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, env=self.env)
         log.close()
 
     def kill(self) -> None:
