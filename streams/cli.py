@@ -23,6 +23,7 @@ from streams.config import (
     Severity,
     Topics,
     WorkerSettings,
+    env_name,
     format_duration,
     format_size,
     parse_duration_ms,
@@ -30,7 +31,6 @@ from streams.config import (
 )
 from streams.kafka_auth import BrokerSecurity
 
-ENV_PREFIX = "FLAPGUARD_"
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
@@ -42,10 +42,6 @@ class CliError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def env_name(flag: str) -> str:
-    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
 
 def _option(

@@ -9,15 +9,33 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
-from streams.kafka_auth import BrokerSecurity
+if TYPE_CHECKING:
+    from streams.kafka_auth import BrokerSecurity
+
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
 
+ENV_PREFIX = "FLAPGUARD_"
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message is one line for the user."""
+
+
+def env_name(flag: str) -> str:
+    """`--ssl-ca-file` -> `FLAPGUARD_SSL_CA_FILE`: every flag's environment variable."""
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def plaintext() -> BrokerSecurity:
+    """No TLS, no SASL: the default broker security (imported only when used)."""
+    from streams.kafka_auth import PLAINTEXT
+
+    return PLAINTEXT
 
 
 def parse_duration_ms(text: str) -> int:
@@ -127,7 +145,7 @@ class WorkerSettings:
     """The Faust worker's edges: broker, topics, app identity and store."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
-    security: BrokerSecurity = field(default_factory=BrokerSecurity)
+    security: BrokerSecurity = field(default_factory=plaintext)
     app_id: str = "flapguard"
     topics: Topics = field(default_factory=Topics)
     policy: Policy = field(default_factory=Policy)

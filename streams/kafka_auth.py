@@ -16,15 +16,16 @@ Pure: nothing is read, and no network is touched, at import.
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiokafka.abc import AbstractTokenProvider
+from streams.config import ConfigError, env_name
+
+if TYPE_CHECKING:
+    from streams.msk_iam import MskIamTokenProvider
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
@@ -45,18 +46,6 @@ FLAGS = {
     "msk_iam_region": "--msk-iam-region",
 }
 SECRET_FIELDS = frozenset({"key_password", "sasl_password"})
-ENV_PREFIX = "FLAPGUARD_"
-
-
-def env_name(flag: str) -> str:
-    """`--ssl-ca-file` -> `FLAPGUARD_SSL_CA_FILE` (as the command line does)."""
-    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
-
-
-def _error(message: str) -> Exception:
-    from streams.config import ConfigError  # streams.config imports this module
-
-    return ConfigError(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +74,7 @@ class BrokerSecurity:
         protocol = (self.protocol or "PLAINTEXT").upper().replace("-", "_")
         object.__setattr__(self, "protocol", protocol)
         if protocol not in PROTOCOLS:
-            raise _error(f"--security-protocol: unknown protocol {self.protocol!r} "
+            raise ConfigError(f"--security-protocol: unknown protocol {self.protocol!r} "
                          f"(one of {', '.join(PROTOCOLS)})")
         mechanism = self.sasl_mechanism.upper().replace("_", "-") if self.sasl_mechanism else None
         if mechanism is None and self.msk_iam_region:
@@ -99,42 +88,42 @@ class BrokerSecurity:
         if not tls:
             for name in ("ca_file", "cert_file", "key_file", "key_password"):
                 if getattr(self, name) is not None:
-                    raise _error(f"{FLAGS[name]} needs --security-protocol SSL or SASL_SSL "
+                    raise ConfigError(f"{FLAGS[name]} needs --security-protocol SSL or SASL_SSL "
                                  f"(it is {protocol})")
         if self.key_file is not None and self.cert_file is None:
-            raise _error("--ssl-key-file needs --ssl-cert-file (the client certificate)")
+            raise ConfigError("--ssl-key-file needs --ssl-cert-file (the client certificate)")
         if self.key_password is not None and self.cert_file is None:
-            raise _error("--ssl-key-password needs --ssl-cert-file and its key")
+            raise ConfigError("--ssl-key-password needs --ssl-cert-file and its key")
         if mechanism is not None and mechanism not in MECHANISMS:
-            raise _error(f"--sasl-mechanism: unknown mechanism {self.sasl_mechanism!r} "
+            raise ConfigError(f"--sasl-mechanism: unknown mechanism {self.sasl_mechanism!r} "
                          f"(one of {', '.join(MECHANISMS)})")
         if not sasl:
             for name in ("msk_iam_region", "sasl_mechanism", "sasl_username", "sasl_password"):
                 if getattr(self, name) is not None:
-                    raise _error(f"{FLAGS[name]} needs --security-protocol SASL_SSL or "
+                    raise ConfigError(f"{FLAGS[name]} needs --security-protocol SASL_SSL or "
                                  f"SASL_PLAINTEXT (it is {protocol})")
             return
         if mechanism is None:
-            raise _error(f"{protocol} needs --sasl-mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, "
+            raise ConfigError(f"{protocol} needs --sasl-mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, "
                          "or --msk-iam-region for MSK IAM)")
         if mechanism == OAUTHBEARER:
             if not self.msk_iam_region:
-                raise _error("--sasl-mechanism OAUTHBEARER needs --msk-iam-region (MSK IAM is "
+                raise ConfigError("--sasl-mechanism OAUTHBEARER needs --msk-iam-region (MSK IAM is "
                              "the only token provider)")
             if protocol != "SASL_SSL":
-                raise _error("--msk-iam-region needs --security-protocol SASL_SSL (MSK IAM is "
+                raise ConfigError("--msk-iam-region needs --security-protocol SASL_SSL (MSK IAM is "
                              "TLS only)")
             for name in ("sasl_username", "sasl_password"):
                 if getattr(self, name) is not None:
-                    raise _error(f"{FLAGS[name]} is not used with MSK IAM (OAUTHBEARER): "
+                    raise ConfigError(f"{FLAGS[name]} is not used with MSK IAM (OAUTHBEARER): "
                                  "it signs with AWS credentials")
             return
         if self.msk_iam_region:
-            raise _error(f"--msk-iam-region needs --sasl-mechanism OAUTHBEARER (not {mechanism})")
+            raise ConfigError(f"--msk-iam-region needs --sasl-mechanism OAUTHBEARER (not {mechanism})")
         if not self.sasl_username:
-            raise _error(f"SASL {mechanism} needs --sasl-username")
+            raise ConfigError(f"SASL {mechanism} needs --sasl-username")
         if self.sasl_password is None:
-            raise _error(f"SASL {mechanism} needs --sasl-password "
+            raise ConfigError(f"SASL {mechanism} needs --sasl-password "
                          f"(prefer {env_name('--sasl-password')})")
 
     # -- reading -----------------------------------------------------------------------
@@ -175,7 +164,7 @@ class BrokerSecurity:
         for name in ("ca_file", "cert_file", "key_file"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
-                raise _error(f"{FLAGS[name]}: file not found: {path}")
+                raise ConfigError(f"{FLAGS[name]}: file not found: {path}")
         try:
             context: ssl.SSLContext = create_ssl_context(
                 cafile=self.ca_file, certfile=self.cert_file, keyfile=self.key_file,
@@ -184,14 +173,16 @@ class BrokerSecurity:
             what = (f"{FLAGS['ca_file']} {self.ca_file}" if self.cert_file is None
                     else f"{FLAGS['cert_file']} / {FLAGS['key_file']}")
             hint = " (wrong --ssl-key-password?)" if self.cert_file else ""
-            raise _error(f"cannot load {what}: {exc.reason or exc}{hint}") from None
+            raise ConfigError(f"cannot load {what}: {exc.reason or exc}{hint}") from None
         except OSError as exc:
-            raise _error(f"cannot read the TLS files: {exc.strerror or exc}") from None
+            raise ConfigError(f"cannot read the TLS files: {exc.strerror or exc}") from None
         return context
 
     def token_provider(self) -> MskIamTokenProvider | None:
         if self.sasl_mechanism != OAUTHBEARER or not self.msk_iam_region:
             return None
+        from streams.msk_iam import MskIamTokenProvider  # aiokafka, only when used
+
         return MskIamTokenProvider(self.msk_iam_region)
 
     def aiokafka_kwargs(self) -> dict[str, Any]:
@@ -239,39 +230,3 @@ class BrokerSecurity:
 
 
 PLAINTEXT = BrokerSecurity()
-
-
-class MskIamTokenProvider(AbstractTokenProvider):  # type: ignore[misc]
-    """SASL OAUTHBEARER tokens for Amazon MSK IAM, signed (SigV4, offline) with the
-    default AWS credential chain; one token is reused until a minute before it expires."""
-
-    REFRESH_BEFORE_S = 60.0
-
-    def __init__(self, region: str) -> None:
-        self.region = region
-        self._token: str | None = None
-        self._expires_at = 0.0
-        self._lock: asyncio.Lock | None = None
-
-    async def token(self) -> str:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._token is None or time.time() >= self._expires_at - self.REFRESH_BEFORE_S:
-                # Loading credentials may call the instance metadata service: a thread.
-                self._token, expiry_ms = await asyncio.to_thread(self._generate)
-                self._expires_at = expiry_ms / 1000
-            return str(self._token)
-
-    def _generate(self) -> tuple[str, int]:
-        from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
-
-        try:
-            token, expiry_ms = MSKAuthTokenProvider.generate_auth_token(self.region)
-        except Exception as exc:
-            raise _error(f"MSK IAM: cannot sign a token in {self.region}: "
-                         f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
-        return str(token), int(expiry_ms)
-
-    def __repr__(self) -> str:
-        return f"<MskIamTokenProvider {self.region}>"

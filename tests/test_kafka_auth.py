@@ -16,7 +16,8 @@ import pytest
 
 from streams.cli import build_parser, main, security_from, worker_settings_from
 from streams.config import ConfigError, WorkerSettings
-from streams.kafka_auth import FLAGS, PLAINTEXT, BrokerSecurity, MskIamTokenProvider, env_name
+from streams.kafka_auth import FLAGS, PLAINTEXT, BrokerSecurity, env_name
+from streams.msk_iam import MskIamTokenProvider
 from tests.secure_kafka import KEY_PASSWORD, Pki, make_pki
 
 SECRET = "pw-7c1d0e-never-printed"
