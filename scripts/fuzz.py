@@ -32,7 +32,8 @@ with atheris.instrument_imports():
     from streams.findings import Finding, finding_items, parse_message
     from streams.state import Origin, Store
 
-POLICY = Policy(hold_ms=60_000)
+# Limits low enough that fuzzed nesting and strings cross them (the samples stay under).
+POLICY = Policy(hold_ms=60_000, max_depth=12, max_string_length=4096)
 NOW_MS = 1_893_456_000_000  # 2030: fixed, so runs are repeatable
 FIXTURES = REPO / "tests" / "fixtures"
 SEEDS: list[dict[str, Any]] = []

@@ -656,7 +656,7 @@ async def create_topics(
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000),
                                 **auth)
     try:
-        with _quiet_aiokafka():
+        with quiet_bootstrap():
             await admin.start()
     except KafkaConnectionError:
         # It says only "Unable to bootstrap"; the reason (a refused password, an unknown
@@ -684,7 +684,7 @@ async def create_topics(
 
 
 @contextlib.contextmanager
-def _quiet_aiokafka() -> Iterator[None]:
+def quiet_bootstrap() -> Iterator[None]:
     """aiokafka logs each failed bootstrap connection before it raises; the caller
     reports the failure once, as one line."""
     logger = logging.getLogger("aiokafka")

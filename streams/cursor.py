@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from streams.forward import quiet_bootstrap
+from streams.brokers import quiet_bootstrap
 from streams.kafka_auth import BrokerSecurity
 from streams.records import iso
 

@@ -11,17 +11,16 @@ Security Hub input at all (a poison queue message) goes to the dead-letter topic
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TextIO
 
 import orjson
 
+from streams.brokers import quiet_bootstrap
 from streams.config import Policy
 from streams.findings import Finding, Parsed, Rejected, parse_document
 from streams.kafka_auth import BrokerSecurity
@@ -81,19 +80,6 @@ def deadletter_record(raw: bytes, reason: str, *, source: str, line: int = 0,
     """The original bytes with the worker's dead-letter headers."""
     headers = (*deadletter_headers(reason, Origin(source, line, 0)), *extra)
     return OutRecord(Route.DEADLETTER, None, raw, headers)
-
-
-@contextlib.contextmanager
-def quiet_bootstrap() -> Iterator[None]:
-    """aiokafka logs each failed connection before it raises; the raised error is
-    reported once, as one line, by the command line."""
-    logger = logging.getLogger("aiokafka")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 @dataclass
