@@ -29,6 +29,7 @@ from typing import Any
 
 import faust
 import orjson
+from faust.types import TP
 
 from streams import metrics
 from streams.broker_wait import BrokerWatch, retry_while_unavailable
@@ -205,8 +206,10 @@ class Worker:
     def engine(self, partition: int) -> PartitionEngine:
         engine = self.engines.get(partition)
         if engine is None:
-            # Each partition stages its own writes: they go to its changelog partition.
-            store, apply = Store.over(self.tables).staged()
+            # Each partition stages its own writes: they go to its changelog partition
+            # (and, with RocksDB, to its partition's database).
+            views = {name: mapping.partition(partition) for name, mapping in self.tables.items()}
+            store, apply = Store.over(views).staged()
             self.staged[partition] = apply
             engine = PartitionEngine(store, self.settings.policy, partition)
             self.engines[partition] = engine
@@ -293,7 +296,9 @@ class Worker:
             for mapping in self.tables.values():
                 pending.extend(await mapping.send(partition, self.app.producer))
         if pending:
-            await asyncio.gather(*pending)
+            sent = await asyncio.gather(*pending)
+            for mapping in self.tables.values():
+                mapping.persisted(sent)
 
     async def emit(self, outcomes: Iterable[Outcome]) -> None:
         """Send every output of these decisions and wait until the broker has them."""
@@ -432,6 +437,28 @@ class ChangelogMapping(MutableMapping[str, bytes]):
         self.table = table
         self._writes: list[tuple[str, bytes | None]] = []
 
+    def partition(self, partition: int) -> MutableMapping[str, bytes]:
+        """The view the engine of `partition` reads and writes through."""
+        store = self.table.data
+        if hasattr(store, "_db_for_partition"):
+            return RocksPartition(self, partition)
+        return self
+
+    def persisted(self, sent: Iterable[Any]) -> None:
+        """Tell a RocksDB store the changelog offsets its databases now reflect, so that
+        a restart replays the changelog from there rather than from the last recovery
+        (a memory store keeps nothing across a restart: a no-op)."""
+        store = self.table.data
+        if not hasattr(store, "_db_for_partition"):
+            return
+        name = self.table.changelog_topic.get_topic_name()
+        last: dict[int, int] = {}
+        for metadata in sent:
+            if metadata.topic == name:
+                last[metadata.partition] = max(metadata.offset, last.get(metadata.partition, -1))
+        for partition, offset in last.items():
+            store.set_persisted_offset(TP(name, partition), offset)
+
     def __getitem__(self, key: str) -> bytes:
         value: bytes = self.table.data[key]
         return value
@@ -465,6 +492,49 @@ class ChangelogMapping(MutableMapping[str, bytes]):
             key_bytes, _ = topic.prepare_key(key, self.table.key_serializer)
             futures.append(await producer.send(name, key_bytes, value, partition, None, None))
         return futures
+
+
+class RocksPartition(MutableMapping[str, bytes]):
+    """One partition of a table in Faust's RocksDB store, read and written in that
+    partition's database. The store itself picks the database from `current_event()`,
+    which a `take_events` batch body does not have (its writes assert on it) or which
+    names another record's partition; keys and values are stored as the changelog
+    carries them, as the store's recovery writes them."""
+
+    def __init__(self, parent: ChangelogMapping, partition: int) -> None:
+        self.parent = parent
+        self.store = parent.table.data
+        self.partition = partition
+
+    @property
+    def db(self) -> Any:
+        return self.store._db_for_partition(self.partition)
+
+    def __getitem__(self, key: str) -> bytes:
+        value = self.db.get(self.store._encode_key(key))
+        if value is None:
+            raise KeyError(key)
+        return bytes(value)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.db.get(self.store._encode_key(key))
+        return default if value is None else value
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self.db.put(self.store._encode_key(key), value)
+        self.parent._writes.append((key, value))
+
+    def __delitem__(self, key: str) -> None:
+        self.db.delete(self.store._encode_key(key))
+        self.parent._writes.append((key, None))
+
+    def __iter__(self) -> Iterator[str]:
+        offset_key = self.store.offset_key
+        keys = [k for k in self.db.keys() if k != offset_key]  # noqa: SIM118 - not iterable
+        return iter([self.store._decode_key(k) for k in keys])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def fatal(message: str, *args: Any) -> None:

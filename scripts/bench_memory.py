@@ -1,0 +1,312 @@
+"""Memory per tracked finding, and state recovery time after a restart (issue 7).
+
+A measurement, not a test. Two modes:
+
+`core` (default): builds `--findings` (default 1,000,000) tracked findings of state
+through the pure core (`PartitionEngine`, as the backtest drives it), one fresh child
+process per store, and prints the growth of the process's resident memory (RSS) per
+tracked finding:
+  - `memory`:  `Store.in_memory()`, state objects in dicts (the in-process backtest);
+  - `bytes`:   JSON bytes in dicts (what the worker's `memory://` tables hold);
+  - `rocksdb`: JSON bytes in RocksDB through rocksdict (`streams/rocks_kv.py`), with
+    fixed budgets of 8 MiB memtables per database and a 32 MiB shared block cache.
+Each finding is a distinct Security Hub control finding on its own resource, half of
+them FAILED (alerted: notified, with a dedup_key), half PASSED, one second apart in
+event time (well within the 90-day state TTL, so none expires).
+
+`recovery`: the real worker on a local Apache Kafka broker (or `--bootstrap`). The
+state that `--keys` findings leave is built with the core and written to the worker's
+changelog topics (the same keys and values the worker writes; what compaction keeps),
+then a worker starts with an empty data folder, and the script times the start until
+the decision of one new finding appears (`--hold 0s`, so recovery is all it waits
+for), and reads the worker's RSS once it is ready; the same with no state gives the
+baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import gc
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from streams.config import Policy  # noqa: E402
+from streams.engine import PartitionEngine  # noqa: E402
+from streams.findings import Finding, parse_message  # noqa: E402
+from streams.keys import partition_for  # noqa: E402
+from streams.state import Origin, Store  # noqa: E402
+
+TEMPLATE = REPO / "tests" / "fixtures" / "incident-rds45.jsonl"
+START_MS = 1_735_689_600_000  # 2025-01-01
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/statm") as handle:
+        return int(handle.read().split()[1]) * PAGE
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+class Findings:
+    """Distinct control findings, each on its own resource, in event-time order."""
+
+    def __init__(self) -> None:
+        self.base = orjson.loads(TEMPLATE.read_bytes().split(b"\n", 1)[0])
+        self.base["RecordState"] = "ACTIVE"
+        self.policy = Policy()
+        self.now_ms = int(time.time() * 1000)
+
+    def make(self, n: int) -> Finding:
+        f = copy.deepcopy(self.base)
+        f["Id"] = f"arn:aws:securityhub:ap-northeast-1:123456789012:security-control/RDS.45/finding/{n:012d}"
+        f["Resources"][0]["Id"] = f"arn:aws:rds:ap-northeast-1:123456789012:cluster:db-{n:09d}"
+        f["Compliance"]["Status"] = "FAILED" if n % 2 == 0 else "PASSED"
+        updated = START_MS + n * 1000
+        f["CreatedAt"] = _iso(updated - 3_600_000)
+        f["UpdatedAt"] = _iso(updated)
+        (finding,) = parse_message(orjson.dumps(f), policy=self.policy, now_ms=self.now_ms)
+        assert isinstance(finding, Finding), finding
+        return finding
+
+
+def feed(engines: dict[int, PartitionEngine], partitions: int, count: int, source: Findings) -> None:
+    for n in range(count):
+        finding = source.make(n)
+        p = partition_for(finding.partition_key.encode(), partitions) if partitions > 1 else 0
+        engines[p].accept(finding, Origin("bench-memory", n + 1, 0), seq=n)
+    for engine in engines.values():
+        engine.flush()
+
+
+# --------------------------------------------------------------------------- core
+
+
+def index_bytes(engine: PartitionEngine) -> int:
+    """Python objects of the engine's event-time expiry index (ids, heap entries)."""
+    tracked, expiry = engine._tracked, engine._expiry or []
+    total = sys.getsizeof(tracked) + sys.getsizeof(expiry) + sum(sys.getsizeof(k) for k in tracked)
+    return total + sum(sys.getsizeof(entry) + sys.getsizeof(entry[0]) for entry in expiry)
+
+
+def core_child(kind: str, count: int, folder: Path) -> dict[str, Any]:
+    source = Findings()
+    maps: dict[str, Any] = {}
+    if kind == "memory":
+        store = Store.in_memory()
+    elif kind == "bytes":
+        maps = {name: {} for name in Store.NAMES}
+        store = Store.over(maps)
+    elif kind == "rocksdb":
+        from streams.rocks_kv import rocks_store
+
+        store, maps = rocks_store(folder)
+    else:
+        raise SystemExit(f"unknown store {kind}")
+    engine = PartitionEngine(store, Policy(), 0)
+    source.make(0)  # warm the parser's caches before the baseline
+    gc.collect()
+    before = rss_bytes()
+    began = time.perf_counter()
+    feed({0: engine}, 1, count, source)
+    seconds = time.perf_counter() - began
+    gc.collect()
+    after = rss_bytes()
+    tracked = len(store.findings) if kind == "memory" else len(maps["findings"])  # type: ignore[arg-type]
+    index = index_bytes(engine)
+    disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if kind == "rocksdb" else 0
+    return {"store": kind, "tracked": tracked, "rss_before": before, "rss_after": after,
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "seconds": seconds, "disk": disk, "expiry_index": index}
+
+
+def core(count: int, stores: list[str]) -> None:
+    print(f"{count:,} tracked findings through the pure core, one child process per store:")
+    for kind in stores:
+        with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+            done = subprocess.run([sys.executable, __file__, "--child", kind, "--findings", str(count),
+                                   "--folder", tmp], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(f"  {kind:8} failed: {done.stderr.strip().splitlines()[-1:]}")
+            continue
+        r = orjson.loads(done.stdout.strip().splitlines()[-1])
+        grown = r["rss_after"] - r["rss_before"]
+        line = (f"  {kind:8} RSS +{grown / 2**20:7.1f} MiB = {grown / r['tracked']:6.0f} bytes per tracked "
+                f"finding ({r['tracked']:,} tracked; built at {r['tracked'] / r['seconds']:,.0f}/s; "
+                f"peak RSS {r['peak_rss'] / 2**20:.0f} MiB")
+        if r["disk"]:
+            line += f"; {r['disk'] / 2**20:.0f} MiB on disk"
+        if r["expiry_index"]:
+            line += f"; expiry index {r['expiry_index'] / r['tracked']:.0f} bytes per finding"
+        print(line + ")")
+    print("  (the engine's event-time expiry index, a Python set and heap of every tracked id,\n"
+          "   stays on the Python heap whatever the store; goal: <= 200 bytes per tracked finding\n"
+          "   with RocksDB)")
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+def state_maps(keys: int, partitions: int) -> dict[str, dict[int, dict[str, bytes]]]:
+    """name -> partition -> key -> value: the state `keys` findings leave."""
+    per_partition = {p: {name: {} for name in Store.NAMES} for p in range(partitions)}
+    engines = {p: PartitionEngine(Store.over(per_partition[p]), Policy(), p) for p in range(partitions)}
+    feed(engines, partitions, keys, Findings())
+    for p in range(partitions):
+        # The keyed topic of the restarted worker starts empty: no offset was applied.
+        meta = per_partition[p]["meta"]
+        for key, raw in meta.items():
+            meta[key] = orjson.dumps({**orjson.loads(raw), "next_seq": None})
+    return {name: {p: per_partition[p][name] for p in range(partitions)} for name in Store.NAMES}
+
+
+async def write_changelogs(bootstrap: str, app_id: str, maps: dict[str, dict[int, dict[str, bytes]]],
+                           partitions: int) -> int:
+    from aiokafka import AIOKafkaProducer
+
+    from streams.app import Worker
+    from streams.brokers import create_topics
+    from streams.config import Topics, WorkerSettings
+
+    # The worker's own tables give the changelog topic names and key bytes.
+    worker = Worker(WorkerSettings(bootstrap_servers=bootstrap, app_id=app_id, partitions=partitions,
+                                   topics=Topics(findings=f"{app_id}.findings"), metrics_address=None))
+    changelog = {name: worker.tables[name].table for name in Store.NAMES}
+    names = [t.changelog_topic.get_topic_name() for t in changelog.values()]
+    await create_topics(bootstrap, dict.fromkeys(names, partitions), {"cleanup.policy": "compact"})
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
+                                max_batch_size=512 * 1024)
+    await producer.start()
+    sent = 0
+    try:
+        pending = []
+        for name, by_partition in maps.items():
+            table = changelog[name]
+            topic = table.changelog_topic
+            for p, entries in by_partition.items():
+                for key, value in entries.items():
+                    key_bytes, _ = topic.prepare_key(key, table.key_serializer)
+                    pending.append(await producer.send(topic.get_topic_name(), value, key=key_bytes,
+                                                       partition=p))
+                    sent += 1
+                    if len(pending) >= 50_000:
+                        await asyncio.gather(*pending)
+                        pending = []
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return sent
+
+
+def one_new_finding(n: int) -> bytes:
+    source = Findings()
+    f = copy.deepcopy(source.base)
+    f["Id"] = f"arn:aws:securityhub:ap-northeast-1:123456789012:security-control/RDS.45/finding/new-{n}"
+    f["Resources"][0]["Id"] = f"arn:aws:rds:ap-northeast-1:123456789012:cluster:new-{n}"
+    f["Compliance"]["Status"] = "FAILED"
+    f["CreatedAt"] = f["UpdatedAt"] = _iso(int(time.time() * 1000) - 60_000)
+    return orjson.dumps(f)
+
+
+def recover(bootstrap: str, keys: int, partitions: int, workdir: Path) -> dict[str, Any]:
+    from streams.brokers import create_topics_sync
+    from tests.kafka_io import WorkerRun, read_until
+    from tests.test_notify_kafka import produce
+
+    app_id = f"bench-memory-{keys}-{uuid.uuid4().hex[:6]}"
+    built = time.perf_counter()
+    maps = state_maps(keys, partitions)
+    build_s = time.perf_counter() - built
+    written = time.perf_counter()
+    records = asyncio.run(write_changelogs(bootstrap, app_id, maps, partitions))
+    write_s = time.perf_counter() - written
+    del maps
+    gc.collect()
+    run = WorkerRun(bootstrap, app_id, workdir, partitions=partitions, extra=["--hold", "0s"])
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    run.create_source(partitions=1)
+    produce(bootstrap, run.topics["findings"], [one_new_finding(keys)], [None])
+    t = run.topics
+    create_topics_sync(bootstrap, {t["decisions"]: partitions})
+    started = time.monotonic()
+    run.start()
+    try:
+        read_until(bootstrap, [t["decisions"]], lambda got: len(got[t["decisions"]]) >= 1,
+                   timeout=900, alive=run.assert_alive)
+        decided_s = time.monotonic() - started
+        assert run.proc is not None
+        rss = rss_bytes(run.proc.pid)
+    finally:
+        run.stop()
+    return {"keys": keys, "records": records, "build_s": build_s, "write_s": write_s,
+            "decided_s": decided_s, "rss": rss}
+
+
+def recovery(bootstrap: str | None, keys: int, partitions: int) -> None:
+    from streams.brokers import KafkaBroker
+
+    with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp:
+        broker = None
+        if bootstrap is None:
+            broker = KafkaBroker(heap="1g").start()
+            bootstrap = broker.bootstrap_servers
+        try:
+            print(f"worker restart on Apache Kafka, {partitions} partitions, memory:// store:")
+            rows = [recover(bootstrap, n, partitions, Path(tmp) / f"k{n}") for n in (0, keys)]
+        finally:
+            if broker is not None:
+                broker.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+    base = rows[0]
+    for r in rows:
+        line = (f"  {r['keys']:>9,} findings of state ({r['records']:,} changelog records): "
+                f"start to first new decision {r['decided_s']:6.1f} s; "
+                f"worker RSS {r['rss'] / 2**20:6.0f} MiB")
+        if r["keys"]:
+            grown = r["rss"] - base["rss"]
+            extra = r["decided_s"] - base["decided_s"]
+            line += (f"\n            = {grown / r['keys']:,.0f} bytes per tracked finding over the empty "
+                     f"worker; recovery {extra:.1f} s ({r['records'] / max(extra, 1e-3):,.0f} records/s)")
+        print(line)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", choices=("core", "recovery"), default="core")
+    parser.add_argument("--findings", type=int, default=1_000_000, help="core: tracked findings")
+    parser.add_argument("--stores", default="memory,bytes,rocksdb", help="core: stores to measure")
+    parser.add_argument("--keys", type=int, default=200_000, help="recovery: findings of state")
+    parser.add_argument("--partitions", type=int, default=8, help="recovery: keyed partitions")
+    parser.add_argument("--bootstrap", help="recovery: a broker to use instead of a local one")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(orjson.dumps(core_child(args.child, args.findings, args.folder)).decode())
+        return 0
+    if args.mode == "core":
+        core(args.findings, args.stores.split(","))
+    else:
+        recovery(args.bootstrap, args.keys, args.partitions)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
