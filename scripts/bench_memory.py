@@ -16,11 +16,13 @@ event time (well within the 90-day state TTL, so none expires).
 
 `recovery`: the real worker on a local Apache Kafka broker (or `--bootstrap`). The
 state that `--keys` findings leave is built with the core and written to the worker's
-changelog topics (the same keys and values the worker writes; what compaction keeps),
-then a worker starts with an empty data folder, and the script times the start until
-the decision of one new finding appears (`--hold 0s`, so recovery is all it waits
-for), and reads the worker's RSS once it is ready; the same with no state gives the
-baseline.
+changelog topics (the same keys and values the worker writes; what compaction keeps).
+Then workers of that app start one after the other: `memory://` (restores everything
+from the changelog), `rocksdb://` on an empty data folder (the same, into RocksDB),
+and `rocksdb://` again on the folder the previous one left (a restart on the same
+disk). Each time the script times the start until the decision of one new finding
+(`--hold 0s`, so recovery is all it waits for), and reads the worker's RSS then; the
+same runs with no state give the baseline.
 """
 
 from __future__ import annotations
@@ -68,18 +70,19 @@ def _iso(ms: int) -> str:
 class Findings:
     """Distinct control findings, each on its own resource, in event-time order."""
 
-    def __init__(self) -> None:
+    def __init__(self, start_ms: int = START_MS) -> None:
         self.base = orjson.loads(TEMPLATE.read_bytes().split(b"\n", 1)[0])
         self.base["RecordState"] = "ACTIVE"
         self.policy = Policy()
         self.now_ms = int(time.time() * 1000)
+        self.start_ms = start_ms
 
     def make(self, n: int) -> Finding:
         f = copy.deepcopy(self.base)
         f["Id"] = f"arn:aws:securityhub:ap-northeast-1:123456789012:security-control/RDS.45/finding/{n:012d}"
         f["Resources"][0]["Id"] = f"arn:aws:rds:ap-northeast-1:123456789012:cluster:db-{n:09d}"
         f["Compliance"]["Status"] = "FAILED" if n % 2 == 0 else "PASSED"
-        updated = START_MS + n * 1000
+        updated = self.start_ms + n * 1000
         f["CreatedAt"] = _iso(updated - 3_600_000)
         f["UpdatedAt"] = _iso(updated)
         (finding,) = parse_message(orjson.dumps(f), policy=self.policy, now_ms=self.now_ms)
@@ -165,10 +168,13 @@ def core(count: int, stores: list[str]) -> None:
 
 
 def state_maps(keys: int, partitions: int) -> dict[str, dict[int, dict[str, bytes]]]:
-    """name -> partition -> key -> value: the state `keys` findings leave."""
+    """name -> partition -> key -> value: the state `keys` findings leave, the last of
+    them a few minutes old (nothing expires, and no sweep is due when the next one
+    comes)."""
     per_partition = {p: {name: {} for name in Store.NAMES} for p in range(partitions)}
     engines = {p: PartitionEngine(Store.over(per_partition[p]), Policy(), p) for p in range(partitions)}
-    feed(engines, partitions, keys, Findings())
+    start_ms = int(time.time() * 1000) - keys * 1000 - 300_000
+    feed(engines, partitions, keys, Findings(start_ms))
     for p in range(partitions):
         # The keyed topic of the restarted worker starts empty: no offset was applied.
         meta = per_partition[p]["meta"]
@@ -215,48 +221,62 @@ async def write_changelogs(bootstrap: str, app_id: str, maps: dict[str, dict[int
     return sent
 
 
-def one_new_finding(n: int) -> bytes:
-    source = Findings()
-    f = copy.deepcopy(source.base)
-    f["Id"] = f"arn:aws:securityhub:ap-northeast-1:123456789012:security-control/RDS.45/finding/new-{n}"
-    f["Resources"][0]["Id"] = f"arn:aws:rds:ap-northeast-1:123456789012:cluster:new-{n}"
+def new_finding(name: str) -> bytes:
+    f = copy.deepcopy(Findings().base)
+    f["Id"] = f"arn:aws:securityhub:ap-northeast-1:123456789012:security-control/RDS.45/finding/{name}"
+    f["Resources"][0]["Id"] = f"arn:aws:rds:ap-northeast-1:123456789012:cluster:{name}"
     f["Compliance"]["Status"] = "FAILED"
     f["CreatedAt"] = f["UpdatedAt"] = _iso(int(time.time() * 1000) - 60_000)
     return orjson.dumps(f)
 
 
-def recover(bootstrap: str, keys: int, partitions: int, workdir: Path) -> dict[str, Any]:
+#: (label, store, data folder): memory; RocksDB restored from the changelog into an
+#: empty folder; RocksDB restarted on the folder the previous run left.
+RUNS = (("memory://", "memory://", "memory"), ("rocksdb:// cold", "rocksdb://", "rocksdb"),
+        ("rocksdb:// warm", "rocksdb://", "rocksdb"))
+
+
+def restarts(bootstrap: str, keys: int, partitions: int, workdir: Path) -> list[dict[str, Any]]:
+    """Build the state of `keys` findings into the changelogs of one app, then start a
+    worker of that app once per `RUNS`, each time timing its start until the decision of
+    one new finding."""
     from streams.brokers import create_topics_sync
-    from tests.kafka_io import WorkerRun, read_until
+    from tests.kafka_io import WorkerRun, read_until, values
     from tests.test_notify_kafka import produce
 
     app_id = f"bench-memory-{keys}-{uuid.uuid4().hex[:6]}"
-    built = time.perf_counter()
     maps = state_maps(keys, partitions)
-    build_s = time.perf_counter() - built
-    written = time.perf_counter()
     records = asyncio.run(write_changelogs(bootstrap, app_id, maps, partitions))
-    write_s = time.perf_counter() - written
     del maps
     gc.collect()
-    run = WorkerRun(bootstrap, app_id, workdir, partitions=partitions, extra=["--hold", "0s"])
-    run.workdir.mkdir(parents=True, exist_ok=True)
-    run.create_source(partitions=1)
-    produce(bootstrap, run.topics["findings"], [one_new_finding(keys)], [None])
-    t = run.topics
-    create_topics_sync(bootstrap, {t["decisions"]: partitions})
-    started = time.monotonic()
-    run.start()
-    try:
-        read_until(bootstrap, [t["decisions"]], lambda got: len(got[t["decisions"]]) >= 1,
-                   timeout=900, alive=run.assert_alive)
-        decided_s = time.monotonic() - started
-        assert run.proc is not None
-        rss = rss_bytes(run.proc.pid)
-    finally:
-        run.stop()
-    return {"keys": keys, "records": records, "build_s": build_s, "write_s": write_s,
-            "decided_s": decided_s, "rss": rss}
+    rows = []
+    for n, (label, store, folder) in enumerate(RUNS):
+        run = WorkerRun(bootstrap, app_id, workdir / folder, partitions=partitions,
+                        extra=["--hold", "0s", "--store", store])
+        run.workdir.mkdir(parents=True, exist_ok=True)
+        t = run.topics
+        if n == 0:
+            run.create_source(partitions=1)
+            create_topics_sync(bootstrap, {t["decisions"]: partitions})
+        name = f"new-{n}"
+        produce(bootstrap, t["findings"], [new_finding(name)], [None])
+
+        def decided(got: dict[str, list[Any]], name: str = name, topic: str = t["decisions"]) -> bool:
+            return any(d["finding_id"].endswith(f"/{name}") for d in values(got[topic]))
+
+        started = time.monotonic()
+        run.start()
+        try:
+            read_until(bootstrap, [t["decisions"]], decided, timeout=1800, alive=run.assert_alive)
+            seconds = time.monotonic() - started
+            assert run.proc is not None
+            rss = rss_bytes(run.proc.pid)
+        finally:
+            run.stop()
+        disk = sum(p.stat().st_size for p in (run.workdir / "data").rglob("*") if p.is_file())
+        rows.append({"label": label, "keys": keys, "records": records, "seconds": seconds, "rss": rss,
+                     "disk": disk})
+    return rows
 
 
 def recovery(bootstrap: str | None, keys: int, partitions: int) -> None:
@@ -268,22 +288,22 @@ def recovery(bootstrap: str | None, keys: int, partitions: int) -> None:
             broker = KafkaBroker(heap="1g").start()
             bootstrap = broker.bootstrap_servers
         try:
-            print(f"worker restart on Apache Kafka, {partitions} partitions, memory:// store:")
-            rows = [recover(bootstrap, n, partitions, Path(tmp) / f"k{n}") for n in (0, keys)]
+            empty = restarts(bootstrap, 0, partitions, Path(tmp) / "empty")
+            full = restarts(bootstrap, keys, partitions, Path(tmp) / "full")
         finally:
             if broker is not None:
                 broker.stop()
             shutil.rmtree(tmp, ignore_errors=True)
-    base = rows[0]
-    for r in rows:
-        line = (f"  {r['keys']:>9,} findings of state ({r['records']:,} changelog records): "
-                f"start to first new decision {r['decided_s']:6.1f} s; "
-                f"worker RSS {r['rss'] / 2**20:6.0f} MiB")
-        if r["keys"]:
-            grown = r["rss"] - base["rss"]
-            extra = r["decided_s"] - base["decided_s"]
-            line += (f"\n            = {grown / r['keys']:,.0f} bytes per tracked finding over the empty "
-                     f"worker; recovery {extra:.1f} s ({r['records'] / max(extra, 1e-3):,.0f} records/s)")
+    print(f"worker restart, {keys:,} findings of state ({full[0]['records']:,} changelog records), "
+          f"{partitions} partitions, Apache Kafka on this machine; start to the decision of one new "
+          "finding, and the worker's RSS then (in brackets: with no state):")
+    for base, r in zip(empty, full, strict=True):
+        grown = r["rss"] - base["rss"]
+        line = (f"  {r['label']:16} {r['seconds']:6.1f} s ({base['seconds']:.1f} s); "
+                f"RSS {r['rss'] / 2**20:5.0f} MiB ({base['rss'] / 2**20:.0f} MiB) "
+                f"= {grown / keys:,.0f} bytes per tracked finding")
+        if r["disk"]:
+            line += f"; {r['disk'] / 2**20:.0f} MiB on disk"
         print(line)
 
 

@@ -241,7 +241,10 @@ class Worker:
                          message.partition, message.offset)
             engine = self.engine(message.partition)
             # Below `next_seq`: applied before a restart, its outputs sent.
-            missing = await self.keyed_guard.missing(message, engine.next_seq)
+            expected = engine.next_seq
+            if expected is None:  # no state for this partition yet: its committed offset
+                expected = self.keyed_guard.expected(message)
+            missing = await self.keyed_guard.missing(message, expected)
             if missing is None:
                 continue
             for record in [*missing, message]:
@@ -371,6 +374,7 @@ class OffsetGuard:
         self.app = app
         self.security = security
         self.next: dict[tuple[str, int], int] = {}
+        self.starts: dict[tuple[str, int], int] = {}
 
     def expected(self, message: Any) -> int | None:
         """The offset due next: after the last one processed, else the committed one."""
@@ -385,8 +389,12 @@ class OffsetGuard:
 
     async def missing(self, message: Any, expected: int | None) -> list[Any] | None:
         """The records to process before this one (usually none); None to skip this
-        one, processed before (a redelivery after a restart)."""
-        if expected is None or message.offset == expected:
+        one, processed before (a redelivery after a restart). With no offset expected
+        (nothing committed, no state), the partition's first offset is: the consumer
+        starts there, and the same defect can drop its first records."""
+        if expected is None:
+            expected = await self.first_offset(message)
+        if message.offset == expected:
             return []
         if message.offset < expected:
             return None
@@ -398,6 +406,13 @@ class OffsetGuard:
         gaps.addi(expected, message.offset)
         gaps.merge_overlaps()
         return records
+
+    async def first_offset(self, message: Any) -> int:
+        key = (message.topic, message.partition)
+        if key not in self.starts:
+            earliest = await self.app.consumer.earliest_offsets(message.tp)
+            self.starts[key] = int(earliest.get(message.tp, 0))
+        return self.starts[key]
 
     async def _read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -421,6 +436,7 @@ class OffsetGuard:
     def reset(self) -> None:
         """After a rebalance, partitions start again from their committed offsets."""
         self.next.clear()
+        self.starts.clear()
 
 
 class ChangelogMapping(MutableMapping[str, bytes]):

@@ -1,0 +1,96 @@
+"""OffsetGuard (streams/app.py): records faust-streaming's consumer skipped are read
+directly, also on a partition with nothing committed and no state yet."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from faust.types import TP
+
+from streams.app import OffsetGuard
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def tp(self) -> TP:
+        return TP(self.topic, self.partition)
+
+
+class Gaps:
+    def __init__(self) -> None:
+        self.added: list[tuple[int, int]] = []
+
+    def addi(self, start: int, end: int) -> None:
+        self.added.append((start, end))
+
+    def merge_overlaps(self) -> None:
+        pass
+
+
+class Consumer:
+    def __init__(self, committed: dict[TP, int], earliest: int) -> None:
+        self._committed_offset = committed
+        self._gap: defaultdict[TP, Gaps] = defaultdict(Gaps)
+        self.earliest = earliest
+        self.asked = 0
+
+    async def earliest_offsets(self, *partitions: TP) -> dict[TP, int]:
+        self.asked += 1
+        return dict.fromkeys(partitions, self.earliest)
+
+
+class App:
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+
+
+def guard(committed: dict[TP, int], earliest: int) -> tuple[OffsetGuard, Consumer, list[Any]]:
+    consumer = Consumer(committed, earliest)
+    g = OffsetGuard("unused:9092", App(consumer))
+    reads: list[Any] = []
+
+    async def read(topic: str, partition: int, start: int, end: int) -> list[Any]:
+        reads.append((start, end))
+        return [Record(topic, partition, o) for o in range(start, end)]
+
+    g._read = read  # type: ignore[method-assign]
+    return g, consumer, reads
+
+
+def missing(g: OffsetGuard, record: Record, expected: int | None) -> Any:
+    return asyncio.run(g.missing(record, expected))
+
+
+def test_a_first_record_after_nothing_committed_reveals_the_records_skipped_before_it() -> None:
+    g, consumer, reads = guard({}, earliest=0)
+    record = Record("keyed", 5, 1)
+    assert g.expected(record) is None  # nothing committed
+    got = missing(g, record, g.expected(record))
+    assert [r.offset for r in got] == [0] and reads == [(0, 1)]
+    assert consumer._gap[record.tp].added == [(0, 1)]
+
+
+@pytest.mark.parametrize("earliest", [0, 7])
+def test_the_first_record_at_the_log_start_needs_nothing(earliest: int) -> None:
+    g, consumer, reads = guard({}, earliest=earliest)
+    assert missing(g, Record("keyed", 0, earliest), None) == []
+    assert missing(g, Record("keyed", 0, earliest), None) == []
+    assert reads == [] and consumer.asked == 1  # the log start is asked once per partition
+
+
+def test_committed_and_applied_offsets_still_rule() -> None:
+    tp = TP("keyed", 2)
+    g, _, reads = guard({tp: 10}, earliest=0)
+    record = Record("keyed", 2, 12)
+    assert [r.offset for r in missing(g, record, g.expected(record))] == [10, 11]
+    assert missing(g, Record("keyed", 2, 9), 10) is None  # applied before a restart: skipped
+    assert reads == [(10, 12)]
