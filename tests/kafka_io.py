@@ -129,6 +129,21 @@ def values(records: list[Any]) -> list[dict[str, Any]]:
     return [orjson.loads(r.value) for r in records]
 
 
+AlertKey = tuple[Any, ...]
+
+
+def expected_alert_keys(decisions: list[dict[str, Any]]) -> set[AlertKey]:
+    """(dedup_key, finding_id, kind) of every alert and resolution among decision records."""
+    return {(r["dedup_key"], r["finding_id"], r.get("kind")) for r in decisions
+            if r["decision"] in ("alert", "resolved")}
+
+
+def alert_keys(records: list[Any]) -> set[AlertKey]:
+    """(dedup_key, finding_id, kind) of every record of an alerts topic: a repeat after a
+    retry collapses into its first copy only if it carries the same dedup_key."""
+    return {(a["dedup_key"], a["finding_id"], a["kind"]) for a in values(records)}
+
+
 def read_all(bootstrap: str, topic: str, timeout: float = 30) -> list[Any]:
     """Every record of `topic` up to its end offsets at the time of the call."""
     return asyncio.run(_read_all(bootstrap, topic, timeout))

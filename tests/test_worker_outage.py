@@ -11,13 +11,12 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from streams.brokers import KafkaBroker, default_kafka_libs
 from streams.records import decision_record
-from tests.kafka_io import WorkerRun, read_all, read_until, values
+from tests.kafka_io import AlertKey, WorkerRun, alert_keys, expected_alert_keys, read_all, read_until, values
 from tests.test_worker_kafka import all_decided, backtest, replay
 from tests.timeline import history, write_jsonl
 
@@ -65,17 +64,9 @@ def flapguard_lines(text: str, needle: str) -> list[str]:
     return [line for line in text.splitlines() if "Kafka broker at " in line and needle in line]
 
 
-def expected_alerts(path: Path, partitions: int) -> tuple[int, set[tuple[Any, ...]]]:
+def expected_alerts(path: Path, partitions: int) -> tuple[int, set[AlertKey]]:
     expected = [decision_record(o) for o in backtest(path, partitions=partitions)]
-    alerts = {(r["dedup_key"], r["finding_id"], r.get("kind")) for r in expected
-              if r["decision"] in ("alert", "resolved")}
-    return len(expected), alerts
-
-
-def alerts_seen(records: list[Any]) -> set[tuple[Any, ...]]:
-    """(dedup_key, finding_id, kind) of every alert record; a repeat after a retry
-    collapses into its first copy only if it carries the same dedup_key."""
-    return {(a["dedup_key"], a["finding_id"], a["kind"]) for a in values(records)}
+    return len(expected), expected_alert_keys(expected)
 
 
 def test_worker_started_while_the_broker_is_down_waits_with_backoff_then_decides_everything(
@@ -100,7 +91,7 @@ def test_worker_started_while_the_broker_is_down_waits_with_backoff_then_decides
     t = run.topics
     got = read_until(run.bootstrap, [t["alerts"], t["decisions"]], all_decided(run, count),
                      timeout=180, alive=run.assert_alive)
-    assert alerts_seen(got[t["alerts"]]) == wanted
+    assert alert_keys(got[t["alerts"]]) == wanted
     wait_for_log(run, lambda log: bool(flapguard_lines(log, "available after")), timeout=5,
                         what="line saying the broker is available")
     assert run.starts == 1
@@ -132,7 +123,7 @@ def test_broker_lost_mid_stream_loses_no_alert_and_the_worker_carries_on(
     # The outage hit the worker mid-stream: a fair share was decided after it.
     after = [r for r in got[t["decisions"]] if r.timestamp >= resumed_ms]
     assert len(after) >= count // 10, (len(after), count)
-    seen = alerts_seen(got[t["alerts"]])
+    seen = alert_keys(got[t["alerts"]])
     assert seen == wanted, (sorted(seen - wanted)[:5], sorted(wanted - seen)[:5])
     # Every alert record carries the dedup_key of an expected alert (repeats allowed).
     assert {a["dedup_key"] for a in values(read_all(run.bootstrap, t["alerts"]))} == {w[0] for w in wanted}

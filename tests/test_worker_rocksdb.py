@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from streams.records import decision_record
-from tests.kafka_io import WorkerRun, read_all, read_until, values
+from tests.kafka_io import WorkerRun, alert_keys, expected_alert_keys, read_all, read_until, values
 from tests.test_worker_kafka import all_decided, backtest, by_position, replay
 from tests.timeline import history, write_jsonl
 
@@ -49,8 +49,7 @@ def test_rocksdb_worker_killed_and_restarted_on_its_data_loses_no_alert(
 ) -> None:
     path = write_jsonl(tmp_path / "history.jsonl", history(seed=17, accounts=4, days=60))
     expected = [decision_record(o) for o in backtest(path, partitions=run.partitions)]
-    wanted = {(r["dedup_key"], r["finding_id"], r.get("kind")) for r in expected
-              if r["decision"] in ("alert", "resolved")}
+    wanted = expected_alert_keys(expected)
     assert len(wanted) > 50
     replay(run, path)
     run.start()
@@ -63,5 +62,5 @@ def test_rocksdb_worker_killed_and_restarted_on_its_data_loses_no_alert(
     run.start()  # same --data-dir: RocksDB's files survive the kill
     got = read_until(run.bootstrap, [t["alerts"], t["decisions"]], all_decided(run, len(expected)),
                      timeout=240, alive=run.assert_alive)
-    seen = {(a["dedup_key"], a["finding_id"], a["kind"]) for a in values(got[t["alerts"]])}
+    seen = alert_keys(got[t["alerts"]])
     assert seen == wanted, (sorted(seen - wanted)[:5], sorted(wanted - seen)[:5])

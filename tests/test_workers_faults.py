@@ -11,7 +11,7 @@ import pytest
 
 from streams.keys import partition_for
 from streams.records import decision_record
-from tests.kafka_io import WorkerRun, read_all, read_until, values
+from tests.kafka_io import WorkerRun, alert_keys, expected_alert_keys, read_all, read_until, values
 from tests.test_worker_kafka import all_decided, backtest, replay
 from tests.timeline import history, write_jsonl
 
@@ -44,8 +44,7 @@ def test_three_workers_one_killed_lose_no_alert_and_never_rekey_one(
 ) -> None:
     path = write_jsonl(tmp_path / "history.jsonl", history(seed=23, accounts=5, days=60))
     expected = [decision_record(o) for o in backtest(path, partitions=PARTITIONS)]
-    expected_alerts = {(r["dedup_key"], r["finding_id"], r.get("kind")) for r in expected
-                       if r["decision"] in ("alert", "resolved")}
+    expected_alerts = expected_alert_keys(expected)
     assert len(expected_alerts) > 50
     first, victim, third = group
     replay(first, path)
@@ -75,7 +74,6 @@ def test_three_workers_one_killed_lose_no_alert_and_never_rekey_one(
                          all_decided(first, len(expected)), timeout=240, alive=survivors_alive)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; {undecided(first, expected)}") from None
-    alerts = values(got[t["alerts"]])
-    seen = {(a["dedup_key"], a["finding_id"], a["kind"]) for a in alerts}
+    seen = alert_keys(got[t["alerts"]])
     # Nothing lost, nothing under a new dedup_key.
     assert seen == expected_alerts, (sorted(seen - expected_alerts), sorted(expected_alerts - seen))
