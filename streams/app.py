@@ -211,7 +211,9 @@ class Worker:
             views = {name: mapping.partition(partition) for name, mapping in self.tables.items()}
             store, apply = Store.over(views).staged()
             self.staged[partition] = apply
-            engine = PartitionEngine(store, self.settings.policy, partition)
+            # State on disk: no expiry index in RAM (sweeps scan the database instead).
+            on_disk = any(isinstance(view, RocksPartition) for view in views.values())
+            engine = PartitionEngine(store, self.settings.policy, partition, expiry_index=not on_disk)
             self.engines[partition] = engine
             self.last_arrival.setdefault(partition, time.monotonic())
             log.info("partition %s: engine loaded, %s held, watermark %s", partition,

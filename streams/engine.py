@@ -15,9 +15,19 @@ from streams.decide import Decider, Outcome, pairing_horizon
 from streams.findings import Finding
 from streams.state import Arrival, FindingState, Origin, PartitionMeta, Store
 
+# Without an expiry index, a sweep scans every state: at most once per day of event time.
+UNINDEXED_SCAN_EVERY_MS = 24 * 3_600_000
+
 
 class PartitionEngine:
-    def __init__(self, store: Store, policy: Policy, partition: int) -> None:
+    """`expiry_index`: keep, in Python memory, the finding ids by a lower bound of their
+    last update, so that a sweep visits only states that may have expired (about 270
+    bytes per tracked finding). Without it (a store on disk, where that index would be
+    most of the RAM per finding) a sweep scans every state, once per day of event time.
+    Decisions are the same either way: they treat expired state as gone themselves."""
+
+    def __init__(self, store: Store, policy: Policy, partition: int, *,
+                 expiry_index: bool = True) -> None:
         self.store = store
         self.policy = policy
         self.p = partition
@@ -39,6 +49,8 @@ class PartitionEngine:
         # store holds states this engine never decided).
         self._expiry: list[tuple[int, str]] | None = None
         self._tracked: set[str] = set()
+        self._indexed = expiry_index
+        self._scanned_at: int | None = None  # watermark of the last full scan, unindexed
 
     @property
     def watermark(self) -> int | None:
@@ -130,16 +142,13 @@ class PartitionEngine:
         # - hold, and treats states and archives older than its own horizons as gone
         # (`Decider._current`, `pairing_horizon`): what is swept here is gone for all.
         finding_horizon = watermark - policy.hold_ms - policy.state_ttl_ms
-        if self._expiry is None:
+        if not self._indexed:
+            if self._scanned_at is None or watermark - self._scanned_at >= UNINDEXED_SCAN_EVERY_MS:
+                self._scanned_at = watermark
+                removed += self._scan(finding_horizon, None)
+        elif self._expiry is None:
             expiry: list[tuple[int, str]] = []
-            for key, state in self.store.findings.items():
-                if state.p != self.p:
-                    continue
-                if state.updated_at < finding_horizon:
-                    self._forget(key, state)
-                    removed += 1
-                else:
-                    expiry.append((state.updated_at, key))
+            removed += self._scan(finding_horizon, expiry)
             heapq.heapify(expiry)
             self._expiry = expiry
             self._tracked = {key for _, key in expiry}
@@ -164,6 +173,20 @@ class PartitionEngine:
             if bucket.p == self.p and bucket.start + policy.bucket_ms <= bucket_horizon:
                 self.store.buckets.delete(key)
                 removed += 1
+        return removed
+
+    def _scan(self, horizon: int, kept: list[tuple[int, str]] | None) -> int:
+        """Forget every state of this partition last updated before `horizon`; list the
+        others in `kept` as (updated_at, id). Returns the number forgotten."""
+        removed = 0
+        for key, state in self.store.findings.items():
+            if state.p != self.p:
+                continue
+            if state.updated_at < horizon:
+                self._forget(key, state)
+                removed += 1
+            elif kept is not None:
+                kept.append((state.updated_at, key))
         return removed
 
     def _forget(self, key: str, state: FindingState) -> None:

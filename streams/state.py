@@ -170,7 +170,10 @@ class CodecKV(Generic[V]):
             del self.data[key]
 
     def items(self) -> Iterator[tuple[str, V]]:
-        for key, raw in list(self.data.items()):
+        # A copy of the keys only (a sweep may delete while it iterates): values are
+        # read one at a time, so a scan of a million states on disk never holds them all.
+        for key in list(self.data):
+            raw = self.data.get(key)
             if raw is not None:
                 yield key, self.decode(raw)
 

@@ -10,7 +10,7 @@ import pytest
 
 from streams.config import Policy
 from streams.decide import Decision, Outcome
-from streams.engine import PartitionEngine
+from streams.engine import UNINDEXED_SCAN_EVERY_MS, PartitionEngine
 from streams.findings import Finding
 from streams.state import (
     Archive,
@@ -47,16 +47,17 @@ from tests.builders import (
     policy,
     summary,
 )
+from tests.timeline import history
 
 
 class Feed:
     """Feeds findings to one PartitionEngine in arrival order; collects decisions."""
 
     def __init__(self, policy: Policy | None = None, store: Store | None = None,
-                 partition: int = 0) -> None:
+                 partition: int = 0, *, expiry_index: bool = True) -> None:
         self.policy = policy or Policy()
         self.store = store or Store.in_memory()
-        self.engine = PartitionEngine(self.store, self.policy, partition)
+        self.engine = PartitionEngine(self.store, self.policy, partition, expiry_index=expiry_index)
         self.seq = 0
         self.decided: list[Outcome] = []
 
@@ -367,6 +368,29 @@ def test_sweep_runs_by_itself_in_event_time() -> None:
     assert feed.store.findings.get(finding("a")["Id"]) is None
     assert feed.store.meta.get("0") == PartitionMeta(watermark=epoch_ms(at(hours=2)),
                                                      swept_at=epoch_ms(at(hours=2)), next_seq=3)
+
+
+def test_an_engine_without_expiry_index_decides_the_same_and_still_forgets_expired_state() -> None:
+    """State on disk keeps no index in RAM: sweeps scan every state, once per day of
+    event time. Decisions cannot tell (they treat expired state as gone themselves)."""
+    p = Policy(hold_ms=5 * MINUTE, state_ttl_ms=7 * 24 * HOUR)
+    events = history(seed=11, accounts=2, days=40)
+    feeds = [Feed(p, expiry_index=True), Feed(p, expiry_index=False)]
+    for feed in feeds:
+        for event in events:
+            feed(event)
+        feed.flush()
+    indexed, unindexed = feeds
+    assert [summary(o) for o in unindexed.decided] == [summary(o) for o in indexed.decided]
+    assert not unindexed.engine._tracked and unindexed.engine._expiry is None
+    watermark = unindexed.engine.watermark
+    assert watermark is not None
+    horizon = watermark - p.hold_ms - p.state_ttl_ms
+    for feed, slack in ((indexed, p.sweep_every_ms), (unindexed, UNINDEXED_SCAN_EVERY_MS)):
+        ages = [state.updated_at for _, state in feed.store.findings.items()]
+        assert ages and min(ages) >= horizon - slack
+    # Something did expire: 40 days of history against a 7-day TTL.
+    assert len(list(unindexed.store.findings.items())) < len({e["Id"] for e in events})
 
 
 def test_sweep_drops_an_expired_finding_from_the_live_index() -> None:
