@@ -21,11 +21,13 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.brokers import default_kafka_libs, free_port
+from streams.brokers import create_topics, default_kafka_libs, free_port
 from streams.cli import main
 from streams.kafka_auth import BrokerSecurity
 from streams.replay import replay_async
-from tests.kafka_io import WorkerRun, read_until, values
+from tests.aws import AWS_ENV, client, forward, moto_fixture, moto_server_fixture  # noqa: F401
+from tests.builders import envelope, finding
+from tests.kafka_io import WorkerRun, read_all, read_until, values
 from tests.notify_servers import Reply, http_recorder
 from tests.scrape import scrape_until
 from tests.secure_kafka import KEY_PASSWORD, SCRAM_PASSWORD, SCRAM_USER, Pki, SecureKafkaBroker, make_pki
@@ -174,6 +176,29 @@ def test_sasl_ssl_end_to_end_replay_worker_notifier_and_no_secret_in_any_output(
     for where, output in [("replay stdout", replayed.stdout), ("replay stderr", replayed.stderr),
                           ("the worker's log", worker_log), ("the worker's metrics", text),
                           ("notify stdout", notified.stdout), ("notify stderr", notified.stderr)]:
+        assert_no_secret(output, where)
+
+
+@pytest.mark.kafka
+def test_the_sqs_forwarder_writes_over_sasl_ssl_and_shows_no_secret(
+        broker: SecureKafkaBroker, pki: Pki, moto: str, unique_name: str) -> None:
+    """The forwarders connect as the worker does: `forward sqs` (moto's SQS) over SCRAM."""
+    sqs = client("sqs", moto)
+    queue = sqs.create_queue(QueueName=unique_name)["QueueUrl"]
+    findings = [finding(f"sasl-{i}", resource=f"arn:aws:rds:us-east-2:123456789012:cluster:db-{i}")
+                for i in range(3)]
+    for f in findings:
+        sqs.send_message(QueueUrl=queue, MessageBody=orjson.dumps(envelope([f])).decode())
+    out, dead = f"{unique_name}-findings", f"{unique_name}-deadletter"
+    asyncio.run(create_topics(broker.bootstrap_servers, {out: 2, dead: 1}))  # over PLAINTEXT
+    done = forward("sqs", "--endpoint-url", moto, "--region", "us-east-1", "--queue-url", queue,
+                   "--bootstrap-servers", broker.sasl_servers, "--topic", out,
+                   "--deadletter-topic", dead, "--once", "--wait-time", "1s",
+                   env={**AWS_ENV, **sasl_env(pki)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = read_all(broker.bootstrap_servers, out)
+    assert sorted(orjson.loads(r.value)["Id"] for r in records) == sorted(f["Id"] for f in findings)
+    for where, output in [("forward stdout", done.stdout), ("forward stderr", done.stderr)]:
         assert_no_secret(output, where)
 
 
