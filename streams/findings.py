@@ -393,8 +393,9 @@ def _candidate_id(obj: Any) -> str | None:
 
 def within_limits_by_size(raw: bytes, policy: Policy) -> bool:
     """True when the bytes alone prove every finding in them keeps the depth and
-    string limits: fewer brackets than the depth limit, fewer bytes than the string
-    limit. C-speed passes over the bytes, so that ordinary messages are never walked."""
+    string limits: no more opening brackets than the depth limit, no more bytes than
+    the string limit. C-speed passes over the bytes, so that ordinary messages are
+    never walked."""
     # The brackets are what removing them removes: `replace` finds them with memchr,
     # several times faster than `count` or `translate` on a 2 KB finding.
     return (len(raw) <= policy.max_string_length
