@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 import orjson
@@ -38,7 +38,7 @@ from streams.decide import Decision, Outcome, rejected_outcome
 from streams.engine import PartitionEngine
 from streams.findings import Finding, Rejected, parse_message
 from streams.kafka_auth import PLAINTEXT, BrokerSecurity
-from streams.keys import partition_for
+from streams.keys import partitions_for
 from streams.records import (
     HEADER_INPUT,
     HEADER_LINE,
@@ -53,6 +53,20 @@ log = logging.getLogger("flapguard.worker")
 
 TICK_KEY = b"\x00flapguard-tick"
 
+# A finding decided straight from the findings topic arrives as (record offset, index
+# in the record): one integer, above every keyed offset, so that both kinds of arrival
+# share the engine's buffer and order without colliding.
+DIRECT_SEQ = 1 << 62
+_INDEX_BITS = 20
+
+
+def direct_seq(offset: int, index: int) -> int | None:
+    """The arrival number of finding `index` of findings record `offset`; None when it
+    does not fit (such a finding goes through the keyed topic instead)."""
+    if index >> _INDEX_BITS or offset >> (61 - _INDEX_BITS):
+        return None
+    return DIRECT_SEQ | offset << _INDEX_BITS | index
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -60,6 +74,11 @@ def now_ms() -> int:
 
 def origin_of(message: Any, index: int) -> Origin:
     """Origin of a finding in a Kafka record; a replayed file names its file and line."""
+    return origins_of(message)(index)
+
+
+def origins_of(message: Any) -> Callable[[int], Origin]:
+    """`origin_of` for the findings of one record: its headers are read once."""
     headers = dict(message.headers or ())
     source: str = message.topic
     line: int = message.offset
@@ -69,7 +88,12 @@ def origin_of(message: Any, index: int) -> Origin:
             line = int(bytes(headers[HEADER_LINE]))
         except (ValueError, UnicodeDecodeError):
             pass
-    return Origin(source, line, index, message.topic, message.partition, message.offset)
+    topic, partition, offset = message.topic, message.partition, message.offset
+
+    def origin(index: int) -> Origin:
+        return Origin(source, line, index, topic, partition, offset)
+
+    return origin
 
 
 def encode_keyed(finding: Finding, origin: Origin) -> bytes:
@@ -101,6 +125,12 @@ class Worker:
             broker_heartbeat_interval=s.heartbeat_interval_s,
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
+            # The agent hands the producer whole record batches (`Outbox`): fewer,
+            # larger batches mean fewer round trips per partition.
+            producer_max_batch_size=512 * 1024,
+            # A page of 100 findings is ~300 KB: Faust's 1 MiB per partition and fetch
+            # starves the agent between round trips.
+            consumer_max_fetch_size=8 * 1024 * 1024,
             table_cleanup_interval=3600.0,
         )
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
@@ -123,10 +153,16 @@ class Worker:
         self.engines: dict[int, PartitionEngine] = {}
         self.staged: dict[int, Callable[[], None]] = {}
         self.last_arrival: dict[int, float] = {}
+        # Whether the findings topic has as many partitions as the keyed topic (known
+        # once the topics are declared): then Faust assigns findings partition p with
+        # keyed partition p and the tables' partition p, and findings already on the
+        # partition their key hashes to are decided where they are.
+        self.direct = False
         self.source_guard = OffsetGuard(s.bootstrap_servers, self.app, s.security)
         self.keyed_guard = OffsetGuard(s.bootstrap_servers, self.app, s.security)
-        self.app.agent(self.source, name="flapguard.ingest")(self.ingest)
-        self.app.agent(self.keyed, name="flapguard.decide")(self.decide)
+        # One agent reads both topics, so that one task alone changes the engines.
+        inputs = self.app.topic(self.source.get_topic_name(), self.keyed.get_topic_name(), **raw)
+        self.app.agent(inputs, name="flapguard.decide")(self.process)
         self.app.timer(max(0.5, s.idle_flush_ms / 4000))(self.tick_idle_partitions)
         self.broker_watch = BrokerWatch(s.bootstrap_servers, self.probe_broker)
         self.app.timer(2.0)(self.broker_watch.check)
@@ -142,70 +178,121 @@ class Worker:
         topics = [self.source, self.keyed, self.alerts, self.suppressed, self.deadletter,
                   self.decisions]
         names = [t.get_topic_name() for t in topics if t is not None]
-        await create_topics(self.settings.bootstrap_servers,
-                            dict.fromkeys(names, self.settings.partitions),
-                            security=self.settings.security)
+        counts = await create_topics(self.settings.bootstrap_servers,
+                                     dict.fromkeys(names, self.settings.partitions),
+                                     security=self.settings.security)
+        found = counts.get(self.source.get_topic_name(), 0)
+        self.direct = found == self.settings.partitions
+        if not self.direct:
+            log.info("the findings topic has %s partitions, the keyed topic %s: every finding "
+                     "goes through the keyed topic", found, self.settings.partitions)
 
-    # -- ingest ---------------------------------------------------------------------
+    # -- the agent ------------------------------------------------------------------
 
-    async def ingest(self, stream: Any) -> None:
+    async def process(self, stream: Any) -> None:
         batch_wait = self.settings.batch_wait_ms / 1000
         async for events in stream.take_events(self.settings.batch_size, within=batch_wait):
             try:
-                pending: list[Any] = []
-                # Forwarding writes no state: records of a partition revoked since they
-                # were taken are forwarded all the same (the new owner's copies are
-                # duplicates the decisions ignore), never dropped.
-                for message in [event.message for event in events]:
-                    guard = self.source_guard
-                    missing = await guard.missing(message, guard.expected(message))
-                    if missing is None:
-                        continue
-                    for record in [*missing, message]:
-                        pending.extend(await self.forward(record))
-                        guard.done(record)
-                # Faust acknowledges the batch only once the broker has everything
-                # its records became.
-                await asyncio.gather(*pending)
+                await self.process_batch([event.message for event in events])
             except Exception:
                 first = events[0].message
-                fatal("cannot forward records from %s[%s]@%s", first.topic, first.partition,
+                fatal("cannot process records from %s[%s]@%s", first.topic, first.partition,
                       first.offset)
 
-    async def forward(self, message: Any) -> list[Any]:
-        """Parse one findings record; send its findings to the keyed topic and what
-        cannot be decided to the dead-letter topic. Returns the delivery futures."""
-        started = time.perf_counter()
-        policy = self.settings.policy
-        parsed = parse_message(message.value or b"", policy=policy, now_ms=now_ms())
-        pending = []
-        for index, item in enumerate(parsed):
-            metrics.consumed(item)
-            origin = origin_of(message, index)
-            if isinstance(item, Rejected):
-                pending.extend(await self._dead_letter(item, origin))
+    async def process_batch(self, messages: list[Any]) -> None:
+        """Parse the findings records, decide what is on its partition and forward the
+        rest to the keyed topic; hold and decide the keyed records (findings, idle ticks).
+        Then send every output and wait for the broker, then write the state changes and
+        wait again. Faust acknowledges the batch only after that, so a crash anywhere
+        re-decides the same records the same way (same `dedup_key`)."""
+        out = Outbox(self.producer())
+        outcomes: list[Outcome] = []
+        touched: set[int] = set()
+        keyed = self.keyed.get_topic_name()
+        for message in self.still_ours(messages):
+            if message.topic == keyed:
+                engine = self.engine(message.partition)
+                guard, expected = self.keyed_guard, engine.next_seq
+            elif self.direct:
+                engine = self.engine(message.partition)
+                guard, expected = self.source_guard, engine.next_source
+            else:
+                engine, guard, expected = None, self.source_guard, None
+            if expected is None:  # no state for this partition yet: its committed offset
+                expected = guard.expected(message)
+            missing = await guard.missing(message, expected)
+            if missing is None:  # below `expected`: done before a restart, outputs sent
                 continue
-            key = item.partition_key.encode()
-            pending.append(await self.send(self.keyed,
-                key=key, value=encode_keyed(item, origin),
-                partition=partition_for(key, self.settings.partitions)))
-        metrics.processed("ingest", started)
-        return pending
+            for record in [*missing, message]:
+                if record.topic == keyed:
+                    assert engine is not None
+                    outcomes.extend(self.decide_keyed(engine, record, out))
+                else:
+                    outcomes.extend(self.ingest(record, engine, out))
+                guard.done(record)
+            if engine is not None:
+                touched.add(message.partition)
+        await self.emit(outcomes, out)
+        await self.persist(touched)
 
-    async def _dead_letter(self, item: Rejected, origin: Origin) -> list[Any]:
+    def still_ours(self, messages: list[Any]) -> list[Any]:
+        """Records of partitions this worker still owns. A batch taken before a
+        rebalance may hold records of partitions now owned by another worker; writing
+        their state here would overwrite the new owner's changelog."""
+        assigned = self.app.consumer.assignment()
+        ours = [m for m in messages if m.tp in assigned]
+        if len(ours) < len(messages):
+            log.info("dropped %s records of partitions revoked since they were taken",
+                     len(messages) - len(ours))
+        return ours
+
+    def ingest(self, message: Any, engine: PartitionEngine | None, out: Outbox) -> list[Outcome]:
+        """Parse one findings record. Its findings whose key hashes to its own partition
+        are accepted by that partition's `engine` (None: the topics are not
+        co-partitioned); the others go to the keyed topic, keyed by their partition key
+        and placed with murmur2 (as the backtest does); what cannot be decided goes to
+        the dead-letter topic."""
+        started = time.perf_counter()
+        settings = self.settings
+        parsed = parse_message(message.value or b"", policy=settings.policy, now_ms=now_ms())
+        keyed = self.keyed.get_topic_name()
+        origin_at = origins_of(message)
+        metrics.consumed_all(parsed)
+        findings: list[tuple[int, Finding]] = []
+        for index, item in enumerate(parsed):
+            if isinstance(item, Rejected):
+                self._dead_letter(item, origin_at(index), out)
+            else:
+                findings.append((index, item))
+        keys = [finding.partition_key.encode() for _, finding in findings]
+        outcomes: list[Outcome] = []
+        for (index, finding), key, partition in zip(
+                findings, keys, partitions_for(keys, settings.partitions), strict=True):
+            origin = origin_at(index)
+            seq = direct_seq(message.offset, index)
+            if engine is not None and partition == message.partition and seq is not None:
+                outcomes.extend(engine.accept(finding, origin, seq))
+            else:
+                out.add(keyed, partition, key, encode_keyed(finding, origin))
+        if engine is not None:
+            engine.passed_source(message.offset)
+            self.last_arrival[engine.p] = time.monotonic()
+            metrics.partition_done(engine, started, received=True)
+        metrics.processed("ingest", started)
+        return outcomes
+
+    def _dead_letter(self, item: Rejected, origin: Origin, out: Outbox) -> None:
         metrics.dead_lettered(item.reason)
-        futures = [await self.send(self.deadletter,
-            key=None, value=item.raw, headers=deadletter_headers(item.reason, origin))]
+        out.add_unkeyed(self.deadletter.get_topic_name(), item.raw,
+                        deadletter_headers(item.reason, origin))
         if self.decisions is not None:
             record = kafka_decision_record(rejected_outcome(item, origin))
-            futures.append(await self.send(self.decisions, key=None, value=orjson.dumps(record)))
-        return futures
-
-    # -- decide ---------------------------------------------------------------------
+            out.add_unkeyed(self.decisions.get_topic_name(), orjson.dumps(record))
 
     def engine(self, partition: int) -> PartitionEngine:
         engine = self.engines.get(partition)
         if engine is None:
+            log.info("partition %s: first record after (re)start", partition)
             # Each partition stages its own writes: they go to its changelog partition
             # (and, with RocksDB, to its partition's database).
             views = {name: mapping.partition(partition) for name, mapping in self.tables.items()}
@@ -220,60 +307,15 @@ class Worker:
                      engine.pending, engine.watermark)
         return engine
 
-    async def decide(self, stream: Any) -> None:
-        batch_wait = self.settings.batch_wait_ms / 1000
-        async for events in stream.take_events(self.settings.batch_size, within=batch_wait):
-            try:
-                await self.decide_batch([event.message for event in events])
-            except Exception:
-                first = events[0].message
-                fatal("cannot process keyed records from %s[%s]@%s", first.topic,
-                      first.partition, first.offset)
-
-    async def decide_batch(self, messages: list[Any]) -> None:
-        """Hold and decide a batch of keyed records (findings or idle ticks), send every
-        output and wait for the broker, then write the state changes and wait again.
-        Faust acknowledges the batch only after that, so a crash anywhere re-decides
-        the same records the same way (same `dedup_key`)."""
-        outcomes: list[Outcome] = []
-        touched: set[int] = set()
-        for message in self.still_ours(messages):
-            if message.partition not in self.engines:
-                log.info("partition %s: first record after (re)start at offset %s",
-                         message.partition, message.offset)
-            engine = self.engine(message.partition)
-            # Below `next_seq`: applied before a restart, its outputs sent.
-            expected = engine.next_seq
-            if expected is None:  # no state for this partition yet: its committed offset
-                expected = self.keyed_guard.expected(message)
-            missing = await self.keyed_guard.missing(message, expected)
-            if missing is None:
-                continue
-            for record in [*missing, message]:
-                outcomes.extend(await self.decide_record(engine, record))
-            touched.add(message.partition)
-        await self.emit(outcomes)
-        await self.persist(touched)
-
-    def still_ours(self, messages: list[Any]) -> list[Any]:
-        """Records of partitions this worker still owns. A batch taken before a
-        rebalance may hold records of partitions now owned by another worker; writing
-        their state here would overwrite the new owner's changelog."""
-        assigned = self.app.consumer.assignment()
-        ours = [m for m in messages if m.tp in assigned]
-        if len(ours) < len(messages):
-            log.info("dropped %s records of partitions revoked since they were taken",
-                     len(messages) - len(ours))
-        return ours
-
-    async def decide_record(self, engine: PartitionEngine, message: Any) -> list[Outcome]:
+    def decide_keyed(self, engine: PartitionEngine, message: Any, out: Outbox) -> list[Outcome]:
         """Hold or decide one keyed record; the state changes stay staged."""
         started = time.perf_counter()
         partition = message.partition
+        outcomes: list[Outcome] = []
         if message.key == TICK_KEY:
             idle = time.monotonic() - self.last_arrival[partition] >= self.settings.idle_flush_ms / 1000
-            outcomes = engine.flush() if idle else []
-            engine.passed(message.offset)
+            if idle:
+                outcomes = engine.flush()
             if outcomes:
                 log.info("partition %s idle: released %s held findings", partition, len(outcomes))
         else:
@@ -284,47 +326,46 @@ class Worker:
                 # Only this worker writes the keyed topic; anything else there is kept
                 # for inspection, not decided.
                 rejected = Rejected("bad_keyed_record", message.value or b"")
-                await asyncio.gather(*await self._dead_letter(rejected, origin_of(message, 0)))
-                engine.passed(message.offset)
-                outcomes = []
+                self._dead_letter(rejected, origin_of(message, 0), out)
             else:
                 outcomes = engine.accept(finding, origin, seq=message.offset)
+        engine.passed(message.offset)
         metrics.partition_done(engine, started, received=message.key != TICK_KEY)
         return outcomes
 
     async def persist(self, partitions: Iterable[int]) -> None:
         """Write the staged state changes of these partitions to the tables, each to
         its own changelog partition, and wait until the broker has them."""
-        pending = []
+        out = Outbox(self.producer())
         for partition in partitions:
             self.staged[partition]()
             for mapping in self.tables.values():
-                pending.extend(await mapping.send(partition, self.app.producer))
-        if pending:
-            sent = await asyncio.gather(*pending)
-            for mapping in self.tables.values():
-                mapping.persisted(sent)
+                mapping.flush(partition, out)
+        sent = await out.sent()
+        for mapping in self.tables.values():
+            mapping.persisted(sent)
 
-    async def emit(self, outcomes: Iterable[Outcome]) -> None:
-        """Send every output of these decisions and wait until the broker has them."""
-        pending = []
+    async def emit(self, outcomes: list[Outcome], out: Outbox) -> None:
+        """Send every output of these decisions, with what `out` already holds (records
+        forwarded, dead letters), and wait until the broker has them all."""
         emitted = now_ms()
+        alerts, suppressed = self.alerts.get_topic_name(), self.suppressed.get_topic_name()
+        decisions = self.decisions.get_topic_name() if self.decisions is not None else None
+        metrics.decided_all(outcomes)
         for outcome in outcomes:
-            metrics.decided(outcome)
             if outcome.decision in (Decision.ALERT, Decision.RESOLVED):
                 record = alert_record(outcome, emitted)
-                pending.append(await self.send(self.alerts,
-                    key=(outcome.dedup_key or "").encode(), value=orjson.dumps(record)))
+                out.add_keyed(alerts, (outcome.dedup_key or "").encode(), orjson.dumps(record))
             pairings = [outcome.pairing] if outcome.pairing else []
             for pairing in [*pairings, *outcome.late_pairs]:
-                pending.append(await self.send(self.suppressed,
-                    key=pairing.key.encode(), value=orjson.dumps(suppressed_record(pairing))))
-            if self.decisions is not None:
+                out.add_keyed(suppressed, pairing.key.encode(), orjson.dumps(suppressed_record(pairing)))
+            if decisions is not None:
                 record = kafka_decision_record(outcome)
-                key = outcome.key.encode() if outcome.key else None
-                pending.append(await self.send(self.decisions, key=key, value=orjson.dumps(record)))
-        if pending:
-            await asyncio.gather(*pending)
+                if outcome.key:
+                    out.add_keyed(decisions, outcome.key.encode(), orjson.dumps(record))
+                else:
+                    out.add_unkeyed(decisions, orjson.dumps(record))
+        await out.sent()
 
     # -- idle partitions ------------------------------------------------------------
 
@@ -338,13 +379,14 @@ class Worker:
             # A partition with no engine yet (after a restart or rebalance) gets one
             # tick so that its engine reloads what the buffer table holds.
             if engine is None or (engine.pending and now - self.last_arrival[partition] >= idle_s):
-                await self.send(self.keyed, key=TICK_KEY, value=b"", partition=partition)
+                await self.app.producer.send(self.keyed.get_topic_name(), TICK_KEY, b"", partition,
+                                             None, None)
 
-    async def send(self, topic: Any, *, key: bytes | None, value: bytes, partition: int | None = None,
-                   headers: list[tuple[str, bytes]] | None = None) -> Any:
-        """Hand one record to the producer; returns its delivery future. Faust's
-        `Topic.send` does the same with more work per record than deciding it."""
-        return await self.app.producer.send(topic.get_topic_name(), key, value, partition, None, headers)
+    def producer(self) -> Any:
+        """The app's aiokafka producer: records go to it as whole batches (Faust's
+        `Topic.send` does more work per record than deciding it)."""
+        producer: Any = self.app.producer
+        return producer._ensure_producer()
 
     async def probe_broker(self) -> None:
         """Ask the broker for cluster metadata with the producer's own client (and so
@@ -357,6 +399,78 @@ class Worker:
         self.engines.clear()
         self.source_guard.reset()
         self.keyed_guard.reset()
+
+
+class Delivered(NamedTuple):
+    """A record batch the broker acknowledged."""
+
+    topic: str
+    partition: int
+    last_offset: int
+
+
+Headers = list[tuple[str, bytes]]
+
+
+class Outbox:
+    """The records of one processing step, handed to the producer as whole record
+    batches, one per topic partition (more when full): one future per batch, not per
+    record. Keyed records are placed as the producer's default partitioner places
+    them (murmur2 of the key, `keys.partition_for`)."""
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self.placed: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, Headers]]] = {}
+        self.keyed: list[tuple[str, bytes, bytes]] = []
+        self.unkeyed: list[tuple[str, bytes, Headers]] = []
+
+    def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None,
+            headers: Headers | None = None) -> None:
+        self.placed.setdefault((topic, partition), []).append((key, value, headers or []))
+
+    def add_keyed(self, topic: str, key: bytes, value: bytes) -> None:
+        self.keyed.append((topic, key, value))
+
+    def add_unkeyed(self, topic: str, value: bytes, headers: Headers | None = None) -> None:
+        self.unkeyed.append((topic, value, headers or []))
+
+    async def sent(self) -> list[Delivered]:
+        """Send everything added and wait until the broker has it all; what was sent."""
+        by_topic: dict[str, list[tuple[bytes, bytes]]] = {}
+        for name, data_key, data in self.keyed:
+            by_topic.setdefault(name, []).append((data_key, data))
+        self.keyed.clear()
+        for name, keyed in by_topic.items():
+            count = len(await self.producer.client._wait_on_metadata(name))
+            placed = partitions_for([data_key for data_key, _ in keyed], count)
+            for (data_key, data), partition in zip(keyed, placed, strict=True):
+                self.add(name, partition, data_key, data)
+        batches: list[tuple[str, int, Any, int]] = []
+        for (topic, partition), records in self.placed.items():
+            builder = self.producer.create_batch()
+            for key, value, headers in records:
+                if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                    batches.append(await self._send(builder, topic, partition))
+                    builder = self.producer.create_batch()
+                    builder.append(timestamp=None, key=key, value=value, headers=headers)
+            batches.append(await self._send(builder, topic, partition))
+        self.placed.clear()
+        # Rare (dead letters): the producer picks their partitions.
+        singles = [await self.producer.send(topic, value, headers=headers)
+                   for topic, value, headers in self.unkeyed]
+        self.unkeyed.clear()
+        delivered = []
+        for topic, partition, future, count in batches:
+            metadata = await future
+            delivered.append(Delivered(topic, partition, metadata.offset + count - 1))
+        for future in singles:
+            metadata = await future
+            delivered.append(Delivered(metadata.topic, metadata.partition, metadata.offset))
+        return delivered
+
+    async def _send(self, builder: Any, topic: str, partition: int) -> tuple[str, int, Any, int]:
+        count = builder.record_count()
+        return topic, partition, await self.producer.send_batch(builder, topic, partition=partition), count
 
 
 class OffsetGuard:
@@ -462,7 +576,7 @@ class ChangelogMapping(MutableMapping[str, bytes]):
             return RocksPartition(self, partition)
         return self
 
-    def persisted(self, sent: Iterable[Any]) -> None:
+    def persisted(self, sent: Iterable[Delivered]) -> None:
         """Tell a RocksDB store the changelog offsets its databases now reflect, so that
         a restart replays the changelog from there rather than from the last recovery
         (a memory store keeps nothing across a restart: a no-op)."""
@@ -471,9 +585,9 @@ class ChangelogMapping(MutableMapping[str, bytes]):
             return
         name = self.table.changelog_topic.get_topic_name()
         last: dict[int, int] = {}
-        for metadata in sent:
-            if metadata.topic == name:
-                last[metadata.partition] = max(metadata.offset, last.get(metadata.partition, -1))
+        for batch in sent:
+            if batch.topic == name:
+                last[batch.partition] = max(batch.last_offset, last.get(batch.partition, -1))
         for partition, offset in last.items():
             store.set_persisted_offset(TP(name, partition), offset)
 
@@ -498,18 +612,13 @@ class ChangelogMapping(MutableMapping[str, bytes]):
     def __len__(self) -> int:
         return len(self.table.data)
 
-    async def send(self, partition: int, producer: Any) -> list[Any]:
-        """Send the writes made since the last call to changelog `partition`, through
-        the app's producer (Faust's per-record topic machinery costs more than the
-        decision); returns the delivery futures."""
+    def flush(self, partition: int, out: Outbox) -> None:
+        """Hand the writes made since the last call to `out`, for changelog `partition`
+        (keys serialised as Faust's str keys are: JSON, which Faust writes with orjson)."""
         writes, self._writes = self._writes, []
-        topic = self.table.changelog_topic
-        name = topic.get_topic_name()
-        futures = []
+        name = self.table.changelog_topic.get_topic_name()
         for key, value in writes:
-            key_bytes, _ = topic.prepare_key(key, self.table.key_serializer)
-            futures.append(await producer.send(name, key_bytes, value, partition, None, None))
-        return futures
+            out.add(name, partition, orjson.dumps(key), value)
 
 
 class RocksPartition(MutableMapping[str, bytes]):

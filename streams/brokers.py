@@ -642,15 +642,16 @@ async def create_topics(
     replication_factor: int = 1,
     timeout: float = 30.0,
     security: BrokerSecurity | None = None,
-) -> None:
+) -> dict[str, int]:
     """Create ``topics`` (name -> partitions) with the same topic ``config`` each, and wait
     until every partition has a leader. Topics that already exist are left as they are.
-    ``security``: how to connect (default PLAINTEXT)."""
+    ``security``: how to connect (default PLAINTEXT). Returns each topic's partition
+    count as the broker has it (an existing topic keeps its own)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaConnectionError, for_code
 
     if not topics:
-        return
+        return {}
     deadline = time.monotonic() + timeout
     auth = security.aiokafka_kwargs() if security is not None else {}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000),
@@ -678,7 +679,7 @@ async def create_topics(
             if code not in (0, _TOPIC_ALREADY_EXISTS):
                 message = entry[2] if len(entry) > 2 else ""
                 raise for_code(code)(f"cannot create topic {name!r}: {message}")
-        await _wait_for_leaders(admin, topics, deadline)
+        return await _wait_for_leaders(admin, topics, deadline)
     finally:
         await admin.close()
 
@@ -745,8 +746,10 @@ async def connection_error(bootstrap: str, security: BrokerSecurity | None,
     return BrokerRefused(message) if refused else BrokerError(message)
 
 
-async def _wait_for_leaders(admin: Any, topics: Mapping[str, int], deadline: float) -> None:
+async def _wait_for_leaders(admin: Any, topics: Mapping[str, int], deadline: float
+                            ) -> dict[str, int]:
     pending = dict(topics)
+    counts: dict[str, int] = {}
     while True:
         described = await admin.describe_topics(list(pending))
         for topic in described:
@@ -757,8 +760,9 @@ async def _wait_for_leaders(admin: Any, topics: Mapping[str, int], deadline: flo
                 and all(p.get("error_code") == 0 and p.get("leader", -1) >= 0 for p in partitions)
             ):
                 pending.pop(topic.get("topic"), None)
+                counts[topic.get("topic")] = len(partitions)
         if not pending:
-            return
+            return counts
         if time.monotonic() >= deadline:
             raise BrokerError(f"topics without partition leaders: {sorted(pending)}")
         await asyncio.sleep(0.05)

@@ -51,6 +51,7 @@ class PartitionEngine:
         self._tracked: set[str] = set()
         self._indexed = expiry_index
         self._scanned_at: int | None = None  # watermark of the last full scan, unindexed
+        self._buckets_swept_at: int | None = None  # watermark of the last bucket scan
 
     @property
     def watermark(self) -> int | None:
@@ -74,7 +75,6 @@ class PartitionEngine:
         watermark = meta.watermark
         if watermark is None or updated_at > watermark:
             meta.watermark = watermark = updated_at
-        meta.next_seq = seq + 1
         self.store.meta.put(self._meta_key, meta)
         up_to = watermark - self.policy.hold_ms
         if heap and heap[0][0] <= up_to:
@@ -87,13 +87,25 @@ class PartitionEngine:
 
     @property
     def next_seq(self) -> int | None:
-        """The arrival expected next; None before the first."""
+        """The worker's keyed record expected next; None before the first."""
         return self.meta.next_seq
 
+    @property
+    def next_source(self) -> int | None:
+        """The worker's findings-topic record expected next on this partition (decided
+        without the keyed topic); None before the first."""
+        return self.meta.next_source
+
     def passed(self, seq: int) -> None:
-        """Record an arrival that holds no finding (the worker's idle tick)."""
+        """Record that the worker is done with keyed record `seq` (whatever it held: a
+        finding, an idle tick), so that a redelivery of it is skipped."""
         self.meta.next_seq = seq + 1
-        self.store.meta.put(str(self.p), self.meta)
+        self.store.meta.put(self._meta_key, self.meta)
+
+    def passed_source(self, offset: int) -> None:
+        """As `passed`, for a findings-topic record whose findings were accepted here."""
+        self.meta.next_source = offset + 1
+        self.store.meta.put(self._meta_key, self.meta)
 
     def flush(self) -> list[Outcome]:
         """Decide everything held, whatever the watermark."""
@@ -131,11 +143,17 @@ class PartitionEngine:
             return
         meta.swept_at = meta.watermark
         self.store.meta.put(str(self.p), meta)
-        self.sweep(meta.watermark)
+        # Buckets are `bucket_ms` wide (a day): scanning them more often than once per
+        # bucket frees next to nothing, and a scan decodes every bucket of the table.
+        buckets_due = (self._buckets_swept_at is None
+                       or meta.watermark - self._buckets_swept_at >= self.policy.bucket_ms)
+        if buckets_due:
+            self._buckets_swept_at = meta.watermark
+        self.sweep(meta.watermark, buckets=buckets_due)
 
-    def sweep(self, watermark: int) -> int:
-        """Forget state that can no longer change a decision, in event time. Returns
-        the number of entries removed."""
+    def sweep(self, watermark: int, *, buckets: bool = True) -> int:
+        """Forget state that can no longer change a decision, in event time (`buckets`:
+        the tumbling windows of archives too). Returns the number of entries removed."""
         policy = self.policy
         removed = 0
         # Every event still to be decided (late ones aside) has UpdatedAt >= watermark
@@ -167,6 +185,8 @@ class PartitionEngine:
                     removed += 1
                 else:
                     heapq.heappush(expiry, (current.updated_at, key))
+        if not buckets:
+            return removed
         bucket_horizon = pairing_horizon(policy, watermark - policy.hold_ms)
         # Buckets are few (archives of the last days): a plain scan.
         for key, bucket in self.store.buckets.items():

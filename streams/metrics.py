@@ -15,12 +15,13 @@ off and `serve` exposes the registry on its own HTTP server.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,9 +191,32 @@ OPTIONS = _Options()
 def consumed(item: Finding | Rejected) -> None:
     """A finding occurrence read from the findings topic (a rejected one is counted
     as a dead letter by `dead_lettered` as well)."""
-    FINDINGS_CONSUMED.inc()
-    if isinstance(item, Finding):
-        EVENT_TIME_LAG.observe(max(0.0, time.time() - item.updated_at / 1000))
+    consumed_all([item])
+
+
+def consumed_all(items: Sequence[Finding | Rejected]) -> None:
+    """`consumed` for every occurrence of one record, counted together."""
+    FINDINGS_CONSUMED.inc(len(items))
+    now = time.time()
+    observe_all(EVENT_TIME_LAG, [max(0.0, now - item.updated_at / 1000) for item in items
+                                 if isinstance(item, Finding)])
+
+
+def observe_all(histogram: Any, values: Sequence[float]) -> None:
+    """`histogram.observe(v)` for each value, with one increment per bucket and one of
+    the sum: the worker observes every finding, and `observe` costs microseconds."""
+    if not values:
+        return
+    # prometheus_client's own fields: `observe` puts a value in the first bucket whose
+    # upper bound is at least the value, as `bisect_left` finds it.
+    bounds = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1
+    for bucket, count in zip(histogram._buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(sum(values))
 
 
 def dead_lettered(reason: str) -> None:
@@ -203,21 +227,32 @@ def dead_lettered(reason: str) -> None:
 
 
 def decided(outcome: Outcome) -> None:
-    """One decision of the decide agent and the records it wrote."""
-    f = outcome.finding
-    decision = outcome.decision.value
-    _child(DECISIONS, decision, reason_label(outcome.kind_or_reason or "none")).inc()
-    if OPTIONS.account_label and f is not None:
-        _child(DECISIONS_BY_ACCOUNT, account_label(f.account), decision).inc()
-    if outcome.decision in (Decision.ALERT, Decision.RESOLVED) and f is not None:
-        _child(ALERTS, outcome.kind_or_reason or OTHER, f.severity.name, control_of(f)).inc()
-    if outcome.pairing is not None:
-        reason = outcome.pairing.reason.value
-        _child(SUPPRESSIONS, reason, control_of(f)).inc()
-        _gap(reason, outcome.pairing.gap_seconds)
-    for pairing in outcome.late_pairs:
-        _child(LATE_PAIRS, control_of(f)).inc()
-        _gap(pairing.reason.value, pairing.gap_seconds)
+    """One decision of the worker and the records it wrote."""
+    decided_all([outcome])
+
+
+def decided_all(outcomes: Iterable[Outcome]) -> None:
+    """`decided` for a batch of decisions: the decision counters are incremented once
+    per decision and reason, the rarer series per decision."""
+    tally: dict[tuple[str, str], int] = {}
+    by_account = OPTIONS.account_label
+    for outcome in outcomes:
+        label = (outcome.decision.value, outcome.kind_or_reason or "none")
+        tally[label] = tally.get(label, 0) + 1
+        f = outcome.finding
+        if by_account and f is not None:
+            _child(DECISIONS_BY_ACCOUNT, account_label(f.account), label[0]).inc()
+        if outcome.decision in (Decision.ALERT, Decision.RESOLVED) and f is not None:
+            _child(ALERTS, outcome.kind_or_reason or OTHER, f.severity.name, control_of(f)).inc()
+        if outcome.pairing is not None:
+            reason = outcome.pairing.reason.value
+            _child(SUPPRESSIONS, reason, control_of(f)).inc()
+            _gap(reason, outcome.pairing.gap_seconds)
+        for pairing in outcome.late_pairs:
+            _child(LATE_PAIRS, control_of(f)).inc()
+            _gap(pairing.reason.value, pairing.gap_seconds)
+    for (decision, reason), count in tally.items():
+        _child(DECISIONS, decision, reason_label(reason)).inc(count)
 
 
 @functools.lru_cache(maxsize=8192)

@@ -103,9 +103,9 @@ def decide_feed(path: Path, policy: Policy, *, full_scans: bool) -> tuple[list[O
     if full_scans:
         original = engine.sweep
 
-        def scan_all(watermark: int) -> int:
+        def scan_all(watermark: int, *, buckets: bool = True) -> int:
             engine._expiry = None
-            return original(watermark)
+            return original(watermark, buckets=buckets)
 
         engine.sweep = scan_all  # type: ignore[method-assign]
     out: list[Outcome] = []

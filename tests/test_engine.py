@@ -186,8 +186,7 @@ def test_the_buffer_is_state_in_the_store() -> None:
     assert key == "0:0"
     assert isinstance(arrival, Arrival)
     assert arrival.finding.id.endswith("/a")
-    assert feed.store.meta.get("0") == PartitionMeta(watermark=epoch_ms(at()), swept_at=epoch_ms(at()),
-                                                     next_seq=1)
+    assert feed.store.meta.get("0") == PartitionMeta(watermark=epoch_ms(at()), swept_at=epoch_ms(at()))
 
 
 def test_engine_rebuilt_over_the_same_store_continues_with_the_held_events() -> None:
@@ -367,7 +366,7 @@ def test_sweep_runs_by_itself_in_event_time() -> None:
     feed(finding("c", created=at(hours=2), resource="arn:aws:rds:us-east-2:1:cluster:c"))
     assert feed.store.findings.get(finding("a")["Id"]) is None
     assert feed.store.meta.get("0") == PartitionMeta(watermark=epoch_ms(at(hours=2)),
-                                                     swept_at=epoch_ms(at(hours=2)), next_seq=3)
+                                                     swept_at=epoch_ms(at(hours=2)))
 
 
 def test_an_engine_without_expiry_index_decides_the_same_and_still_forgets_expired_state() -> None:
@@ -571,7 +570,8 @@ def test_codec_kv_returns_fresh_copies_so_unsaved_changes_are_lost() -> None:
     assert got is not None
     got.watermark = 9  # not put back
     assert kv.get("0") == PartitionMeta(watermark=5)
-    assert orjson.loads(data["0"]) == {"watermark": 5, "swept_at": None, "next_seq": None}
+    assert orjson.loads(data["0"]) == {"watermark": 5, "swept_at": None, "next_seq": None,
+                                     "next_source": None}
     assert list(kv.items()) == [("0", PartitionMeta(watermark=5))]
     kv.delete("0")
     kv.delete("missing")
@@ -579,12 +579,15 @@ def test_codec_kv_returns_fresh_copies_so_unsaved_changes_are_lost() -> None:
     assert data == {}
 
 
-def test_the_engine_remembers_the_arrival_it_expects_next() -> None:
+def test_the_engine_remembers_the_records_it_expects_next_from_each_input() -> None:
     feed = Feed(policy(hold="5m"))
     engine = feed.engine
-    assert engine.next_seq is None
+    assert engine.next_seq is None and engine.next_source is None
     feed(finding("a", created=at()))
-    assert engine.next_seq == 1
-    engine.passed(1)  # an arrival with no finding (the worker's idle tick)
+    assert engine.next_seq is None  # accepting is not being done with a record
+    engine.passed(1)  # the keyed record that held it, or an idle tick
     assert engine.next_seq == 2
-    assert PartitionEngine(feed.store, feed.policy, 0).next_seq == 2  # it is state
+    engine.passed_source(40)  # a findings-topic record decided on its own partition
+    assert (engine.next_seq, engine.next_source) == (2, 41)
+    again = PartitionEngine(feed.store, feed.policy, 0)  # it is state
+    assert (again.next_seq, again.next_source) == (2, 41)

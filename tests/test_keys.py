@@ -8,7 +8,15 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-from streams.keys import bucket_key, bucket_start, buckets_covering, dedup_key, murmur2, partition_for
+from streams.keys import (
+    bucket_key,
+    bucket_start,
+    buckets_covering,
+    dedup_key,
+    murmur2,
+    partition_for,
+    partitions_for,
+)
 from tests.builders import CIS140, FSBP, HOUR, MINUTE, at, epoch_ms, finding, parse_one
 
 # Kafka's own test vectors (clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java).
@@ -92,6 +100,17 @@ def test_partition_for_agrees_with_aiokafkas_default_partitioner_on_random_keys(
         all_partitions = list(range(partitions))
         assert partition_for(key, partitions) == partitioner(key, all_partitions, all_partitions)
         assert murmur2(key) & 0xFFFFFFFF == aiokafka_murmur2(key)
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 17, 100, 1000])
+def test_partitions_for_many_keys_at_once_agrees_with_one_at_a_time(count: int) -> None:
+    """The vectorised murmur2 (numpy, word column by column) against the loop, on keys
+    of every tail length, empty ones and long ones, mixed in one call."""
+    rng = random.Random(count)
+    for partitions in (1, 3, 8, 64, 1000):
+        keys = [bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 2, 3, 4, 5, 7, 92, 93, 300])))
+                for _ in range(count)]
+        assert partitions_for(keys, partitions) == [partition_for(k, partitions) for k in keys]
 
 
 def test_partition_for_a_text_key_hashes_its_utf8_bytes() -> None:

@@ -12,7 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.config import ConfigError, Policy
-from streams.findings import Finding, Rejected, limit_violation, parse_document, within_limits_by_size
+from streams.findings import (
+    Finding,
+    Rejected,
+    item_limit_violation,
+    limit_violation,
+    parse_document,
+    within_limits_by_size,
+)
 from tests.builders import NOW_MS, dumps, envelope, finding, load_public, page, parse
 
 
@@ -161,3 +168,12 @@ def test_the_size_screen_never_passes_what_the_walk_rejects(value: Any, depth: i
     policy = Policy(max_depth=depth, max_string_length=length)
     if within_limits_by_size(orjson.dumps(value), policy):
         assert limit_violation(value, policy) is None
+
+
+@given(json_values, st.integers(1, 8), st.integers(1, 40))
+def test_a_finding_of_a_larger_document_is_judged_as_the_walk_judges_it(value: Any, depth: int,
+                                                                        length: int) -> None:
+    """Findings of pages and multi-finding envelopes are screened on their own JSON,
+    and walked only when the screen cannot vouch for them: the same verdict."""
+    policy = Policy(max_depth=depth, max_string_length=length)
+    assert item_limit_violation(value, policy) == limit_violation(value, policy)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from msgspec.structs import replace
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams import metrics
@@ -169,3 +170,35 @@ def test_account_label_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
         metrics.decided(outcome)
     assert sample("flapguard_decisions_by_account_total", account=account,
                   decision="alert") == before + 2
+
+
+def test_observing_many_values_at_once_counts_as_observing_each() -> None:
+    registry = CollectorRegistry()
+    one = Histogram("one_at_a_time", "", buckets=metrics.LAG_BUCKETS, registry=registry)
+    many = Histogram("all_at_once", "", buckets=metrics.LAG_BUCKETS, registry=registry)
+    values = [0.0, 0.5, 1.0, *metrics.LAG_BUCKETS[:-1], 7e6, 1e12, 3.25]
+    for value in values:
+        one.observe(value)
+    metrics.observe_all(many, values)
+    metrics.observe_all(many, [])
+
+    def samples(name: str) -> list[tuple[str, dict[str, str], float]]:
+        family = next(f for f in registry.collect() if f.name == name)
+        return [(s.name.removeprefix(name), s.labels, s.value) for s in family.samples]
+
+    assert samples("all_at_once") == samples("one_at_a_time")
+
+
+def test_a_batch_of_decisions_counts_as_each_decision_alone() -> None:
+    outcomes = [o for o in incident_outcomes() if o.decision != "dead_letter"]
+    names = [("flapguard_decisions_total", {"decision": "alert", "reason": "new"}),
+             ("flapguard_decisions_total", {"decision": "suppressed", "reason": "recreated_after_archive"}),
+             ("flapguard_alerts_total", {"kind": "new", "severity": "MEDIUM", "control_id": "RDS.45"})]
+    before = [sample(name, **labels) for name, labels in names]
+    metrics.decided_all(outcomes)
+    middle = [sample(name, **labels) for name, labels in names]
+    for outcome in outcomes:
+        metrics.decided(outcome)
+    after = [sample(name, **labels) for name, labels in names]
+    assert [m - b for m, b in zip(middle, before, strict=True)] == [2, 1, 1]
+    assert [a - m for a, m in zip(after, middle, strict=True)] == [2, 1, 1]
