@@ -4,8 +4,10 @@ For two layouts of the findings topic (one finding per message; per-partition pa
 up to 100 findings, as a batching forwarder writes them) it measures, in one run:
   (a) the limit: a plain aiokafka consumer that reads the topic, parses with orjson and
       calls the core's decision code (one PartitionEngine per partition);
-  (b) the real worker end to end (findings in, keyed topic, tables, output topics).
-Prints both rates, decision latency percentiles of the worker (time from a finding's
+  (b) the real worker end to end (findings in, decisions, output topics, state in
+      changelogged tables), as deployed by default, timed by its state writes; and
+      again with `--decisions-topic` (one audit record per finding more).
+Prints the rates, decision latency percentiles of the worker (time from a finding's
 record being written to its decision being written, in a paced run), and one line per
 layout: `LAYOUT: end-to-end/limit ratio: R (worker W findings/s, limit L findings/s)`.
 A benchmark, not a test: figures vary with the machine's load.
@@ -97,9 +99,8 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, 
         await producer.stop()
 
 
-async def limit_rate(bootstrap: str, topic: str, partitions: int, expected: int) -> tuple[float, int]:
-    """Read, parse, decide: the ceiling for one Python process on this broker. Returns
-    the rate and the number of decisions released (the rest stay held: no idle flush)."""
+async def limit_rate(bootstrap: str, topic: str, partitions: int, expected: int) -> float:
+    """Read, parse, decide: the ceiling for one Python process on this broker."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
@@ -108,7 +109,7 @@ async def limit_rate(bootstrap: str, topic: str, partitions: int, expected: int)
     await consumer.start()
     policy = Policy()
     engines = [PartitionEngine(Store.in_memory(), policy, p) for p in range(partitions)]
-    accepted = released = 0
+    accepted = 0
     started = None
     try:
         while accepted < expected:
@@ -123,9 +124,9 @@ async def limit_rate(bootstrap: str, topic: str, partitions: int, expected: int)
                         if isinstance(item, Finding):
                             origin = Origin(topic, record.offset, index)
                             accepted += 1
-                            released += len(engine.accept(item, origin, record.offset * 1000 + index))
+                            engine.accept(item, origin, record.offset * 1000 + index)
         assert started is not None
-        return expected / (time.perf_counter() - started), released
+        return expected / (time.perf_counter() - started)
     finally:
         await consumer.stop()
 
@@ -153,31 +154,84 @@ async def decision_times(bootstrap: str, topic: str, expected: int, timeout: flo
     return got
 
 
-def worker_rate(bootstrap: str, run: WorkerRun, released: int) -> float:
-    """Findings/s of the worker, over the decisions the limit released too: those that
-    stay held at the end of the input are released only by the idle flush, in wall-clock
-    time, which the limit never waits for."""
+async def progress(bootstrap: str, app_id: str, ends: dict[int, int], timeout: float
+                   ) -> tuple[float, int]:
+    """Seconds from the worker's first state write to its last while it works through
+    the findings topic, and the findings records it got through in between. Each batch
+    ends with a write of its partitions' meta state, whose `next_source` is the next
+    findings record the partition expects; a partition's records up to its first write
+    are not counted (conservative: the interval may hold some of them)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(f"{app_id}-meta-changelog", bootstrap_servers=bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                metadata_max_age_ms=1000)
+    await consumer.start()
+    reached: dict[int, int] = {}
+    started: dict[int, int] = {}
+    first = last = None
+    deadline = time.monotonic() + timeout
+    try:
+        while any(reached.get(p, 0) < end for p, end in ends.items()):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: the worker did not get through the findings in {timeout}s")
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for r in records:
+                    meta = orjson.loads(r.value) if r.value else {}
+                    if meta.get("next_source") is None:
+                        continue
+                    reached[r.partition] = max(reached.get(r.partition, 0), meta["next_source"])
+                    started.setdefault(r.partition, meta["next_source"])
+                    first = r.timestamp if first is None else min(first, r.timestamp)
+                    last = r.timestamp if last is None else max(last, r.timestamp)
+    finally:
+        await consumer.stop()
+    assert first is not None and last is not None
+    return (last - first) / 1000, sum(ends[p] - started[p] for p in ends)
+
+
+async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+        return {tp.partition: offset for tp, offset in ends.items() if offset > 0}
+    finally:
+        await consumer.stop()
+
+
+def worker_rate(bootstrap: str, run: WorkerRun, count: int, partitions: int) -> float:
+    """Findings/s of the worker, from its first batch's state write to its last: start-up
+    and group join are not throughput, and neither is the idle flush of what stays held
+    at the end of the input (in wall-clock time; the limit never waits for it)."""
+    ends = asyncio.run(end_offsets(bootstrap, run.topics["findings"], partitions))
     run.start()
     try:
-        times = asyncio.run(decision_times(bootstrap, run.topics["decisions"], released, 1800))
+        seconds, records = asyncio.run(progress(bootstrap, run.app_id, ends, 1800))
     finally:
         run.stop()
-    stamps = sorted(t for t, _ in times)[:released]
-    # From the first decision to the last: start-up and group join are not throughput.
-    return (len(stamps) - 1) / max(1e-3, (stamps[-1] - stamps[0]) / 1000)
+    return count * records / sum(ends.values()) / max(1e-3, seconds)
 
 
 def measure(bootstrap: str, layout: str, records: list[tuple[bytes | None, bytes, int]],
-            count: int, partitions: int, workdir: Path) -> tuple[float, float]:
-    run = WorkerRun(bootstrap, f"bench-{layout}-{uuid.uuid4().hex[:6]}", workdir / layout,
-                    partitions=partitions)
-    run.workdir.mkdir(parents=True)
-    asyncio.run(create_topics(bootstrap, {run.topics["findings"]: partitions,
-                                          run.topics["decisions"]: partitions}))
-    asyncio.run(produce(bootstrap, run.topics["findings"], records))
-    limit, released = asyncio.run(limit_rate(bootstrap, run.topics["findings"], partitions, count))
-    worker = worker_rate(bootstrap, run, released)
-    return worker, limit
+            count: int, partitions: int, workdir: Path) -> tuple[float, float, float]:
+    """The limit, the worker as deployed by default, and the worker writing every
+    decision to `--decisions-topic` too (the audit trail: one more record per finding),
+    on one findings topic."""
+    topic = f"bench-{layout}-{uuid.uuid4().hex[:6]}.findings"
+    asyncio.run(create_topics(bootstrap, {topic: partitions}))
+    asyncio.run(produce(bootstrap, topic, records))
+    limit = asyncio.run(limit_rate(bootstrap, topic, partitions, count))
+    rates = []
+    for decisions in (False, True):
+        run = WorkerRun(bootstrap, f"bench-{layout}-{uuid.uuid4().hex[:6]}",
+                        workdir / f"{layout}-{decisions}", partitions=partitions, decisions=decisions,
+                        findings_topic=topic)
+        run.workdir.mkdir(parents=True)
+        rates.append(worker_rate(bootstrap, run, count, partitions))
+    return rates[0], rates[1], limit
 
 
 def latency(bootstrap: str, findings: list[bytes], partitions: int, workdir: Path, rate: float
@@ -231,17 +285,22 @@ def main() -> int:
         results = {}
         for layout, records in (("single", single_layout(findings, args.partitions)),
                                 ("batched", batched_layout(findings, args.partitions))):
-            worker, limit = measure(bootstrap, layout, records, len(findings), args.partitions, Path(tmp))
-            results[layout] = (worker, limit)
-            print(f"{layout}: limit {limit:,.0f} findings/s, worker {worker:,.0f} findings/s")
+            worker, audited, limit = measure(bootstrap, layout, records, len(findings), args.partitions,
+                                             Path(tmp))
+            results[layout] = (worker, audited, limit)
+            print(f"{layout}: limit {limit:,.0f} findings/s, worker {worker:,.0f} findings/s, "
+                  f"with --decisions-topic {audited:,.0f} findings/s")
         if args.latency_rate > 0:
             sample = findings[: int(args.latency_rate * 20)]
             p50, p99 = latency(bootstrap, sample, args.partitions, Path(tmp), args.latency_rate)
             print(f"decision latency at {args.latency_rate:.0f} findings/s: p50 {p50:.0f} ms, "
                   f"p99 {p99:.0f} ms")
-        for layout, (worker, limit) in results.items():
+        for layout, (worker, _, limit) in results.items():
             print(f"{layout}: end-to-end/limit ratio: {worker / limit:.2f} "
                   f"(worker {worker:,.0f} findings/s, limit {limit:,.0f} findings/s)")
+        for layout, (_, audited, limit) in results.items():
+            print(f"{layout}, with --decisions-topic: end-to-end/limit ratio: {audited / limit:.2f} "
+                  f"(worker {audited:,.0f} findings/s)")
     return 0
 
 

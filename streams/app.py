@@ -183,7 +183,10 @@ class Worker:
                                      security=self.settings.security)
         found = counts.get(self.source.get_topic_name(), 0)
         self.direct = found == self.settings.partitions
-        if not self.direct:
+        if self.direct:
+            log.info("the findings topic has %s partitions, as the keyed topic: findings on the "
+                     "partition their key hashes to are decided there", found)
+        else:
             log.info("the findings topic has %s partitions, the keyed topic %s: every finding "
                      "goes through the keyed topic", found, self.settings.partitions)
 

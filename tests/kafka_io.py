@@ -31,15 +31,24 @@ class WorkerRun:
     extra: list[str] = field(default_factory=list)
     # The child's whole environment (None: this process's), e.g. broker security.
     env: dict[str, str] | None = None
+    # Whether the worker writes every decision to the decisions topic.
+    decisions: bool = True
+    # Another findings topic than `<app_id>.findings` (several runs over one input).
+    findings_topic: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    source_partitions: int | None = None  # of the findings topic, when `create_source` made it
 
     @property
     def topics(self) -> dict[str, str]:
-        return {role: f"{self.app_id}.{role}" for role in ROLES}
+        topics = {role: f"{self.app_id}.{role}" for role in ROLES}
+        if self.findings_topic is not None:
+            topics["findings"] = self.findings_topic
+        return topics
 
     def create_source(self, partitions: int = 1) -> None:
         asyncio.run(create_topics(self.bootstrap, {self.topics["findings"]: partitions}))
+        self.source_partitions = partitions
 
     def start(self) -> None:
         t = self.topics
@@ -48,7 +57,8 @@ class WorkerRun:
             "--bootstrap-servers", self.bootstrap, "--app-id", self.app_id,
             "--findings-topic", t["findings"], "--alerts-topic", t["alerts"],
             "--suppressed-topic", t["suppressed"], "--deadletter-topic", t["deadletter"],
-            "--decisions-topic", t["decisions"], "--partitions", str(self.partitions),
+            *(["--decisions-topic", t["decisions"]] if self.decisions else []),
+            "--partitions", str(self.partitions),
             "--idle-flush", "2s", "--session-timeout", "6s", "--log-level", "INFO",
             "--data-dir", str(self.workdir / "data"), "--metrics-address", "127.0.0.1:0",
             *self.extra,

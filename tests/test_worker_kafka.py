@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from streams.app import TICK_KEY
 from streams.backtest import read_occurrences, run_backtest
 from streams.config import Policy
 from streams.decide import Outcome
@@ -29,11 +30,19 @@ NEIGHBOUR = OTHER_RESOURCE.replace("cluster:", "cluster:neighbour-")
 
 
 @pytest.fixture
-def run(kafka_bootstrap: str, unique_name: str, tmp_path: Path) -> Iterator[WorkerRun]:
+def run(request: pytest.FixtureRequest, kafka_bootstrap: str, unique_name: str,
+        tmp_path: Path) -> Iterator[WorkerRun]:
+    """A worker over a one-partition findings topic: every finding goes through the
+    keyed topic. Parametrised `"direct"`, the findings topic has the worker's partition
+    count and `replay` places records by their key, as the forwarders do: findings are
+    decided on the partition they arrive on."""
     worker = WorkerRun(kafka_bootstrap, unique_name, tmp_path)
-    worker.create_source(partitions=1)
+    worker.create_source(partitions=worker.partitions if getattr(request, "param", None) == "direct" else 1)
     yield worker
     worker.stop()
+
+
+both_paths = pytest.mark.parametrize("run", ["keyed", "direct"], indirect=True)
 
 
 def replay(run: WorkerRun, path: Path) -> None:
@@ -97,6 +106,7 @@ def test_demo_incident_gives_exactly_the_expected_records(run: WorkerRun) -> Non
     assert dead.value == INCIDENT.read_bytes().splitlines()[7]
 
 
+@both_paths
 def test_months_old_history_through_kafka_decides_as_the_backtest(
     run: WorkerRun, tmp_path: Path
 ) -> None:
@@ -117,8 +127,14 @@ def test_months_old_history_through_kafka_decides_as_the_backtest(
         if any(want.get(k) != decided[(want["line"], want["index"])].get(k) for k in compared)
     ]
     assert not mismatches, mismatches[:5]
+    # The path the findings took: through the keyed topic, or none of them (it holds
+    # only the idle ticks) when they arrived on their own partitions.
+    hopped = [r for r in read_all(run.bootstrap, f"{run.app_id}-keyed-findings") if r.key != TICK_KEY]
+    findings = sum(1 for r in expected if r["decision"] != "dead_letter")
+    assert len(hopped) == (0 if run.source_partitions == run.partitions else findings)
 
 
+@both_paths
 def test_worker_killed_mid_stream_loses_no_alert_and_never_rekeys_one(
     run: WorkerRun, tmp_path: Path
 ) -> None:

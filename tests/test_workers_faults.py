@@ -27,13 +27,17 @@ def undecided(run: WorkerRun, expected: list[dict[str, Any]]) -> str:
     return f"{len(missing)} undecided, by keyed partition {dict(by_partition)}, lines {lines[:20]}"
 
 
-@pytest.fixture
-def group(kafka_bootstrap: str, unique_name: str, tmp_path: Path) -> Iterator[list[WorkerRun]]:
+@pytest.fixture(params=["keyed", "direct"])
+def group(request: pytest.FixtureRequest, kafka_bootstrap: str, unique_name: str,
+          tmp_path: Path) -> Iterator[list[WorkerRun]]:
+    """Three workers; their findings topic has one partition (every finding goes
+    through the keyed topic) or, `direct`, as many as the keyed topic, with records
+    placed by key (decided where they arrive; their state moves with the partition)."""
     workers = [WorkerRun(kafka_bootstrap, unique_name, tmp_path / f"w{n}", partitions=PARTITIONS)
                for n in range(3)]
     for worker in workers:
         worker.workdir.mkdir()
-    workers[0].create_source(partitions=1)
+    workers[0].create_source(partitions=PARTITIONS if request.param == "direct" else 1)
     yield workers
     for worker in workers:
         worker.stop()
