@@ -128,9 +128,11 @@ class Worker:
             # The agent hands the producer whole record batches (`Outbox`): fewer,
             # larger batches mean fewer round trips per partition.
             producer_max_batch_size=512 * 1024,
-            # A page of 100 findings is ~300 KB: Faust's 1 MiB per partition and fetch
-            # starves the agent between round trips.
-            consumer_max_fetch_size=8 * 1024 * 1024,
+            # Per partition and fetch (Faust's default is 1 MiB, seven pages of 100
+            # findings). Measured with `scripts/bench`: 2 MiB is a little faster; 4-8 MiB
+            # responses make the consumer thread take the interpreter from the agent for
+            # every 64 KiB it reads, and the worker ran up to five times slower.
+            consumer_max_fetch_size=2 * 1024 * 1024,
             table_cleanup_interval=3600.0,
         )
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
