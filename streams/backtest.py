@@ -481,7 +481,7 @@ def _run(
             on_decision(outcome)
 
     ordered = _InOrder(sink)
-    engines = [PartitionEngine(Store.in_memory(), policy, p) for p in range(partitions)]
+    engines = [PartitionEngine(Store.in_memory(), policy, p, durable=False) for p in range(partitions)]
     started = time.perf_counter()
     put = ordered.put
     accepts = [engine.accept for engine in engines]
