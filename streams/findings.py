@@ -10,7 +10,7 @@ import itertools
 import operator
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -28,7 +28,6 @@ NOT_AVAILABLE = "NOT_AVAILABLE"
 ACTIVE = "ACTIVE"
 ARCHIVED = "ARCHIVED"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MILLISECOND = timedelta(milliseconds=1)
 _MAX_ID_LENGTH = 512
 
 # ASFF Severity.Normalized bands, used when a finding carries no Label.
@@ -115,11 +114,15 @@ def parse_timestamp(text: str) -> int:
     """RFC 3339 text -> epoch milliseconds (a missing offset means UTC)."""
     # A finding's CreatedAt comes back with every update of it: remember recent texts.
     ms = _TIMESTAMPS.get(text)
-    if ms is None:
-        ms = _parse_timestamp(text)
-        if len(_TIMESTAMPS) >= _TIMESTAMP_CACHE_SIZE:
-            _TIMESTAMPS.clear()
-        _TIMESTAMPS[text] = ms
+    return _remember_timestamp(text) if ms is None else ms
+
+
+def _remember_timestamp(text: str) -> int:
+    """`parse_timestamp` of a text not in the cache, which then holds it."""
+    ms = _parse_timestamp(text)
+    if len(_TIMESTAMPS) >= _TIMESTAMP_CACHE_SIZE:
+        _TIMESTAMPS.clear()
+    _TIMESTAMPS[text] = ms
     return ms
 
 
@@ -127,8 +130,10 @@ def _parse_timestamp(text: str) -> int:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    # Integer arithmetic: `timestamp() * 1000` loses a millisecond for some dates.
-    return (moment - _EPOCH) // _MILLISECOND
+    # Integer arithmetic: `timestamp() * 1000` loses a millisecond for some dates. The
+    # floor of the microseconds (`// timedelta(milliseconds=1)`, at twice the cost).
+    since = moment - _EPOCH
+    return since.days * 86_400_000 + since.seconds * 1000 + since.microseconds // 1000
 
 
 _TIMESTAMPS: dict[str, int] = {}
@@ -586,14 +591,14 @@ def envelope_finding(data: bytes, *, policy: Policy, now_ms: int) -> Finding | N
     resource_id = primary.Id
     if severity is None or not resource_id:
         return None
-    # `parse_timestamp`'s cache, looked up here first: both are usually in it.
+    # `parse_timestamp`, inlined: CreatedAt is usually in its cache.
     created_at = _TIMESTAMPS.get(created_text)
     updated_at = _TIMESTAMPS.get(updated_text)
     try:
         if created_at is None:
-            created_at = parse_timestamp(created_text)
+            created_at = _remember_timestamp(created_text)
         if updated_at is None:  # the usual miss: each update has its own time
-            updated_at = parse_timestamp(updated_text)
+            updated_at = _remember_timestamp(updated_text)
     except (ValueError, OverflowError, OSError):
         return None
     if updated_at > now_ms + policy.future_tolerance_ms or created_at > updated_at:

@@ -6,6 +6,7 @@ give exactly what the general code gives."""
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,17 @@ def test_straight_line_parser_equals_the_general_one_on_a_generated_feed(tmp_pat
 def test_timestamp_cache_returns_what_parsing_returns(text: str) -> None:
     assert parse_timestamp(text) == _parse_timestamp(text)
     assert parse_timestamp(text) == _parse_timestamp(text)  # from the cache
+
+
+@CORE
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+       st.sampled_from(["", "Z", "+00:00", "+09:00", "-05:30", "+23:59"]))
+def test_timestamps_parse_to_the_floor_of_their_milliseconds(moment: datetime, zone: str) -> None:
+    text = moment.isoformat(timespec="microseconds") + zone
+    aware = datetime.fromisoformat(text)
+    aware = aware if aware.tzinfo is not None else aware.replace(tzinfo=UTC)
+    expected = (aware - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    assert _parse_timestamp(text) == expected
 
 
 def test_timestamp_cache_never_hides_an_invalid_timestamp() -> None:
