@@ -20,9 +20,12 @@ from streams.findings import Finding
 V = TypeVar("V")
 
 
-@dataclass(slots=True)
-class FindingState:
+class FindingState(msgspec.Struct, gc=False):
     """What is known of one finding `Id`."""
+
+    # A msgspec Struct, not a dataclass: its __init__ is C (a new finding's state is
+    # built per first sight), and without garbage-collector tracking (it holds only
+    # strings and numbers) the collector never walks the many states a partition keeps.
 
     p: int  # partition that owns it
     partition_key: str
@@ -264,7 +267,8 @@ def encode(value: Any) -> bytes:
 
 
 def _plain(cls: type[Any]) -> Callable[[bytes], Any]:
-    names = [f.name for f in fields(cls)]
+    names = (list(cls.__struct_fields__) if issubclass(cls, msgspec.Struct)
+             else [f.name for f in fields(cls)])
 
     def decode(data: bytes) -> Any:
         raw = orjson.loads(data)
