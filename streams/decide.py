@@ -179,7 +179,9 @@ class Decider:
             state.severity = int(f.severity)
             if state.dedup_key is None:
                 state.dedup_key = dedup_key(f.id, f.updated_at_text)
-        self._save(f.id, state)
+        if state.standard is not None and state.control:  # `_save`, inlined
+            self._update_live(f.id, state)
+        self.store.findings.put(f.id, state)
         return Outcome(origin, _D_SILENT, f, None, _R_PERIODIC_UPDATE, state.dedup_key)
 
     # -- rules ----------------------------------------------------------------------

@@ -114,26 +114,22 @@ def parse_timestamp(text: str) -> int:
     """RFC 3339 text -> epoch milliseconds (a missing offset means UTC)."""
     # A finding's CreatedAt comes back with every update of it: remember recent texts.
     ms = _TIMESTAMPS.get(text)
-    return _remember_timestamp(text) if ms is None else ms
-
-
-def _remember_timestamp(text: str) -> int:
-    """`parse_timestamp` of a text not in the cache, which then holds it."""
-    ms = _parse_timestamp(text)
-    if len(_TIMESTAMPS) >= _TIMESTAMP_CACHE_SIZE:
-        _TIMESTAMPS.clear()
-    _TIMESTAMPS[text] = ms
-    return ms
+    return _parse_timestamp(text) if ms is None else ms
 
 
 def _parse_timestamp(text: str) -> int:
+    """`parse_timestamp` without looking in the cache; the cache then holds the text."""
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     # Integer arithmetic: `timestamp() * 1000` loses a millisecond for some dates. The
     # floor of the microseconds (`// timedelta(milliseconds=1)`, at twice the cost).
     since = moment - _EPOCH
-    return since.days * 86_400_000 + since.seconds * 1000 + since.microseconds // 1000
+    ms: int = since.days * 86_400_000 + since.seconds * 1000 + since.microseconds // 1000
+    if len(_TIMESTAMPS) >= _TIMESTAMP_CACHE_SIZE:
+        _TIMESTAMPS.clear()
+    _TIMESTAMPS[text] = ms
+    return ms
 
 
 _TIMESTAMPS: dict[str, int] = {}
@@ -556,11 +552,14 @@ def envelope_finding(data: bytes, *, policy: Policy, now_ms: int) -> Finding | N
     """The finding of a message that is an EventBridge envelope of exactly one ordinary
     finding, as `parse_message` gives it; None for any other message (which
     `parse_message` then decides on its general path)."""
-    if len(data) > policy.max_message_bytes:
+    size = len(data)
+    if size > policy.max_message_bytes:
         return None
     # msgspec does not check the UTF-8 of the fields it skips, where orjson rejects
-    # bad UTF-8: only pure ASCII takes the fast path.
-    if not data.isascii() or not within_limits_by_size(data, policy):
+    # bad UTF-8: only pure ASCII takes the fast path. Then `within_limits_by_size`,
+    # inlined: this runs per message.
+    if (not data.isascii() or size > policy.max_string_length
+            or size - len(data.replace(b"{", b"").replace(b"[", b"")) > policy.max_depth):
         return None
     try:
         envelope = _decode_envelope(data)
@@ -596,9 +595,9 @@ def envelope_finding(data: bytes, *, policy: Policy, now_ms: int) -> Finding | N
     updated_at = _TIMESTAMPS.get(updated_text)
     try:
         if created_at is None:
-            created_at = _remember_timestamp(created_text)
+            created_at = _parse_timestamp(created_text)
         if updated_at is None:  # the usual miss: each update has its own time
-            updated_at = _remember_timestamp(updated_text)
+            updated_at = _parse_timestamp(updated_text)
     except (ValueError, OverflowError, OSError):
         return None
     if updated_at > now_ms + policy.future_tolerance_ms or created_at > updated_at:
