@@ -40,11 +40,11 @@ class PartitionEngine:
         self._meta_key = str(partition)
         # The heap mirrors the buffer entries of the store; rebuilt on start so that
         # a restarted or rebalanced worker carries on with what was held.
-        # Entries: (UpdatedAt, Id, arrival) = `Arrival.order`, the buffer key, the arrival.
-        self._heap: list[tuple[int, str, int, str, Arrival]] = []
+        # Entries: (UpdatedAt, Id, arrival) = `Arrival.order`, the origin, the finding.
+        self._heap: list[tuple[int, str, int, Origin, Finding]] = []
         for key, arrival in store.buffer.items():
             if key.startswith(self._prefix):
-                self._heap.append((*arrival.order, key, arrival))
+                self._heap.append((*arrival.order, arrival.origin, arrival.finding))
         heapify(self._heap)
         self.meta = store.meta.get(str(partition)) or PartitionMeta()
         # Finding ids of this partition by a lower bound of their `updated_at`, so that
@@ -70,14 +70,13 @@ class PartitionEngine:
         heap = self._heap
         meta = self.meta
         if not self.durable:
-            heappush(heap, (updated_at, finding.id, seq, "", Arrival(self.p, seq, finding, origin)))
+            heappush(heap, (updated_at, finding.id, seq, origin, finding))
         else:
             key = f"{self._prefix}{seq}"
             buffer = self.store.buffer
             if buffer.get(key) is None:  # a redelivered record is already held
-                arrival = Arrival(self.p, seq, finding, origin)
-                buffer.put(key, arrival)
-                heappush(heap, (updated_at, finding.id, seq, key, arrival))
+                buffer.put(key, Arrival(self.p, seq, finding, origin))
+                heappush(heap, (updated_at, finding.id, seq, origin, finding))
         watermark = meta.watermark
         if watermark is None or updated_at > watermark:
             meta.watermark = watermark = updated_at
@@ -118,12 +117,11 @@ class PartitionEngine:
         while heap and (up_to is None or heap[0][0] <= up_to):
             # The heap and the buffer hold the same arrivals: only `accept` adds to
             # both, only this takes from both.
-            _, _, _, key, arrival = heappop(heap)
+            _, _, seq, origin, finding = heappop(heap)
             if durable:
-                buffer.delete(key)
-            finding = arrival.finding
-            outcome = decide(finding, arrival.origin)
-            outcome.seq = arrival.seq
+                buffer.delete(f"{self._prefix}{seq}")
+            outcome = decide(finding, origin)
+            outcome.seq = seq
             out.append(outcome)
             if expiry is not None and finding.id not in tracked:
                 # Its state's `updated_at` is at least this (it only grows).
