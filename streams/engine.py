@@ -38,8 +38,9 @@ class PartitionEngine:
         self.decider = Decider(store, policy, partition)
         self._prefix = f"{partition}:"
         self._meta_key = str(partition)
-        # The heap mirrors the buffer entries of the store; rebuilt on start so that
-        # a restarted or rebalanced worker carries on with what was held.
+        # The held arrivals. In a durable engine the heap mirrors the buffer entries of
+        # the store, and is rebuilt from them on start so that a restarted or rebalanced
+        # worker carries on with what was held.
         # Entries: (UpdatedAt, Id, arrival) = `Arrival.order`, the origin, the finding.
         self._heap: list[tuple[int, str, int, Origin, Finding]] = []
         for key, arrival in store.buffer.items():
@@ -115,8 +116,8 @@ class PartitionEngine:
         tracked = self._tracked
         durable = self.durable
         while heap and (up_to is None or heap[0][0] <= up_to):
-            # The heap and the buffer hold the same arrivals: only `accept` adds to
-            # both, only this takes from both.
+            # A durable engine's heap and buffer hold the same arrivals: only `accept`
+            # adds to both, only this takes from both.
             _, _, seq, origin, finding = heappop(heap)
             if durable:
                 buffer.delete(f"{self._prefix}{seq}")

@@ -123,7 +123,8 @@ def _parse_timestamp(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     # Integer arithmetic: `timestamp() * 1000` loses a millisecond for some dates. The
-    # floor of the microseconds (`// timedelta(milliseconds=1)`, at twice the cost).
+    # milliseconds are the floor of the microseconds, as `// timedelta(milliseconds=1)`
+    # gives them at twice the cost.
     since = moment - _EPOCH
     ms: int = since.days * 86_400_000 + since.seconds * 1000 + since.microseconds // 1000
     if len(_TIMESTAMPS) >= _TIMESTAMP_CACHE_SIZE:
@@ -493,7 +494,7 @@ def parse_message(data: bytes, *, policy: Policy, now_ms: int) -> list[Parsed]:
 
 # Fields in the order Security Hub writes them (as in its sample events): msgspec looks
 # each key up from the field after the previous key's, so keys in this order are found
-# at the first comparison (1,000 instructions per finding less than in any order).
+# at the first comparison (1,000 instructions per finding less than the order before).
 
 
 class _WireResource(msgspec.Struct, gc=False):
