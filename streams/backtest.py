@@ -257,8 +257,9 @@ class Report:
     partitions: int = 1
     policy: Policy = field(default_factory=Policy)
     # One counter for every breakdown, folded in `to_json`: a single increment per
-    # decision. Key: (decision, kind or reason, control, account, naive alert).
-    counts: Counter[tuple[str, str, str, str, bool]] = field(default_factory=Counter)
+    # decision. Key: (decision, kind or reason, control, account, naive alert). A plain
+    # dict: Python 3.11 specializes its subscripts, not those of a `Counter`.
+    counts: dict[tuple[str, str, str, str, bool], int] = field(default_factory=dict)
     gaps: Counter[tuple[str, int]] = field(default_factory=Counter)  # (control, minutes)
     labels: LabelScore | None = None
     naive_seen: set[str] = field(default_factory=set)
@@ -282,7 +283,9 @@ class Report:
             seen.add(f.id)
             naive = (f.record_state == "ACTIVE" and f.compliance_status == "FAILED"
                      and f.workflow_status == NAIVE_WORKFLOW)
-        self.counts[(outcome.decision, label, f.control_id, f.account, naive)] += 1
+        counts = self.counts
+        key = (outcome.decision, label, f.control_id, f.account, naive)
+        counts[key] = counts.get(key, 0) + 1
 
     def add_record(self, record: dict[str, Any], parsed: Finding | Rejected) -> None:
         """One decision record (`--decisions-out` or the decisions topic) of the input
@@ -300,14 +303,16 @@ class Report:
             self.late_pairs += late_pairs
         naive = False
         if f is None:
-            self.counts[(decision, label, "", "", False)] += 1
+            key = (decision, label, "", "", False)
+            self.counts[key] = self.counts.get(key, 0) + 1
         else:
             seen = self.naive_seen
             if f.id not in seen:  # `naive_alerts`, inlined: this runs per decision
                 seen.add(f.id)
                 naive = (f.record_state == "ACTIVE" and f.compliance_status == "FAILED"
                          and f.workflow_status == NAIVE_WORKFLOW)
-            self.counts[(decision, label, f.control_id, f.account, naive)] += 1
+            key = (decision, label, f.control_id, f.account, naive)
+            self.counts[key] = self.counts.get(key, 0) + 1
             if gap is not None:
                 self.gaps[(f.control_id, int(gap // GAP_BIN_S))] += 1
         if self.truths is not None:
@@ -481,7 +486,7 @@ def _run(
             on_decision(outcome)
 
     ordered = _InOrder(sink)
-    engines = [PartitionEngine(Store.in_memory(), policy, p) for p in range(partitions)]
+    engines = [PartitionEngine(Store.in_memory(), policy, p, durable=False) for p in range(partitions)]
     started = time.perf_counter()
     put = ordered.put
     accepts = [engine.accept for engine in engines]

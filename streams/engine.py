@@ -8,7 +8,7 @@ a partition idle for the hold in wall-clock time).
 
 from __future__ import annotations
 
-import heapq
+from heapq import heapify, heappop, heappush
 
 from streams.config import Policy
 from streams.decide import Decider, Outcome, pairing_horizon
@@ -27,21 +27,26 @@ class PartitionEngine:
     Decisions are the same either way: they treat expired state as gone themselves."""
 
     def __init__(self, store: Store, policy: Policy, partition: int, *,
-                 expiry_index: bool = True) -> None:
+                 expiry_index: bool = True, durable: bool = True) -> None:
         self.store = store
+        # `durable`: write what a restart needs to the store as it changes (the held
+        # arrivals, the partition's metadata per arrival). The in-process backtest never
+        # restarts from its store: without it, the heap alone holds the arrivals.
+        self.durable = durable
         self.policy = policy
         self.p = partition
         self.decider = Decider(store, policy, partition)
         self._prefix = f"{partition}:"
         self._meta_key = str(partition)
-        # The heap mirrors the buffer entries of the store; rebuilt on start so that
-        # a restarted or rebalanced worker carries on with what was held.
-        # Entries: (UpdatedAt, Id, arrival) = `Arrival.order`, the buffer key, the arrival.
-        self._heap: list[tuple[int, str, int, str, Arrival]] = []
+        # The held arrivals. In a durable engine the heap mirrors the buffer entries of
+        # the store, and is rebuilt from them on start so that a restarted or rebalanced
+        # worker carries on with what was held.
+        # Entries: (UpdatedAt, Id, arrival) = `Arrival.order`, the origin, the finding.
+        self._heap: list[tuple[int, str, int, Origin, Finding]] = []
         for key, arrival in store.buffer.items():
             if key.startswith(self._prefix):
-                self._heap.append((*arrival.order, key, arrival))
-        heapq.heapify(self._heap)
+                self._heap.append((*arrival.order, arrival.origin, arrival.finding))
+        heapify(self._heap)
         self.meta = store.meta.get(str(partition)) or PartitionMeta()
         # Finding ids of this partition by a lower bound of their `updated_at`, so that
         # a sweep visits only states that may have expired instead of every state.
@@ -63,19 +68,22 @@ class PartitionEngine:
 
     def accept(self, finding: Finding, origin: Origin, seq: int) -> list[Outcome]:
         """Buffer one finding; return the decisions this arrival releases."""
-        key = f"{self._prefix}{seq}"
-        buffer = self.store.buffer
         updated_at = finding.updated_at
         heap = self._heap
-        if buffer.get(key) is None:  # a redelivered record is already held
-            arrival = Arrival(self.p, seq, finding, origin)
-            buffer.put(key, arrival)
-            heapq.heappush(heap, (updated_at, finding.id, seq, key, arrival))
         meta = self.meta
+        if not self.durable:
+            heappush(heap, (updated_at, finding.id, seq, origin, finding))
+        else:
+            key = f"{self._prefix}{seq}"
+            buffer = self.store.buffer
+            if buffer.get(key) is None:  # a redelivered record is already held
+                buffer.put(key, Arrival(self.p, seq, finding, origin))
+                heappush(heap, (updated_at, finding.id, seq, origin, finding))
         watermark = meta.watermark
         if watermark is None or updated_at > watermark:
             meta.watermark = watermark = updated_at
-        self.store.meta.put(self._meta_key, meta)
+        if self.durable:
+            self.store.meta.put(self._meta_key, meta)
         up_to = watermark - self.policy.hold_ms
         if heap and heap[0][0] <= up_to:
             return self._release(up_to)
@@ -118,20 +126,20 @@ class PartitionEngine:
         decide = self.decider.decide
         expiry = self._expiry
         tracked = self._tracked
-        heappop = heapq.heappop
+        durable = self.durable
         while heap and (up_to is None or heap[0][0] <= up_to):
-            # The heap and the buffer hold the same arrivals: only `accept` adds to
-            # both, only this takes from both.
-            _, _, _, key, arrival = heappop(heap)
-            buffer.delete(key)
-            finding = arrival.finding
-            outcome = decide(finding, arrival.origin)
-            outcome.seq = arrival.seq
+            # A durable engine's heap and buffer hold the same arrivals: only `accept`
+            # adds to both, only this takes from both.
+            _, _, seq, origin, finding = heappop(heap)
+            if durable:
+                buffer.delete(f"{self._prefix}{seq}")
+            outcome = decide(finding, origin)
+            outcome.seq = seq
             out.append(outcome)
             if expiry is not None and finding.id not in tracked:
                 # Its state's `updated_at` is at least this (it only grows).
                 tracked.add(finding.id)
-                heapq.heappush(expiry, (finding.updated_at, finding.id))
+                heappush(expiry, (finding.updated_at, finding.id))
         self._maybe_sweep()
         return out
 
@@ -167,7 +175,7 @@ class PartitionEngine:
         elif self._expiry is None:
             expiry: list[tuple[int, str]] = []
             removed += self._scan(finding_horizon, expiry)
-            heapq.heapify(expiry)
+            heapify(expiry)
             self._expiry = expiry
             self._tracked = {key for _, key in expiry}
         else:
@@ -175,7 +183,7 @@ class PartitionEngine:
             # older than the horizon has its entry below it.
             expiry = self._expiry
             while expiry and expiry[0][0] < finding_horizon:
-                key = heapq.heappop(expiry)[1]
+                key = heappop(expiry)[1]
                 current = self.store.findings.get(key)
                 if current is None or current.p != self.p:
                     self._tracked.discard(key)
@@ -184,7 +192,7 @@ class PartitionEngine:
                     self._tracked.discard(key)
                     removed += 1
                 else:
-                    heapq.heappush(expiry, (current.updated_at, key))
+                    heappush(expiry, (current.updated_at, key))
         if not buckets:
             return removed
         bucket_horizon = pairing_horizon(policy, watermark - policy.hold_ms)

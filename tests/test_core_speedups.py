@@ -1,10 +1,12 @@
 """The backtest's speed-ups in the core (issue 5, part 4) change nothing but speed:
-the straight-line finding parser, the timestamp cache and the incremental sweep each
+the straight-line finding parser, the timestamp cache, the incremental sweep, the
+decision table's path for re-evaluations and the engine without a durable buffer each
 give exactly what the general code gives."""
 
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +15,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.backtest import read_occurrences
-from streams.config import Policy
-from streams.decide import Outcome
+from streams.config import Policy, Severity
+from streams.decide import Decider, Outcome, Reason
 from streams.engine import PartitionEngine
-from streams.findings import Finding, _Bad, _parse_timestamp, finding_from_json, parse_timestamp
+from streams.findings import (
+    Finding,
+    Rejected,
+    _Bad,
+    _parse_timestamp,
+    finding_from_json,
+    parse_message,
+    parse_timestamp,
+)
 from streams.generate import HOUR_MS, Profile, write_feed
 from streams.records import decision_record
-from streams.state import Store
-from tests.builders import NOW_MS, change_path, finding
+from streams.state import Origin, Store
+from tests.builders import NOW_MS, change_path, dumps, finding
 from tests.hypothesis_profile import CORE
+from tests.test_properties import POLICY, Event, histories
 
 
 class _General(dict[str, Any]):
@@ -86,6 +97,17 @@ def test_timestamp_cache_returns_what_parsing_returns(text: str) -> None:
     assert parse_timestamp(text) == _parse_timestamp(text)  # from the cache
 
 
+@CORE
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+       st.sampled_from(["", "Z", "+00:00", "+09:00", "-05:30", "+23:59"]))
+def test_timestamps_parse_to_the_floor_of_their_milliseconds(moment: datetime, zone: str) -> None:
+    text = moment.isoformat(timespec="microseconds") + zone
+    aware = datetime.fromisoformat(text)
+    aware = aware if aware.tzinfo is not None else aware.replace(tzinfo=UTC)
+    expected = (aware - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    assert _parse_timestamp(text) == expected
+
+
 def test_timestamp_cache_never_hides_an_invalid_timestamp() -> None:
     parse_timestamp("2025-10-01T04:44:21.000Z")
     for bad in ("2025-10-01T24:44:21.000Z", "2025-02-30T04:44:21.000Z", "not a time"):
@@ -129,3 +151,64 @@ def test_incremental_sweep_forgets_exactly_what_a_full_scan_forgets(tmp_path: Pa
     assert dict(store_a.buckets.items()) == dict(store_b.buckets.items())
     # States did expire along the way (the feed is far longer than the TTL).
     assert len(dict(store_a.findings.items())) < len({o.finding.id for o in full if o.finding})
+
+
+class GeneralDecider(Decider):
+    """The decision table without its path for re-evaluations (`_reevaluated`): every
+    event newer than its state goes through the general rules."""
+
+    def decide(self, f: Finding, origin: Origin) -> Outcome:
+        state = self._current(f.id, f)
+        if state is not None and f.updated_at <= state.updated_at:
+            return self._silent(origin, f, Reason.DUPLICATE_EVENT, state)
+        return self._decide(f, origin, state)
+
+
+def decide_general_and_fast(findings: list[tuple[Finding, Origin]], policy: Policy
+                            ) -> tuple[tuple[list[Any], Store], tuple[list[Any], Store]]:
+    """Decision records and store of the general engine (durable, general decision
+    table) and of the backtest's (not durable, re-evaluation path), same input."""
+    results = []
+    for general in (True, False):
+        store = Store.in_memory()
+        engine = PartitionEngine(store, policy, 0, durable=general)
+        if general:
+            engine.decider = GeneralDecider(store, policy, 0)
+        out: list[Outcome] = []
+        for seq, (parsed, origin) in enumerate(findings):
+            out.extend(engine.accept(parsed, origin, seq))
+        out.extend(engine.flush())
+        results.append(([decision_record(o) for o in out], store))
+    return results[0], results[1]
+
+
+def assert_same(general: tuple[list[Any], Store], fast: tuple[list[Any], Store]) -> None:
+    assert fast[0] == general[0]
+    for name in ("findings", "live", "buckets"):
+        assert dict(getattr(fast[1], name).items()) == dict(getattr(general[1], name).items())
+
+
+@CORE
+@given(histories())
+def test_fast_decisions_equal_the_general_ones_on_any_history(events: list[Event]) -> None:
+    findings = []
+    for line, event in enumerate(events, 1):
+        for parsed in parse_message(dumps(event.obj), policy=POLICY, now_ms=NOW_MS):
+            if not isinstance(parsed, Rejected):
+                findings.append((parsed, Origin("t", line, 0)))
+    assert_same(*decide_general_and_fast(findings, POLICY))
+
+
+@pytest.mark.parametrize("policy", [Policy(), Policy(min_severity=Severity.HIGH)])
+def test_fast_decisions_equal_the_general_ones_on_a_generated_feed(
+    tmp_path: Path, policy: Policy,
+) -> None:
+    path = tmp_path / "feed.jsonl"
+    write_feed(Profile(seed=7, accounts=3, days=6, per_standard_share=0.5, muted_share=0.1), path)
+    findings = [(occ.parsed, occ.origin) for occ in read_occurrences([path], policy=policy, now_ms=NOW_MS)
+                if isinstance(occ.parsed, Finding)]
+    general, fast = decide_general_and_fast(findings, policy)
+    # The feed holds the events the fast path is for, and others.
+    reasons = {r.get("reason") for r in fast[0]}
+    assert {"periodic_update", "bootstrap", "archived"} <= reasons
+    assert_same(general, fast)
