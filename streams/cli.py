@@ -595,6 +595,8 @@ def _add_forward(sub: Any) -> None:
             help="whether the endpoint honours SortCriteria, letting the cursor advance page by "
             "page (auto: yes for AWS, no with --endpoint-url; moto does not sort)")
     _option(hub, "--page-size", default="100", convert=_page_size, help="GetFindings MaxResults")
+    _flag(hub, "--pages", "write the findings bound for one partition as pages of up to 100 "
+          "({\"Findings\": [...]}) instead of one record each: the worker's fastest input")
     _option(hub, "--rate", default="3", convert=float, help="GetFindings requests per second")
     _option(hub, "--burst", default="6", convert=_positive_int, help="GetFindings burst")
     _option(sqs, "--queue-url", default=None, help="the SQS queue the EventBridge rule targets")
@@ -650,7 +652,7 @@ def _forward(args: argparse.Namespace) -> int:
                 sts_endpoint_url=args.sts_endpoint_url,
                 trust_order=args.endpoint_sorts == "yes"
                 or (args.endpoint_sorts == "auto" and args.endpoint_url is None),
-                security=security)
+                security=security, pages=args.pages)
             count = asyncio.run(run_poller(settings, _cursor_store(args)))
         else:
             from streams.sqs import SqsSettings, run_sqs

@@ -62,6 +62,8 @@ class PollSettings:
     # AWS sorts by UpdatedAt; a stand-in (moto) may not: then the cursor moves per sweep.
     trust_order: bool = True
     security: BrokerSecurity = field(default_factory=BrokerSecurity)
+    # Per-partition pages of findings instead of one record each (`KafkaSink.pages`).
+    pages: bool = False
 
     def cursor_key(self, source: Source) -> str:
         return f"{source.name}|{self.endpoint_url or 'aws'}"
@@ -224,7 +226,7 @@ async def run_poller(settings: PollSettings, cursor: CursorStore) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     sink = KafkaSink(settings.bootstrap, {Route.FINDINGS: settings.topic}, settings.partitions,
-                     security=settings.security)
+                     security=settings.security, pages=settings.pages)
     progress = Progress()
     try:
         await sink.start()

@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 
 from streams.brokers import create_topics
-from streams.findings import Finding
+from streams.config import Policy
+from streams.findings import Finding, parse_message
 from streams.keys import partition_for
 from tests.aws import (  # noqa: F401
     ThrottlingProxy,
@@ -70,6 +71,30 @@ def test_once_forwards_every_page_exactly_once_keyed_as_the_core_keys_it(
     assert "forwarded 270 findings" in done.stdout
     assert done.stderr == ""  # no progress line when stderr is not a terminal
     assert_keyed_as_the_core(read_all(kafka_bootstrap, out), findings)
+
+
+def test_pages_carry_every_finding_once_on_the_partition_its_key_hashes_to(
+        moto: str, kafka_bootstrap: str, unique_name: str) -> None:
+    """`--pages`: the batching form, which the worker decides without repartitioning."""
+    findings = import_findings(moto, "us-east-1", spread(250, prefix="p", region="eu-west-1"))
+    out = topic(kafka_bootstrap, f"{unique_name}-findings")
+
+    done = forward("securityhub", "--endpoint-url", moto, "--region", "us-east-1",
+                   "--bootstrap-servers", kafka_bootstrap, "--topic", out, "--once", "--pages")
+
+    assert done.returncode == 0, done.stderr
+    assert "forwarded 250 findings" in done.stdout
+    records = read_all(kafka_bootstrap, out)
+    assert len(records) < len(findings) / 10  # GetFindings pages of 100, split per partition
+    seen = []
+    for record in records:
+        assert record.key is None
+        page = parse_message(record.value, policy=Policy(), now_ms=epoch_ms(at(days=1)))
+        assert all(isinstance(f, Finding) for f in page)
+        assert {partition_for(f.partition_key, PARTITIONS) for f in page if isinstance(f, Finding)} \
+            == {record.partition}
+        seen.extend(f.id for f in page if isinstance(f, Finding))
+    assert sorted(seen) == sorted(f["Id"] for f in findings)
 
 
 def test_regions_are_each_polled_and_the_cursor_resumes_with_its_overlap(

@@ -9,11 +9,11 @@ import pytest
 
 from streams.config import Policy
 from streams.cursor import SeenSet, Sweep
-from streams.forward import Progress, Route, page_records
+from streams.forward import Progress, Route, page_records, pages
 from streams.ratelimit import TokenBucket
 from streams.records import HEADER_REASON
 from streams.sqs import message_records
-from tests.builders import NOW_MS, at, envelope, epoch_ms, finding, parse_one
+from tests.builders import NOW_MS, at, envelope, epoch_ms, finding, parse, parse_one
 
 # -- token bucket ---------------------------------------------------------------------
 
@@ -165,3 +165,17 @@ def test_a_restarted_pass_may_begin_older_without_losing_trust_in_the_order() ->
     assert sweep.page_acked([1, 5]) == 5
     sweep.restart()  # throttled: the pass starts again from the cursor
     assert sweep.page_acked([5, 6]) == 6
+
+
+def test_pages_hold_the_findings_in_order_within_their_count_and_size() -> None:
+    values = [orjson.dumps(finding(f"f{i}")) for i in range(250)]
+    out = list(pages(values))
+    assert [len(orjson.loads(p)["Findings"]) for p in out] == [100, 100, 50]
+    assert [f for p in out for f in orjson.loads(p)["Findings"]] == [orjson.loads(v) for v in values]
+    assert [r.id for r in parse(out[2])] == [parse_one(orjson.loads(v)).id for v in values[200:]]
+    by_size = list(pages(values, size=len(values[0]) * 3 + 10))
+    assert [len(orjson.loads(p)["Findings"]) for p in by_size][:2] == [3, 3]
+    big = orjson.dumps(finding("big", title="t" * 5000))
+    alone = pages([values[0], big, values[1]], size=4000)
+    assert [len(orjson.loads(p)["Findings"]) for p in alone] == [1, 1, 1]
+    assert list(pages([])) == []
