@@ -273,7 +273,7 @@ async def paced(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, in
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--findings", type=int, default=20_000)
+    parser.add_argument("--findings", type=int, default=60_000)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--latency-rate", type=float, default=200.0,
                         help="findings/s of the paced latency run (0 to skip)")
