@@ -1,11 +1,14 @@
 """The Faust worker: a thin adapter around the pure core.
 
-Two agents:
-- `ingest` reads the findings topic (any keying), parses each message, dead-letters
-  what cannot be decided, and forwards every finding to the keyed topic, keyed by its
-  partition key and placed with murmur2 (as the backtest does).
-- `decide` reads the keyed topic; per partition a `PartitionEngine` holds events for
-  the hold, decides them in event-time order and the agent writes the outputs.
+One agent reads two topics, so that one task alone drives the engines:
+- the findings topic (any keying; single findings, envelopes or pages): each message
+  is parsed, what cannot be decided is dead-lettered, and each finding either goes to
+  the `PartitionEngine` of the partition it arrived on, when its partition key hashes
+  there (murmur2) and the findings topic is co-partitioned with the keyed topic, or to
+  the keyed topic, keyed by its partition key and placed with murmur2 (as the backtest
+  places it);
+- the keyed topic: per partition the same `PartitionEngine` holds events for the hold
+  and decides them in event-time order.
 
 State lives in changelogged tables (findings, the tumbling archive buckets, the live
 per-standard index, the reorder buffer, per-partition watermarks), all written from
@@ -282,7 +285,7 @@ class Worker:
         if engine is not None:
             engine.passed_source(message.offset)
             self.last_arrival[engine.p] = time.monotonic()
-            metrics.partition_done(engine, started, received=True)
+            metrics.partition_state(engine, received=True)
         metrics.processed("ingest", started)
         return outcomes
 

@@ -93,8 +93,9 @@ EVENT_TIME_LAG = Histogram(
     "flapguard_event_time_lag_seconds", "Wall clock minus the finding's UpdatedAt when the "
     "worker reads it", buckets=LAG_BUCKETS, registry=REGISTRY)
 PROCESSING = Histogram(
-    "flapguard_processing_seconds", "Wall-clock time to process one record (ingest: parse, "
-    "forward, acknowledged; decide: hold and decide, outputs sent per batch)", ["stage"],
+    "flapguard_processing_seconds", "Wall-clock time to process one record before its batch's "
+    "outputs are sent (ingest: a findings record parsed, its findings decided or forwarded; "
+    "decide: a keyed record held and decided)", ["stage"],
     buckets=LATENCY_BUCKETS, registry=REGISTRY)
 PENDING_HOLDS = Gauge(
     "flapguard_pending_holds", "Findings held in the reorder buffer", ["partition"],
@@ -276,6 +277,11 @@ def partition_done(engine: PartitionEngine, started: float, *, received: bool) -
     """One keyed record decided and persisted (`received`: it held a finding, not an
     idle tick): latency, the reorder buffer and the clocks of its partition."""
     _child(PROCESSING, "decide").observe(time.perf_counter() - started)
+    partition_state(engine, received=received)
+
+
+def partition_state(engine: PartitionEngine, *, received: bool) -> None:
+    """The reorder buffer and the clocks of a partition whose engine took a record."""
     label = str(engine.p)
     _child(PENDING_HOLDS, label).set(engine.pending)
     if engine.watermark is not None:
