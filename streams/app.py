@@ -217,11 +217,14 @@ class Worker:
         outcomes: list[Outcome] = []
         touched: set[int] = set()
         keyed = self.keyed.get_topic_name()
-        for message in self.still_ours(messages):
+        assigned = self.app.consumer.assignment()
+        for message in self.still_ours(messages, assigned):
             if message.topic == keyed:
                 engine = self.engine(message.partition)
                 guard, expected = self.keyed_guard, engine.next_seq
-            elif self.direct:
+            elif self.direct and TP(keyed, message.partition) in assigned:
+                # This worker owns the keyed partition, and so the tables' partition, of
+                # the same number (not so if the findings topic grew since the start).
                 engine = self.engine(message.partition)
                 guard, expected = self.source_guard, engine.next_source
             else:
@@ -243,11 +246,10 @@ class Worker:
         await self.emit(outcomes, out)
         await self.persist(touched)
 
-    def still_ours(self, messages: list[Any]) -> list[Any]:
-        """Records of partitions this worker still owns. A batch taken before a
-        rebalance may hold records of partitions now owned by another worker; writing
-        their state here would overwrite the new owner's changelog."""
-        assigned = self.app.consumer.assignment()
+    def still_ours(self, messages: list[Any], assigned: set[TP]) -> list[Any]:
+        """Records of partitions this worker still owns (`assigned`). A batch taken
+        before a rebalance may hold records of partitions now owned by another worker;
+        writing their state here would overwrite the new owner's changelog."""
         ours = [m for m in messages if m.tp in assigned]
         if len(ours) < len(messages):
             log.info("dropped %s records of partitions revoked since they were taken",
