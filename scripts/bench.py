@@ -234,9 +234,10 @@ def measure(bootstrap: str, layout: str, records: list[tuple[bytes | None, bytes
     return rates[0], rates[1], limit
 
 
-def latency(bootstrap: str, findings: list[bytes], partitions: int, workdir: Path, rate: float
-            ) -> tuple[float, float]:
-    """Paced run: records written at `rate`/s; latency = decision written - record written."""
+def latency(bootstrap: str, findings: list[bytes], warm_up: list[bytes], partitions: int,
+            workdir: Path, rate: float) -> tuple[float, float]:
+    """Paced run: records written at `rate`/s; latency = decision written - record written.
+    The worker first decides `warm_up`: its start and group join are not latency."""
     run = WorkerRun(bootstrap, f"bench-latency-{uuid.uuid4().hex[:6]}", workdir / "latency",
                     partitions=partitions, extra=["--hold", "0s"])
     run.workdir.mkdir(parents=True)
@@ -244,9 +245,12 @@ def latency(bootstrap: str, findings: list[bytes], partitions: int, workdir: Pat
                                           run.topics["decisions"]: partitions}))
     run.start()
     try:
+        asyncio.run(produce(bootstrap, run.topics["findings"], single_layout(warm_up, partitions)))
+        asyncio.run(decision_times(bootstrap, run.topics["decisions"], len(warm_up), 300))
         records = single_layout(findings, partitions)
         written = asyncio.run(paced(bootstrap, run.topics["findings"], records, rate))
-        times = asyncio.run(decision_times(bootstrap, run.topics["decisions"], len(records), 600))
+        times = asyncio.run(decision_times(bootstrap, run.topics["decisions"],
+                                           len(warm_up) + len(records), 600))
     finally:
         run.stop()
     lat = sorted(t - written[where] for t, where in times if where in written)
@@ -292,7 +296,8 @@ def main() -> int:
                   f"with --decisions-topic {audited:,.0f} findings/s")
         if args.latency_rate > 0:
             sample = findings[: int(args.latency_rate * 20)]
-            p50, p99 = latency(bootstrap, sample, args.partitions, Path(tmp), args.latency_rate)
+            warm_up = findings[-args.partitions * 4:]
+            p50, p99 = latency(bootstrap, sample, warm_up, args.partitions, Path(tmp), args.latency_rate)
             print(f"decision latency at {args.latency_rate:.0f} findings/s: p50 {p50:.0f} ms, "
                   f"p99 {p99:.0f} ms")
         for layout, (worker, _, limit) in results.items():

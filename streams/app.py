@@ -55,6 +55,9 @@ from streams.state import Origin, Store, encode
 log = logging.getLogger("flapguard.worker")
 
 TICK_KEY = b"\x00flapguard-tick"
+# A findings partition with records the agent has not had for this long is checked for
+# records the consumer fetched and never delivered (see `Worker.catch_up`).
+STALL_S = 5.0
 
 # A finding decided straight from the findings topic arrives as (record offset, index
 # in the record): one integer, above every keyed offset, so that both kinds of arrival
@@ -158,6 +161,7 @@ class Worker:
         self.engines: dict[int, PartitionEngine] = {}
         self.staged: dict[int, Callable[[], None]] = {}
         self.last_arrival: dict[int, float] = {}
+        self.last_source: dict[int, float] = {}  # findings record last taken, per partition
         # Whether the findings topic has as many partitions as the keyed topic (known
         # once the topics are declared): then Faust assigns findings partition p with
         # keyed partition p and the tables' partition p, and findings already on the
@@ -237,6 +241,8 @@ class Worker:
             for record in [*missing, message]:
                 if record.topic == keyed:
                     assert engine is not None
+                    if record.key == TICK_KEY:
+                        outcomes.extend(await self.catch_up(record.partition, assigned, out))
                     outcomes.extend(self.decide_keyed(engine, record, out))
                 else:
                     outcomes.extend(self.ingest(record, engine, out))
@@ -264,6 +270,7 @@ class Worker:
         the dead-letter topic."""
         started = time.perf_counter()
         settings = self.settings
+        self.last_source[message.partition] = time.monotonic()
         parsed = parse_message(message.value or b"", policy=settings.policy, now_ms=now_ms())
         keyed = self.keyed.get_topic_name()
         origin_at = origins_of(message)
@@ -316,6 +323,40 @@ class Worker:
             log.info("partition %s: engine loaded, %s held, watermark %s", partition,
                      engine.pending, engine.watermark)
         return engine
+
+    def source_behind(self, partition: int) -> tuple[int, int] | None:
+        """(expected, end) when findings partition `partition` is decided here, has records
+        from `expected` to `end` that the agent never got, and has given it none for
+        `STALL_S`: faust-streaming can drop what it fetched right after a recovery, and
+        with no later record on the partition nothing else reveals the hole."""
+        tp = TP(self.source.get_topic_name(), partition)
+        if not self.direct or time.monotonic() - self.last_source.get(partition, 0.0) < STALL_S:
+            return None
+        engine = self.engines.get(partition)
+        expected = engine.next_source if engine is not None else None
+        if expected is None:
+            expected = self.source_guard.expected_at(tp)
+        end = self.app.consumer.highwater(tp)
+        if expected is None or end is None or end <= expected:
+            return None
+        return expected, end
+
+    async def catch_up(self, partition: int, assigned: set[TP], out: Outbox) -> list[Outcome]:
+        """Decide the findings records `source_behind` finds, read directly (the idle
+        tick of the keyed partition of the same number brings the agent here)."""
+        tp = TP(self.source.get_topic_name(), partition)
+        behind = self.source_behind(partition)
+        if behind is None or tp not in assigned or TP(self.keyed.get_topic_name(), partition) not in assigned:
+            return []
+        expected, end = behind
+        log.warning("%s[%s]: offsets %s to %s never reached the agent; reading them directly",
+                    tp.topic, partition, expected, end - 1)
+        engine = self.engine(partition)
+        outcomes: list[Outcome] = []
+        for record in await self.source_guard.take(tp, expected, end):
+            outcomes.extend(self.ingest(record, engine, out))
+            self.source_guard.done(record)
+        return outcomes
 
     def decide_keyed(self, engine: PartitionEngine, message: Any, out: Outbox) -> list[Outcome]:
         """Hold or decide one keyed record; the state changes stay staged."""
@@ -388,7 +429,9 @@ class Worker:
             engine = self.engines.get(partition)
             # A partition with no engine yet (after a restart or rebalance) gets one
             # tick so that its engine reloads what the buffer table holds.
-            if engine is None or (engine.pending and now - self.last_arrival[partition] >= idle_s):
+            self.last_source.setdefault(partition, now)
+            if (engine is None or (engine.pending and now - self.last_arrival[partition] >= idle_s)
+                    or self.source_behind(partition) is not None):
                 await self.app.producer.send(self.keyed.get_topic_name(), TICK_KEY, b"", partition,
                                              None, None)
 
@@ -504,14 +547,27 @@ class OffsetGuard:
 
     def expected(self, message: Any) -> int | None:
         """The offset due next: after the last one processed, else the committed one."""
-        key = (message.topic, message.partition)
-        if key in self.next:
-            return self.next[key]
-        committed = self.app.consumer._committed_offset.get(message.tp)
+        return self.expected_at(message.tp)
+
+    def expected_at(self, tp: TP) -> int | None:
+        """`expected` by topic partition."""
+        if (tp.topic, tp.partition) in self.next:
+            return self.next[(tp.topic, tp.partition)]
+        committed = self.app.consumer._committed_offset.get(tp)
         return int(committed) if committed is not None else None
 
     def done(self, message: Any) -> None:
         self.next[(message.topic, message.partition)] = message.offset + 1
+
+    async def take(self, tp: TP, start: int, end: int) -> list[Any]:
+        """The records from `start` to `end` (excluded), read directly, and counted as
+        done by Faust (which may deliver them later: below `expected`, then skipped)."""
+        records = await self._read(tp.topic, tp.partition, start, end)
+        # Faust's own record of skipped offsets ("gaps") counts them as done: now they are.
+        gaps = self.app.consumer._gap[tp]
+        gaps.addi(start, end)
+        gaps.merge_overlaps()
+        return records
 
     async def missing(self, message: Any, expected: int | None) -> list[Any] | None:
         """The records to process before this one (usually none); None to skip this
@@ -526,12 +582,7 @@ class OffsetGuard:
             return None
         log.warning("%s[%s]: the consumer skipped offsets %s to %s; reading them directly",
                     message.topic, message.partition, expected, message.offset - 1)
-        records = await self._read(message.topic, message.partition, expected, message.offset)
-        # Faust's own record of skipped offsets ("gaps") counts them as done: now they are.
-        gaps = self.app.consumer._gap[message.tp]
-        gaps.addi(expected, message.offset)
-        gaps.merge_overlaps()
-        return records
+        return await self.take(message.tp, expected, message.offset)
 
     async def first_offset(self, message: Any) -> int:
         key = (message.topic, message.partition)

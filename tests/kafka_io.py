@@ -182,3 +182,37 @@ async def _read_all(bootstrap: str, topic: str, timeout: float) -> list[Any]:
         return got
     finally:
         await consumer.stop()
+
+
+def progress_report(run: WorkerRun) -> str:
+    """Where a worker stands on its findings topic, for a failure message: end offsets,
+    the group's committed offsets and the next findings record each partition's state
+    expects (`next_source`)."""
+    ends, committed = asyncio.run(_offsets(run))
+    meta: dict[int, Any] = {}
+    for record in read_all(run.bootstrap, f"{run.app_id}-meta-changelog"):
+        if record.value:
+            meta[int(orjson.loads(record.key))] = orjson.loads(record.value).get("next_source")
+    return f"findings end offsets {ends}, committed {committed}, state expects {meta}"
+
+
+async def _offsets(run: WorkerRun) -> tuple[dict[int, int], dict[int, int]]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    topic = run.topics["findings"]
+    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(bootstrap_servers=run.bootstrap)
+    await consumer.start()
+    await admin.start()
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+        ends = {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
+        committed = {tp.partition: meta.offset
+                     for tp, meta in (await admin.list_consumer_group_offsets(run.app_id)).items()
+                     if tp.topic == topic}
+    finally:
+        await consumer.stop()
+        await admin.close()
+    return ends, committed

@@ -21,7 +21,15 @@ from streams.decide import Outcome
 from streams.records import HEADER_REASON, decision_record
 from streams.replay import replay_async
 from tests.builders import OTHER_RESOURCE, archived, at, envelope, finding
-from tests.kafka_io import WorkerRun, alert_keys, expected_alert_keys, read_all, read_until, values
+from tests.kafka_io import (
+    WorkerRun,
+    alert_keys,
+    expected_alert_keys,
+    progress_report,
+    read_all,
+    read_until,
+    values,
+)
 from tests.timeline import history, write_jsonl
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -153,8 +161,11 @@ def test_worker_killed_mid_stream_loses_no_alert_and_never_rekeys_one(
     decided_at_kill = {(r["line"], r["index"]) for r in values(read_all(run.bootstrap, t["decisions"]))}
     assert len(decided_at_kill) < len(expected), "the worker finished before it was killed"
     run.start()
-    got = read_until(run.bootstrap, [t["alerts"], t["decisions"]], all_decided(run, len(expected)),
-                     timeout=240, alive=run.assert_alive)
+    try:
+        got = read_until(run.bootstrap, [t["alerts"], t["decisions"]], all_decided(run, len(expected)),
+                         timeout=240, alive=run.assert_alive)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {progress_report(run)}") from None
     assert alert_keys(got[t["alerts"]]) == expected_alerts  # nothing lost, nothing re-keyed
     assert run.starts == 2
 
