@@ -22,6 +22,7 @@ from streams.records import HEADER_REASON, decision_record
 from streams.replay import replay_async
 from tests.builders import OTHER_RESOURCE, archived, at, envelope, finding
 from tests.kafka_io import (
+    AlertKey,
     WorkerRun,
     alert_keys,
     expected_alert_keys,
@@ -81,6 +82,51 @@ def all_decided(run: WorkerRun, expected: int):  # type: ignore[no-untyped-def]
     return done
 
 
+COMPARED = ("finding_id", "decision", "kind", "reason", "key", "paired_finding_id", "dedup_key")
+
+
+def mismatches_through_kafka(run: WorkerRun, path: Path, expected: list[dict[str, Any]]
+                             ) -> list[tuple[Any, ...]]:
+    """Replay `path`, run the worker until every input is decided, and list the decisions
+    that differ from `expected` (the backtest's) as (line, wanted, got)."""
+    replay(run, path)
+    run.start()
+    got = read_until(run.bootstrap, [run.topics["decisions"]], all_decided(run, len(expected)),
+                     timeout=240, alive=run.assert_alive)
+    decided = by_position(values(got[run.topics["decisions"]]))
+    return [
+        (want["line"], {k: want.get(k) for k in COMPARED},
+         {k: decided[(want["line"], want["index"])].get(k) for k in COMPARED})
+        for want in expected
+        if any(want.get(k) != decided[(want["line"], want["index"])].get(k) for k in COMPARED)
+    ]
+
+
+def alerts_through_a_kill(run: WorkerRun, path: Path) -> tuple[set[AlertKey], set[AlertKey]]:
+    """Replay `path`, SIGKILL the worker once a third of it is decided, start it again
+    (same data folder) and read until every input is decided: the alerts the backtest
+    expects and those on the alerts topic (a repeat with the same dedup_key is one)."""
+    expected = [decision_record(o) for o in backtest(path, partitions=run.partitions)]
+    expected_alerts = expected_alert_keys(expected)
+    assert len(expected_alerts) > 50
+    replay(run, path)
+    run.start()
+    t = run.topics
+    read_until(run.bootstrap, [t["decisions"]],
+               lambda got: len(got[t["decisions"]]) >= len(expected) // 3,
+               timeout=120, alive=run.assert_alive)
+    run.kill()
+    decided_at_kill = {(r["line"], r["index"]) for r in values(read_all(run.bootstrap, t["decisions"]))}
+    assert len(decided_at_kill) < len(expected), "the worker finished before it was killed"
+    run.start()
+    try:
+        got = read_until(run.bootstrap, [t["alerts"], t["decisions"]], all_decided(run, len(expected)),
+                         timeout=240, alive=run.assert_alive)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {progress_report(run)}") from None
+    return expected_alerts, alert_keys(got[t["alerts"]])
+
+
 def test_demo_incident_gives_exactly_the_expected_records(run: WorkerRun) -> None:
     expected = orjson.loads((FIXTURES / "incident-rds45.expected.json").read_bytes())
     replay(run, INCIDENT)
@@ -122,18 +168,7 @@ def test_months_old_history_through_kafka_decides_as_the_backtest(
     path = write_jsonl(tmp_path / "history.jsonl", history(seed=11, days=120), garbage_every=700)
     expected = [decision_record(o) for o in backtest(path, partitions=run.partitions)]
     assert Counter(r["decision"] for r in expected)["suppressed"] > 20
-    replay(run, path)
-    run.start()
-    got = read_until(run.bootstrap, [run.topics["decisions"]], all_decided(run, len(expected)),
-                     timeout=240, alive=run.assert_alive)
-    decided = by_position(values(got[run.topics["decisions"]]))
-    compared = ("finding_id", "decision", "kind", "reason", "key", "paired_finding_id", "dedup_key")
-    mismatches = [
-        (want["line"], {k: want.get(k) for k in compared},
-         {k: decided[(want["line"], want["index"])].get(k) for k in compared})
-        for want in expected
-        if any(want.get(k) != decided[(want["line"], want["index"])].get(k) for k in compared)
-    ]
+    mismatches = mismatches_through_kafka(run, path, expected)
     assert not mismatches, mismatches[:5]
     # The path the findings took: through the keyed topic, or none of them (it holds
     # only the idle ticks) when they arrived on their own partitions.
@@ -147,26 +182,8 @@ def test_worker_killed_mid_stream_loses_no_alert_and_never_rekeys_one(
     run: WorkerRun, tmp_path: Path
 ) -> None:
     path = write_jsonl(tmp_path / "history.jsonl", history(seed=5, accounts=4, days=60))
-    expected = [decision_record(o) for o in backtest(path, partitions=run.partitions)]
-    expected_alerts = expected_alert_keys(expected)
-    assert len(expected_alerts) > 50
-    replay(run, path)
-    run.start()
-    t = run.topics
-    # Kill it once a fair part, but not all, of the stream is decided.
-    read_until(run.bootstrap, [t["decisions"]],
-               lambda got: len(got[t["decisions"]]) >= len(expected) // 3,
-               timeout=120, alive=run.assert_alive)
-    run.kill()
-    decided_at_kill = {(r["line"], r["index"]) for r in values(read_all(run.bootstrap, t["decisions"]))}
-    assert len(decided_at_kill) < len(expected), "the worker finished before it was killed"
-    run.start()
-    try:
-        got = read_until(run.bootstrap, [t["alerts"], t["decisions"]], all_decided(run, len(expected)),
-                         timeout=240, alive=run.assert_alive)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; {progress_report(run)}") from None
-    assert alert_keys(got[t["alerts"]]) == expected_alerts  # nothing lost, nothing re-keyed
+    expected_alerts, seen = alerts_through_a_kill(run, path)
+    assert seen == expected_alerts  # nothing lost, nothing re-keyed
     assert run.starts == 2
 
 
