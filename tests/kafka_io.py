@@ -197,22 +197,30 @@ def progress_report(run: WorkerRun) -> str:
 
 
 async def _offsets(run: WorkerRun) -> tuple[dict[int, int], dict[int, int]]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
     topic = run.topics["findings"]
-    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, enable_auto_commit=False)
+    ends = await end_offsets(run.bootstrap, topic)
     admin = AIOKafkaAdminClient(bootstrap_servers=run.bootstrap)
-    await consumer.start()
     await admin.start()
     try:
-        cluster = await consumer._client.fetch_all_metadata()
-        tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
-        ends = {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
         committed = {tp.partition: meta.offset
                      for tp, meta in (await admin.list_consumer_group_offsets(run.app_id)).items()
                      if tp.topic == topic}
     finally:
-        await consumer.stop()
         await admin.close()
     return ends, committed
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The end offset of every partition of `topic`."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
