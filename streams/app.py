@@ -412,8 +412,9 @@ class Worker:
                 out.add_keyed(suppressed, pairing.key.encode(), orjson.dumps(suppressed_record(pairing)))
             if decisions is not None:
                 record = kafka_decision_record(outcome)
-                if outcome.key:
-                    out.add_keyed(decisions, outcome.key.encode(), orjson.dumps(record))
+                key = record["key"]  # the partition key, or None for a dead letter
+                if key:
+                    out.add_keyed(decisions, key.encode(), orjson.dumps(record))
                 else:
                     out.add_unkeyed(decisions, orjson.dumps(record))
         await out.sent()
@@ -585,10 +586,16 @@ class OffsetGuard:
         return await self.take(message.tp, expected, message.offset)
 
     async def first_offset(self, message: Any) -> int:
+        """The first offset of the message's partition. Asked of the broker once for
+        every assigned partition of its topic: each request goes through Faust's
+        consumer thread, which can take a second to answer while it fetches a backlog."""
         key = (message.topic, message.partition)
         if key not in self.starts:
-            earliest = await self.app.consumer.earliest_offsets(message.tp)
-            self.starts[key] = int(earliest.get(message.tp, 0))
+            tps = {tp for tp in self.app.consumer.assignment() if tp.topic == message.topic}
+            earliest = await self.app.consumer.earliest_offsets(*(tps | {message.tp}))
+            for tp, offset in earliest.items():
+                self.starts.setdefault((tp.topic, tp.partition), int(offset))
+            self.starts.setdefault(key, 0)
         return self.starts[key]
 
     async def _read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
