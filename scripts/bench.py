@@ -276,8 +276,8 @@ def main() -> int:
     args = parser.parse_args()
     findings = make_findings(args.findings)
     print(f"{len(findings)} findings of ~{len(findings[0])} bytes, {args.partitions} partitions")
-    # A 2 GB heap: with the tests' 512 MB, the broker's garbage collection, not the worker,
-    # set the worker's pace once a run had filled a few dozen topics (README).
+    # A 2 GB heap: with the tests' 512 MB, the broker's garbage collection held back the
+    # worker's acknowledgements in some runs, once a run had filled a few dozen topics.
     with KafkaBroker(default_kafka_libs(), heap="2g") as broker, tempfile.TemporaryDirectory() as tmp:
         bootstrap = broker.bootstrap_servers
         results = {}
