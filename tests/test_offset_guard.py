@@ -37,11 +37,15 @@ class Gaps:
 
 
 class Consumer:
-    def __init__(self, committed: dict[TP, int], earliest: int) -> None:
+    def __init__(self, committed: dict[TP, int], earliest: int, assigned: set[TP] | None = None) -> None:
         self._committed_offset = committed
         self._gap: defaultdict[TP, Gaps] = defaultdict(Gaps)
         self.earliest = earliest
+        self.assigned = assigned or set()
         self.asked = 0
+
+    def assignment(self) -> set[TP]:
+        return self.assigned
 
     async def earliest_offsets(self, *partitions: TP) -> dict[TP, int]:
         self.asked += 1
@@ -53,8 +57,9 @@ class App:
         self.consumer = consumer
 
 
-def guard(committed: dict[TP, int], earliest: int) -> tuple[OffsetGuard, Consumer, list[Any]]:
-    consumer = Consumer(committed, earliest)
+def guard(committed: dict[TP, int], earliest: int, assigned: set[TP] | None = None
+          ) -> tuple[OffsetGuard, Consumer, list[Any]]:
+    consumer = Consumer(committed, earliest, assigned)
     g = OffsetGuard("unused:9092", App(consumer))
     reads: list[Any] = []
 
@@ -85,6 +90,18 @@ def test_the_first_record_at_the_log_start_needs_nothing(earliest: int) -> None:
     assert missing(g, Record("keyed", 0, earliest), None) == []
     assert missing(g, Record("keyed", 0, earliest), None) == []
     assert reads == [] and consumer.asked == 1  # the log start is asked once per partition
+
+
+def test_the_log_start_of_every_assigned_partition_of_the_topic_is_asked_at_once() -> None:
+    """Each request waits for Faust's consumer thread, which may be busy fetching: one
+    for the topic, not one per partition."""
+    assigned = {TP("keyed", p) for p in range(4)} | {TP("findings", p) for p in range(4)}
+    g, consumer, reads = guard({}, earliest=0, assigned=assigned)
+    for p in range(4):
+        assert missing(g, Record("keyed", p, 0), None) == []
+    assert consumer.asked == 1
+    assert missing(g, Record("findings", 3, 0), None) == []
+    assert consumer.asked == 2 and reads == []
 
 
 def test_committed_and_applied_offsets_still_rule() -> None:
