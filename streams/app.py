@@ -27,7 +27,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any, NamedTuple
 
 import faust
@@ -214,15 +214,37 @@ class Worker:
     async def process_batch(self, messages: list[Any]) -> None:
         """Parse the findings records, decide what is on its partition and forward the
         rest to the keyed topic; hold and decide the keyed records (findings, idle ticks).
-        Then send every output and wait for the broker, then write the state changes and
-        wait again. Faust acknowledges the batch only after that, so a crash anywhere
-        re-decides the same records the same way (same `dedup_key`)."""
-        out = Outbox(self.producer())
-        outcomes: list[Outcome] = []
-        touched: set[int] = set()
-        keyed = self.keyed.get_topic_name()
+        Partition by partition: its outputs go to the producer, and once the broker has
+        them all its state changes are written, and waited for, while the next
+        partition is decided. Faust acknowledges the batch only when every partition's
+        state is written, so a crash anywhere re-decides the same records the same way
+        (same `dedup_key`)."""
         assigned = self.app.consumer.assignment()
+        groups: dict[int, list[Any]] = {}
         for message in self.still_ours(messages, assigned):
+            groups.setdefault(message.partition, []).append(message)
+        finishing = []
+        for partition, group in groups.items():
+            # The findings and keyed records of one partition number share its engine.
+            out = Outbox(self.producer())
+            outcomes, touched = await self.decide_partition(group, assigned, out)
+            self.add_outputs(outcomes, out)
+            delivered = await out.send()
+            finishing.append(asyncio.ensure_future(
+                self.persist_after(partition if touched else None, delivered)))
+            # Handing batches to the producer need not suspend: let it send them (and
+            # earlier partitions' writes follow their acknowledgements) meanwhile.
+            await asyncio.sleep(0)
+        await asyncio.gather(*finishing)
+
+    async def decide_partition(self, messages: list[Any], assigned: set[TP], out: Outbox
+                               ) -> tuple[list[Outcome], bool]:
+        """Process the records of one partition number (findings and keyed), in order:
+        the outcomes, and whether its engine took part (its state then changed)."""
+        outcomes: list[Outcome] = []
+        touched = False
+        keyed = self.keyed.get_topic_name()
+        for message in messages:
             if message.topic == keyed:
                 engine = self.engine(message.partition)
                 guard, expected = self.keyed_guard, engine.next_seq
@@ -247,10 +269,15 @@ class Worker:
                 else:
                     outcomes.extend(self.ingest(record, engine, out))
                 guard.done(record)
-            if engine is not None:
-                touched.add(message.partition)
-        await self.emit(outcomes, out)
-        await self.persist(touched)
+            touched = touched or engine is not None
+        return outcomes, touched
+
+    async def persist_after(self, partition: int | None, delivered: Awaitable[list[Delivered]]
+                            ) -> None:
+        """Once the broker has a partition's outputs, write its state changes."""
+        await delivered
+        if partition is not None:
+            await self.persist([partition])
 
     def still_ours(self, messages: list[Any], assigned: set[TP]) -> list[Any]:
         """Records of partitions this worker still owns (`assigned`). A batch taken
@@ -396,9 +423,9 @@ class Worker:
         for mapping in self.tables.values():
             mapping.persisted(sent)
 
-    async def emit(self, outcomes: list[Outcome], out: Outbox) -> None:
-        """Send every output of these decisions, with what `out` already holds (records
-        forwarded, dead letters), and wait until the broker has them all."""
+    def add_outputs(self, outcomes: list[Outcome], out: Outbox) -> None:
+        """Add every output of these decisions to `out` (which may already hold records
+        forwarded and dead letters)."""
         emitted = now_ms()
         alerts, suppressed = self.alerts.get_topic_name(), self.suppressed.get_topic_name()
         decisions = self.decisions.get_topic_name() if self.decisions is not None else None
@@ -417,7 +444,6 @@ class Worker:
                     out.add_keyed(decisions, key.encode(), orjson.dumps(record))
                 else:
                     out.add_unkeyed(decisions, orjson.dumps(record))
-        await out.sent()
 
     # -- idle partitions ------------------------------------------------------------
 
@@ -490,6 +516,11 @@ class Outbox:
 
     async def sent(self) -> list[Delivered]:
         """Send everything added and wait until the broker has it all; what was sent."""
+        return await (await self.send())
+
+    async def send(self) -> Awaitable[list[Delivered]]:
+        """Hand everything added to the producer; what it returns waits until the broker
+        has it all, and says what was sent."""
         by_topic: dict[str, list[tuple[bytes, bytes]]] = {}
         for name, data_key, data in self.keyed:
             by_topic.setdefault(name, []).append((data_key, data))
@@ -513,6 +544,11 @@ class Outbox:
         singles = [await self.producer.send(topic, value, headers=headers)
                    for topic, value, headers in self.unkeyed]
         self.unkeyed.clear()
+        return self._delivered(batches, singles)
+
+    @staticmethod
+    async def _delivered(batches: list[tuple[str, int, Any, int]], singles: list[Any]
+                         ) -> list[Delivered]:
         delivered = []
         for topic, partition, future, count in batches:
             metadata = await future

@@ -489,6 +489,9 @@ def parse_message(data: bytes, *, policy: Policy, now_ms: int) -> list[Parsed]:
         return [fast]
     if len(data) > policy.max_message_bytes:
         return [Rejected("oversized", data)]
+    page = page_findings(data, policy=policy, now_ms=now_ms)
+    if page is not None:
+        return page
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -496,15 +499,17 @@ def parse_message(data: bytes, *, policy: Policy, now_ms: int) -> list[Parsed]:
     return parse_document(document, data, policy=policy, now_ms=now_ms)
 
 
-# -- the fast path: an EventBridge envelope of one ordinary finding ---------------------
+# -- the fast paths: an EventBridge envelope of one ordinary finding; a page ------------
 #
 # msgspec decodes only the fields below and skips the rest of the ~2 KB without building
 # it, which halves the cost of parsing. Every field is typed strictly: a value of any
 # other type fails the decoding, and the message then takes the general path above
 # (orjson, `parse_document`), as does anything `_wire_finding` is not sure of. So the
-# fast path either gives the finding the general path gives, or nothing. The structs
-# are short-lived and hold no cycles: `gc=False` spares their garbage-collector
-# bookkeeping.
+# fast path either gives the finding the general path gives, or nothing. One known
+# difference: a number too large for a double (`1e400`) in a field flapguard does not
+# read makes orjson refuse the whole message ("unparseable"); msgspec skips it, and the
+# finding is decided. The structs are short-lived and hold no cycles: `gc=False` spares
+# their garbage-collector bookkeeping.
 
 
 # Fields in the order Security Hub writes them (as in its sample events): msgspec looks
@@ -592,8 +597,12 @@ def envelope_finding(data: bytes, *, policy: Policy, now_ms: int) -> Finding | N
     items = detail.findings
     if items is None or len(items) != 1:
         return None
-    # From here on, `_fast_finding` over the decoded fields (their types are checked).
-    wire = items[0]
+    return _wire_finding(items[0], policy, now_ms)
+
+
+def _wire_finding(wire: _WireFinding, policy: Policy, now_ms: int) -> Finding | None:
+    """`_fast_finding` over msgspec's decoded fields (their types are checked); None
+    when the general path must say what the finding is (a rejection, say)."""
     finding_id = wire.Id
     product_arn = wire.ProductArn
     generator_id = wire.GeneratorId
@@ -657,6 +666,58 @@ def envelope_finding(data: bytes, *, policy: Policy, now_ms: int) -> Finding | N
         wire.RecordState or ACTIVE,
         (workflow.Status if workflow is not None else None) or wire.WorkflowState or None,
     )
+
+
+class _WirePage(msgspec.Struct, gc=False, rename={"detail_type": "detail-type"}):
+    """A page (`{"Findings": [...]}`, as GetFindings and BatchImportFindings carry
+    them): each finding's bytes kept whole. The other fields only tell whether the
+    general path would read the document as a page at all (an empty `Raw`: absent)."""
+
+    Findings: list[msgspec.Raw] | None = None
+    Id: msgspec.Raw = msgspec.Raw()
+    detail_type: msgspec.Raw = msgspec.Raw()
+    detail: msgspec.Raw = msgspec.Raw()
+    source: msgspec.Raw = msgspec.Raw()
+
+
+_decode_page = msgspec.json.Decoder(_WirePage).decode
+_decode_finding = msgspec.json.Decoder(_WireFinding).decode
+
+
+def page_findings(data: bytes, *, policy: Policy, now_ms: int) -> list[Parsed] | None:
+    """What `parse_message` gives for a page of findings, without building the ~3 KB
+    of each finding that flapguard does not read; None for any other message (the
+    general path then parses it). A finding this path is not sure of is parsed by the
+    general path alone, from its own bytes: the result is the same either way."""
+    if not data.isascii():  # msgspec does not check the UTF-8 of what it skips
+        return None
+    try:
+        page = _decode_page(data)
+    except Exception:  # malformed, too deep, another shape: the general path says why
+        return None
+    items = page.Findings
+    if items is None or page.Id or page.detail_type or (page.detail and page.source):
+        return None
+    if not items or len(items) > policy.max_findings_per_message:
+        return None  # rejected whole: the general path says why
+    out: list[Parsed] = []
+    for item in items:
+        raw = bytes(item)
+        fast = None
+        if within_limits_by_size(raw, policy):
+            try:
+                fast = _wire_finding(_decode_finding(raw), policy, now_ms)
+            except Exception:  # another type somewhere: the general path says what
+                fast = None
+        if fast is not None:
+            out.append(fast)
+            continue
+        try:
+            document = orjson.loads(raw)
+        except orjson.JSONDecodeError:  # the whole page is unparseable to orjson
+            return None
+        out.append(_parse_item(document, None, within_limits_by_size(data, policy), policy, now_ms))
+    return out
 
 
 @dataclass(slots=True)  # not frozen, for speed (see `Finding`)
