@@ -35,6 +35,7 @@ import orjson
 from faust.types import TP
 
 from streams import metrics
+from streams.batches import take_batches
 from streams.broker_wait import BrokerWatch, retry_while_unavailable
 from streams.config import WorkerSettings
 from streams.decide import Decision, Outcome, rejected_outcome
@@ -58,6 +59,10 @@ TICK_KEY = b"\x00flapguard-tick"
 # A findings partition with records the agent has not had for this long is checked for
 # records the consumer fetched and never delivered (see `Worker.catch_up`).
 STALL_S = 5.0
+# A batch holding records closes once this long passes with no new one (see
+# `streams.batches`): Faust hands over a fetch response's records within microseconds
+# of each other, and the next response comes tens of milliseconds later.
+BATCH_QUIET_S = 0.002
 
 # A finding decided straight from the findings topic arrives as (record offset, index
 # in the record): one integer, above every keyed offset, so that both kinds of arrival
@@ -203,7 +208,7 @@ class Worker:
 
     async def process(self, stream: Any) -> None:
         batch_wait = self.settings.batch_wait_ms / 1000
-        async for events in stream.take_events(self.settings.batch_size, within=batch_wait):
+        async for events in take_batches(stream, self.settings.batch_size, batch_wait, BATCH_QUIET_S):
             try:
                 await self.process_batch([event.message for event in events])
             except Exception:
@@ -245,16 +250,14 @@ class Worker:
         touched = False
         keyed = self.keyed.get_topic_name()
         for message in messages:
+            engine: PartitionEngine | None
             if message.topic == keyed:
                 engine = self.engine(message.partition)
                 guard, expected = self.keyed_guard, engine.next_seq
-            elif self.direct and TP(keyed, message.partition) in assigned:
-                # This worker owns the keyed partition, and so the tables' partition, of
-                # the same number (not so if the findings topic grew since the start).
-                engine = self.engine(message.partition)
-                guard, expected = self.source_guard, engine.next_source
             else:
-                engine, guard, expected = None, self.source_guard, None
+                engine = self.source_engine(message.partition, assigned)
+                guard = self.source_guard
+                expected = engine.next_source if engine is not None else None
             if expected is None:  # no state for this partition yet: its committed offset
                 expected = guard.expected(message)
             missing = await guard.missing(message, expected)
@@ -264,7 +267,7 @@ class Worker:
                 if record.topic == keyed:
                     assert engine is not None
                     if record.key == TICK_KEY:
-                        outcomes.extend(await self.catch_up(record.partition, assigned, out))
+                        outcomes.extend(await self.catch_up(record, assigned, out))
                     outcomes.extend(self.decide_keyed(engine, record, out))
                 else:
                     outcomes.extend(self.ingest(record, engine, out))
@@ -352,14 +355,14 @@ class Worker:
         return engine
 
     def source_behind(self, partition: int) -> tuple[int, int] | None:
-        """(expected, end) when findings partition `partition` is decided here, has records
+        """(expected, end) when findings partition `partition` is read here, has records
         from `expected` to `end` that the agent never got, and has given it none for
         `STALL_S`: faust-streaming can drop what it fetched right after a recovery, and
         with no later record on the partition nothing else reveals the hole."""
         tp = TP(self.source.get_topic_name(), partition)
-        if not self.direct or time.monotonic() - self.last_source.get(partition, 0.0) < STALL_S:
+        if time.monotonic() - self.last_source.get(partition, 0.0) < STALL_S:
             return None
-        engine = self.engines.get(partition)
+        engine = self.engines.get(partition) if self.direct else None
         expected = engine.next_source if engine is not None else None
         if expected is None:
             expected = self.source_guard.expected_at(tp)
@@ -368,17 +371,33 @@ class Worker:
             return None
         return expected, end
 
-    async def catch_up(self, partition: int, assigned: set[TP], out: Outbox) -> list[Outcome]:
-        """Decide the findings records `source_behind` finds, read directly (the idle
-        tick of the keyed partition of the same number brings the agent here)."""
+    def source_engine(self, partition: int, assigned: set[TP]) -> PartitionEngine | None:
+        """The engine that decides findings of findings partition `partition` in place:
+        the topics are co-partitioned and this worker owns the keyed partition (and so
+        the tables' partition) of the same number. None: they take the keyed topic."""
+        if self.direct and TP(self.keyed.get_topic_name(), partition) in assigned:
+            return self.engine(partition)
+        return None
+
+    async def catch_up(self, tick: Any, assigned: set[TP], out: Outbox) -> list[Outcome]:
+        """Process the findings records `source_behind` finds on the findings partition
+        an idle tick names, read directly. A partition decided in place is named by the
+        tick of the keyed partition of its number (whose engine decides them); any
+        other by a tick of any keyed partition here (its findings are forwarded)."""
+        try:
+            partition = int(tick.value)
+        except (TypeError, ValueError):  # a plain idle tick
+            return []
         tp = TP(self.source.get_topic_name(), partition)
         behind = self.source_behind(partition)
-        if behind is None or tp not in assigned or TP(self.keyed.get_topic_name(), partition) not in assigned:
+        if behind is None or tp not in assigned:
             return []
+        engine = self.source_engine(partition, assigned)
+        if engine is not None and tick.partition != partition:
+            return []  # its engine's state is written with its own keyed partition's batch
         expected, end = behind
         log.warning("%s[%s]: offsets %s to %s never reached the agent; reading them directly",
                     tp.topic, partition, expected, end - 1)
-        engine = self.engine(partition)
         outcomes: list[Outcome] = []
         for record in await self.source_guard.take(tp, expected, end):
             outcomes.extend(self.ingest(record, engine, out))
@@ -450,17 +469,28 @@ class Worker:
     async def tick_idle_partitions(self) -> None:
         idle_s = self.settings.idle_flush_ms / 1000
         now = time.monotonic()
-        assigned = {tp.partition for tp in self.app.assignor.assigned_actives()
-                    if tp.topic == self.keyed.get_topic_name()}
-        for partition in assigned:
+        actives = self.app.assignor.assigned_actives()
+        keyed = sorted(tp.partition for tp in actives if tp.topic == self.keyed.get_topic_name())
+        for partition in keyed:
             engine = self.engines.get(partition)
             # A partition with no engine yet (after a restart or rebalance) gets one
             # tick so that its engine reloads what the buffer table holds.
-            self.last_source.setdefault(partition, now)
-            if (engine is None or (engine.pending and now - self.last_arrival[partition] >= idle_s)
-                    or self.source_behind(partition) is not None):
-                await self.app.producer.send(self.keyed.get_topic_name(), TICK_KEY, b"", partition,
-                                             None, None)
+            if engine is None or (engine.pending and now - self.last_arrival[partition] >= idle_s):
+                await self.send_tick(partition, b"")
+        for tp in actives:
+            if tp.topic != self.source.get_topic_name():
+                continue
+            self.last_source.setdefault(tp.partition, now)
+            if keyed and self.source_behind(tp.partition) is not None:
+                # Decided in place: its own keyed partition's tick; else any here.
+                target = tp.partition if self.direct and tp.partition in keyed else keyed[0]
+                await self.send_tick(target, str(tp.partition).encode())
+
+    async def send_tick(self, partition: int, value: bytes) -> None:
+        """A tick record on keyed partition `partition`; `value` names a findings
+        partition to check for records that never reached the agent (see `catch_up`)."""
+        await self.app.producer.send(self.keyed.get_topic_name(), TICK_KEY, value, partition,
+                                     None, None)
 
     def producer(self) -> Any:
         """The app's aiokafka producer: records go to it as whole batches (Faust's
@@ -477,6 +507,8 @@ class Worker:
 
     async def on_recover(self) -> None:
         self.engines.clear()
+        # A findings partition is waited on for `STALL_S` from its (re)assignment.
+        self.last_source.clear()
         self.source_guard.reset()
         self.keyed_guard.reset()
 
@@ -530,6 +562,8 @@ class Outbox:
             placed = partitions_for([data_key for data_key, _ in keyed], count)
             for (data_key, data), partition in zip(keyed, placed, strict=True):
                 self.add(name, partition, data_key, data)
+        for name in {topic for topic, _ in self.placed} | {topic for topic, _, _ in self.unkeyed}:
+            self._track(name)
         batches: list[tuple[str, int, Any, int]] = []
         for (topic, partition), records in self.placed.items():
             builder = self.producer.create_batch()
@@ -545,6 +579,16 @@ class Outbox:
                    for topic, value, headers in self.unkeyed]
         self.unkeyed.clear()
         return self._delivered(batches, singles)
+
+    def _track(self, topic: str) -> None:
+        """Have the producer keep `topic` in its metadata. It refreshes metadata only
+        for the topics it tracks (all topics while it tracks none): a topic it learnt of
+        from an all-topics refresh, which `send_batch` does not add, drops out of its
+        metadata at the next refresh, and a batch for it then waits for a leader until
+        it expires (Faust's 20-minute request timeout), with a rebalance waiting on it."""
+        client = self.producer.client
+        if topic not in client._topics:
+            client.add_topic(topic)
 
     @staticmethod
     async def _delivered(batches: list[tuple[str, int, Any, int]], singles: list[Any]
