@@ -354,11 +354,12 @@ class Worker:
                      engine.pending, engine.watermark)
         return engine
 
-    def source_behind(self, partition: int) -> tuple[int, int] | None:
+    def source_behind(self, partition: int) -> tuple[int | None, int] | None:
         """(expected, end) when findings partition `partition` is read here, has records
         from `expected` to `end` that the agent never got, and has given it none for
         `STALL_S`: faust-streaming can drop what it fetched right after a recovery, and
-        with no later record on the partition nothing else reveals the hole."""
+        with no later record on the partition nothing else reveals the hole. `expected`
+        is None when nothing was committed or decided there: the partition's start."""
         tp = TP(self.source.get_topic_name(), partition)
         if time.monotonic() - self.last_source.get(partition, 0.0) < STALL_S:
             return None
@@ -367,7 +368,7 @@ class Worker:
         if expected is None:
             expected = self.source_guard.expected_at(tp)
         end = self.app.consumer.highwater(tp)
-        if expected is None or end is None or end <= expected:
+        if end is None or end <= (expected or 0):
             return None
         return expected, end
 
@@ -396,6 +397,10 @@ class Worker:
         if engine is not None and tick.partition != partition:
             return []  # its engine's state is written with its own keyed partition's batch
         expected, end = behind
+        if expected is None:
+            expected = await self.source_guard.first_offset_at(tp)
+            if expected >= end:
+                return []
         log.warning("%s[%s]: offsets %s to %s never reached the agent; reading them directly",
                     tp.topic, partition, expected, end - 1)
         outcomes: list[Outcome] = []
@@ -666,15 +671,19 @@ class OffsetGuard:
         return await self.take(message.tp, expected, message.offset)
 
     async def first_offset(self, message: Any) -> int:
-        """The first offset of the message's partition. Asked of the broker once for
-        every assigned partition of its topic: each request goes through Faust's
-        consumer thread, which can take a second to answer while it fetches a backlog."""
-        key = (message.topic, message.partition)
+        """The first offset of the message's partition."""
+        return await self.first_offset_at(message.tp)
+
+    async def first_offset_at(self, tp: TP) -> int:
+        """The first offset of a partition. Asked of the broker once for every assigned
+        partition of its topic: each request goes through Faust's consumer thread,
+        which can take a second to answer while it fetches a backlog."""
+        key = (tp.topic, tp.partition)
         if key not in self.starts:
-            tps = {tp for tp in self.app.consumer.assignment() if tp.topic == message.topic}
-            earliest = await self.app.consumer.earliest_offsets(*(tps | {message.tp}))
-            for tp, offset in earliest.items():
-                self.starts.setdefault((tp.topic, tp.partition), int(offset))
+            tps = {t for t in self.app.consumer.assignment() if t.topic == tp.topic}
+            earliest = await self.app.consumer.earliest_offsets(*(tps | {tp}))
+            for t, offset in earliest.items():
+                self.starts.setdefault((t.topic, t.partition), int(offset))
             self.starts.setdefault(key, 0)
         return self.starts[key]
 
