@@ -689,7 +689,8 @@ def page_findings(data: bytes, *, policy: Policy, now_ms: int) -> list[Parsed] |
     of each finding that flapguard does not read; None for any other message (the
     general path then parses it). A finding this path is not sure of is parsed by the
     general path alone, from its own bytes: the result is the same either way."""
-    if not data.isascii():  # msgspec does not check the UTF-8 of what it skips
+    # A page has the key; a single finding (which has not) is not scanned twice more.
+    if b'"Findings"' not in data or not data.isascii():  # msgspec skips UTF-8 checks
         return None
     try:
         page = _decode_page(data)
