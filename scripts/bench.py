@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from streams.brokers import KafkaBroker, create_topics, default_kafka_libs  # noqa: E402
 from streams.config import Policy  # noqa: E402
 from streams.engine import PartitionEngine  # noqa: E402
-from streams.findings import Finding, Parsed, parse_document, parse_message  # noqa: E402
+from streams.findings import Finding, Parsed, parse_general, parse_message  # noqa: E402
 from streams.keys import partition_for  # noqa: E402
 from streams.state import Origin, Store  # noqa: E402
 from tests.kafka_io import WorkerRun, end_offsets  # noqa: E402
@@ -103,13 +103,8 @@ async def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes | No
         await producer.stop()
 
 
-def orjson_parse(value: bytes, *, policy: Policy, now_ms: int) -> list[Parsed]:
-    """The limit's parser: orjson, then the core's reading of the decoded document."""
-    return parse_document(orjson.loads(value), value, policy=policy, now_ms=now_ms)
-
-
 async def limit_rate(bootstrap: str, topic: str, partitions: int, expected: int,
-                     parse: Callable[..., list[Parsed]] = orjson_parse) -> float:
+                     parse: Callable[..., list[Parsed]] = parse_general) -> float:
     """Read, parse, decide: the ceiling for one Python process on this broker."""
     from aiokafka import AIOKafkaConsumer
 
