@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 
@@ -459,6 +460,17 @@ def test_codecs_round_trip_every_state_type(value: Any, decode: Any) -> None:
     assert again == value
     assert type(again) is type(value)
     assert encode(again) == data
+
+
+@pytest.mark.parametrize(("value", "decode"), CODEC_CASES,
+                         ids=[f"{type(v).__name__}-{i}" for i, (v, _) in enumerate(CODEC_CASES)])
+def test_state_is_written_as_changelogs_written_with_orjson_hold_it(value: Any, decode: Any) -> None:
+    # The worker wrote its tables with orjson (Structs through `asdict`) before msgspec:
+    # a worker recovering from such a changelog reads the same values, and writes them
+    # byte for byte as before.
+    before = orjson.dumps(value, default=msgspec.structs.asdict)
+    assert encode(value) == before
+    assert decode(before) == value
 
 
 def test_decoded_arrival_keeps_the_finding_types() -> None:
