@@ -24,10 +24,11 @@ it has seen no finding for `idle_flush` of wall-clock time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any, NamedTuple
 
 import faust
@@ -37,7 +38,7 @@ from faust.types import TP
 from streams import metrics
 from streams.batches import take_batches
 from streams.broker_wait import BrokerWatch, retry_while_unavailable
-from streams.config import WorkerSettings
+from streams.config import BATCH_QUIET_S, WorkerSettings
 from streams.decide import Decision, Outcome, rejected_outcome
 from streams.engine import PartitionEngine
 from streams.findings import Finding, Rejected, parse_message
@@ -59,10 +60,6 @@ TICK_KEY = b"\x00flapguard-tick"
 # A findings partition with records the agent has not had for this long is checked for
 # records the consumer fetched and never delivered (see `Worker.catch_up`).
 STALL_S = 5.0
-# A batch holding records closes once this long passes with no new one (see
-# `streams.batches`): Faust hands over a fetch response's records within microseconds
-# of each other, and the next response comes tens of milliseconds later.
-BATCH_QUIET_S = 0.002
 
 # A finding decided straight from the findings topic arrives as (record offset, index
 # in the record): one integer, above every keyed offset, so that both kinds of arrival
@@ -140,10 +137,11 @@ class Worker:
             # larger batches mean fewer round trips per partition.
             producer_max_batch_size=512 * 1024,
             # Per partition and fetch (Faust's default is 1 MiB, seven pages of 100
-            # findings). Measured with `scripts/bench`: 2 MiB is a little faster; 4-8 MiB
-            # responses make the consumer thread take the interpreter from the agent for
-            # every 64 KiB it reads, and the worker ran up to five times slower.
-            consumer_max_fetch_size=2 * 1024 * 1024,
+            # findings). Measured on the batched layout of `scripts/bench`: 4 MiB about
+            # 14% faster than 2 MiB (fewer fetch round trips for the consumer thread,
+            # which shares the interpreter with the agent); 8 MiB no faster, and with a
+            # wider spread.
+            consumer_max_fetch_size=4 * 1024 * 1024,
             table_cleanup_interval=3600.0,
         )
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
@@ -249,6 +247,7 @@ class Worker:
         outcomes: list[Outcome] = []
         touched = False
         keyed = self.keyed.get_topic_name()
+        read = self.read_findings(messages)
         for message in messages:
             engine: PartitionEngine | None
             if message.topic == keyed:
@@ -270,7 +269,8 @@ class Worker:
                         outcomes.extend(await self.catch_up(record, assigned, out))
                     outcomes.extend(self.decide_keyed(engine, record, out))
                 else:
-                    outcomes.extend(self.ingest(record, engine, out))
+                    ahead = read.get(record.offset) if record is message else None
+                    outcomes.extend(self.ingest(record, engine, out, ahead))
                 guard.done(record)
             touched = touched or engine is not None
         return outcomes, touched
@@ -292,29 +292,49 @@ class Worker:
                      len(messages) - len(ours))
         return ours
 
-    def ingest(self, message: Any, engine: PartitionEngine | None, out: Outbox) -> list[Outcome]:
-        """Parse one findings record. Its findings whose key hashes to its own partition
-        are accepted by that partition's `engine` (None: the topics are not
-        co-partitioned); the others go to the keyed topic, keyed by their partition key
-        and placed with murmur2 (as the backtest does); what cannot be decided goes to
-        the dead-letter topic."""
+    def read_findings(self, messages: Iterable[Any]) -> dict[int, ReadRecord]:
+        """Parse the findings records among `messages` and place their findings, by
+        offset: one murmur2 pass over the keys of all of them (numpy, whose cost per
+        call is about that of a hundred keys) is five times cheaper per key than one
+        per page of a hundred."""
         started = time.perf_counter()
+        source = self.source.get_topic_name()
         settings = self.settings
+        now = now_ms()
+        parsed = [(m.offset, parse_message(m.value or b"", policy=settings.policy, now_ms=now))
+                  for m in messages if m.topic == source]
+        keys = [item.partition_key.encode() for _, items in parsed for item in items
+                if not isinstance(item, Rejected)]
+        placed = iter(partitions_for(keys, settings.partitions))
+        keys_in = iter(keys)
+        read: dict[int, ReadRecord] = {}
+        share = (time.perf_counter() - started) / max(1, len(parsed))
+        for offset, items in parsed:
+            findings = [(index, item, next(keys_in), next(placed)) for index, item in enumerate(items)
+                        if not isinstance(item, Rejected)]
+            read[offset] = ReadRecord(items, findings, share)
+        return read
+
+    def ingest(self, message: Any, engine: PartitionEngine | None, out: Outbox,
+               read: ReadRecord | None = None) -> list[Outcome]:
+        """Take one findings record (`read`: parsed and placed already, see
+        `read_findings`). Its findings whose key hashes to its own partition are
+        accepted by that partition's `engine` (None: the topics are not co-partitioned);
+        the others go to the keyed topic, keyed by their partition key and placed with
+        murmur2 (as the backtest does); what cannot be decided goes to the dead-letter
+        topic."""
+        if read is None:
+            read = self.read_findings([message])[message.offset]
+        started = time.perf_counter()
         self.last_source[message.partition] = time.monotonic()
-        parsed = parse_message(message.value or b"", policy=settings.policy, now_ms=now_ms())
         keyed = self.keyed.get_topic_name()
         origin_at = origins_of(message)
-        metrics.consumed_all(parsed)
-        findings: list[tuple[int, Finding]] = []
-        for index, item in enumerate(parsed):
+        metrics.consumed_all(read.items)
+        for index, item in enumerate(read.items):
             if isinstance(item, Rejected):
                 self._dead_letter(item, origin_at(index), out)
-            else:
-                findings.append((index, item))
-        keys = [finding.partition_key.encode() for _, finding in findings]
         outcomes: list[Outcome] = []
-        for (index, finding), key, partition in zip(
-                findings, keys, partitions_for(keys, settings.partitions), strict=True):
+        for index, finding, key, partition in read.findings:
             origin = origin_at(index)
             seq = direct_seq(message.offset, index)
             if engine is not None and partition == message.partition and seq is not None:
@@ -325,7 +345,7 @@ class Worker:
             engine.passed_source(message.offset)
             self.last_arrival[engine.p] = time.monotonic()
             metrics.partition_state(engine, received=True)
-        metrics.processed("ingest", started)
+        metrics.processed("ingest", started - read.seconds)
         return outcomes
 
     def _dead_letter(self, item: Rejected, origin: Origin, out: Outbox) -> None:
@@ -404,8 +424,10 @@ class Worker:
         log.warning("%s[%s]: offsets %s to %s never reached the agent; reading them directly",
                     tp.topic, partition, expected, end - 1)
         outcomes: list[Outcome] = []
-        for record in await self.source_guard.take(tp, expected, end):
-            outcomes.extend(self.ingest(record, engine, out))
+        records = await self.source_guard.take(tp, expected, end)
+        read = self.read_findings(records)
+        for record in records:
+            outcomes.extend(self.ingest(record, engine, out, read[record.offset]))
             self.source_guard.done(record)
         return outcomes
 
@@ -516,6 +538,15 @@ class Worker:
         self.last_source.clear()
         self.source_guard.reset()
         self.keyed_guard.reset()
+
+
+class ReadRecord(NamedTuple):
+    """A findings record parsed: every item, and its findings as (index in the record,
+    finding, partition key, keyed partition)."""
+
+    items: list[Finding | Rejected]
+    findings: list[tuple[int, Finding, bytes, int]]
+    seconds: float  # its share of the time the parsing and placing took
 
 
 class Delivered(NamedTuple):
@@ -675,27 +706,32 @@ class OffsetGuard:
         return await self.first_offset_at(message.tp)
 
     async def first_offset_at(self, tp: TP) -> int:
-        """The first offset of a partition. Asked of the broker once for every assigned
-        partition of its topic: each request goes through Faust's consumer thread,
-        which can take a second to answer while it fetches a backlog."""
+        """The first offset of a partition, asked of the broker once for every assigned
+        partition of its topic."""
         key = (tp.topic, tp.partition)
         if key not in self.starts:
             tps = {t for t in self.app.consumer.assignment() if t.topic == tp.topic}
-            earliest = await self.app.consumer.earliest_offsets(*(tps | {tp}))
+            earliest = await self._earliest(tps | {tp})
             for t, offset in earliest.items():
-                self.starts.setdefault((t.topic, t.partition), int(offset))
+                self.starts.setdefault((t.topic, t.partition), offset)
             self.starts.setdefault(key, 0)
         return self.starts[key]
 
+    async def _earliest(self, tps: set[TP]) -> dict[TP, int]:
+        # Its own client, not Faust's consumer: that one answers from its thread, which
+        # took up to 1.5 s while it read a backlog (measured with 4-8 MiB fetches), and
+        # the agent waits for the answer.
+        from aiokafka import TopicPartition
+
+        async with self._consumer() as consumer:
+            found = await consumer.beginning_offsets([TopicPartition(t.topic, t.partition) for t in tps])
+        return {TP(t.topic, t.partition): int(offset) for t, offset in found.items()}
+
     async def _read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import TopicPartition
 
         tp = TopicPartition(topic, partition)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers,
-                                    enable_auto_commit=False, isolation_level="read_committed",
-                                    **self.security.aiokafka_kwargs())
-        await consumer.start()
-        try:
+        async with self._consumer() as consumer:
             consumer.assign([tp])
             consumer.seek(tp, start)
             records: list[Any] = []
@@ -703,6 +739,18 @@ class OffsetGuard:
                 batch = await consumer.getmany(tp, timeout_ms=1000)
                 records.extend(r for r in batch.get(tp, ()) if r.offset < end)
             return records
+
+    @contextlib.asynccontextmanager
+    async def _consumer(self) -> AsyncIterator[Any]:
+        """A plain consumer of the guard's own, in no group."""
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers,
+                                    enable_auto_commit=False, isolation_level="read_committed",
+                                    **self.security.aiokafka_kwargs())
+        await consumer.start()
+        try:
+            yield consumer
         finally:
             await consumer.stop()
 
@@ -755,6 +803,10 @@ class ChangelogMapping(MutableMapping[str, bytes]):
     def get(self, key: str, default: Any = None) -> Any:
         return self.table.data.get(key, default)
 
+    def __contains__(self, key: object) -> bool:
+        # Mapping's own would look the key up and raise KeyError when it is missing.
+        return key in self.table.data
+
     def __setitem__(self, key: str, value: bytes) -> None:
         self.table.data[key] = value
         self._writes.append((key, value))
@@ -803,6 +855,9 @@ class RocksPartition(MutableMapping[str, bytes]):
     def get(self, key: str, default: Any = None) -> Any:
         value = self.db.get(self.store._encode_key(key))
         return default if value is None else value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.db.get(self.store._encode_key(key)) is not None
 
     def __setitem__(self, key: str, value: bytes) -> None:
         self.db.put(self.store._encode_key(key), value)

@@ -18,6 +18,7 @@ import orjson
 
 from streams import __version__
 from streams.config import (
+    BATCH_QUIET_S,
     ConfigError,
     Policy,
     Severity,
@@ -220,7 +221,8 @@ def _add_worker_options(parser: argparse.ArgumentParser) -> None:
             help="records taken per agent batch (the broker's acknowledgements are awaited once "
             "per batch)")
     _option(parser, "--batch-wait", default=format_duration(d.batch_wait_ms), convert=parse_duration_ms,
-            help="longest wait to fill a batch")
+            help=f"longest wait to fill a batch (a batch also closes once {BATCH_QUIET_S * 1000:g} ms "
+            "pass with no new record: the consumer has handed over what it fetched)")
     _option(parser, "--session-timeout", default=format_duration(int(d.session_timeout_s * 1000)),
             convert=parse_duration_ms, help="Kafka consumer group session timeout")
     _option(parser, "--log-level", default=d.log_level, help="log level")

@@ -140,6 +140,12 @@ class Topics:
     decisions: str | None = None
 
 
+# A batch holding records closes once this long passes with no new one (see
+# `streams.batches`): Faust hands over a fetch response's records within microseconds
+# of each other, and the next response comes tens of milliseconds later.
+BATCH_QUIET_S = 0.002
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
     """The Faust worker's edges: broker, topics, app identity and store."""

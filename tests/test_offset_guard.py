@@ -47,9 +47,6 @@ class Consumer:
     def assignment(self) -> set[TP]:
         return self.assigned
 
-    async def earliest_offsets(self, *partitions: TP) -> dict[TP, int]:
-        self.asked += 1
-        return dict.fromkeys(partitions, self.earliest)
 
 
 class App:
@@ -67,7 +64,12 @@ def guard(committed: dict[TP, int], earliest: int, assigned: set[TP] | None = No
         reads.append((start, end))
         return [Record(topic, partition, o) for o in range(start, end)]
 
+    async def earliest(tps: set[TP]) -> dict[TP, int]:
+        consumer.asked += 1
+        return dict.fromkeys(tps, consumer.earliest)
+
     g._read = read  # type: ignore[method-assign]
+    g._earliest = earliest  # type: ignore[method-assign]
     return g, consumer, reads
 
 
@@ -93,8 +95,7 @@ def test_the_first_record_at_the_log_start_needs_nothing(earliest: int) -> None:
 
 
 def test_the_log_start_of_every_assigned_partition_of_the_topic_is_asked_at_once() -> None:
-    """Each request waits for Faust's consumer thread, which may be busy fetching: one
-    for the topic, not one per partition."""
+    """One request to the broker for the topic, not one per partition."""
     assigned = {TP("keyed", p) for p in range(4)} | {TP("findings", p) for p in range(4)}
     g, consumer, reads = guard({}, earliest=0, assigned=assigned)
     for p in range(4):
@@ -111,3 +112,39 @@ def test_committed_and_applied_offsets_still_rule() -> None:
     assert [r.offset for r in missing(g, record, g.expected(record))] == [10, 11]
     assert missing(g, Record("keyed", 2, 9), 10) is None  # applied before a restart: skipped
     assert reads == [(10, 12)]
+
+
+def test_the_log_start_comes_from_the_broker_with_the_guards_own_client(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    """Not from Faust's consumer, which answers from its thread once it is done with
+    what it is fetching: the agent waited up to 1.5 s for it."""
+    from aiokafka import AIOKafkaProducer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    from streams.brokers import create_topics
+
+    topic = f"{unique_name}-keyed"
+
+    async def run() -> int:
+        await create_topics(kafka_bootstrap, {topic: 2})
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            for _ in range(5):
+                await producer.send_and_wait(topic, b"x", partition=1)
+        finally:
+            await producer.stop()
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:  # the log of partition 1 now starts at offset 3, as after retention
+            await admin.delete_records({TopicPartition(topic, 1): RecordsToDelete(3)})
+        finally:
+            await admin.close()
+        consumer = Consumer({}, earliest=-1, assigned={TP(topic, 0), TP(topic, 1)})
+        g = OffsetGuard(kafka_bootstrap, App(consumer))
+        starts = [await g.first_offset_at(TP(topic, p)) for p in (0, 1)]
+        assert starts == [0, 3]
+        return len(g.starts)
+
+    assert asyncio.run(run()) == 2  # both asked at once
