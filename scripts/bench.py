@@ -9,6 +9,8 @@ up to 100 findings, as a batching forwarder writes them) it measures, in one run
   (b) the real worker end to end (findings in, decisions, output topics, state in
       changelogged tables), as deployed by default, timed by its state writes; and
       again with `--decisions-topic` (one audit record per finding more).
+Each measurement is taken `--repeat` times, the limit's and the worker's runs taking
+turns; the figures are the medians, and the spread of the runs is printed with them.
 Prints the rates, decision latency percentiles of the worker (time from a finding's
 record being written to its decision being written, in a paced run), and one line per
 layout: `LAYOUT: end-to-end/limit ratio: R (worker W findings/s, limit L findings/s)`,
@@ -21,12 +23,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import os
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -88,6 +92,10 @@ def batched_layout(findings: list[bytes], partitions: int, per_message: int = 10
             records.append((None, b'{"Findings":[' + b",".join(pages.pop(p)) + b"]}", p))
     records.extend((None, b'{"Findings":[' + b",".join(page) + b"]}", p) for p, page in pages.items())
     return records
+
+
+LAYOUTS: dict[str, Callable[[list[bytes], int], Sequence[tuple[bytes | None, bytes, int]]]] = {
+    "single": single_layout, "batched": batched_layout}
 
 
 async def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes, int]]) -> None:
@@ -212,24 +220,41 @@ def worker_rate(bootstrap: str, run: WorkerRun, count: int) -> float:
     return count * records / sum(ends.values()) / max(1e-3, seconds)
 
 
+@dataclass
+class Rates:
+    """Findings/s of the runs of one layout, in the order they ran."""
+
+    limit: list[float] = field(default_factory=list)
+    limit_fast: list[float] = field(default_factory=list)
+    worker: list[float] = field(default_factory=list)
+    audited: list[float] = field(default_factory=list)
+
+
 def measure(bootstrap: str, layout: str, records: Sequence[tuple[bytes | None, bytes, int]],
-            count: int, partitions: int, workdir: Path) -> tuple[float, float, float, float]:
-    """The limit, the worker as deployed by default, the worker writing every decision
-    to `--decisions-topic` too (the audit trail: one more record per finding), and the
-    limit parsing as the worker does, on one findings topic."""
+            count: int, partitions: int, workdir: Path, repeat: int) -> Rates:
+    """`repeat` times, on one findings topic: the limit, the limit parsing as the worker
+    does, the worker as deployed by default, and the worker writing every decision to
+    `--decisions-topic` too (the audit trail: one more record per finding)."""
     topic = f"bench-{layout}-{uuid.uuid4().hex[:6]}.findings"
     asyncio.run(create_topics(bootstrap, {topic: partitions}))
     asyncio.run(produce(bootstrap, topic, records))
-    limit = asyncio.run(limit_rate(bootstrap, topic, partitions, count))
-    limit_fast = asyncio.run(limit_rate(bootstrap, topic, partitions, count, parse_message))
-    rates = []
-    for decisions in (False, True):
-        run = WorkerRun(bootstrap, f"bench-{layout}-{uuid.uuid4().hex[:6]}",
-                        workdir / f"{layout}-{decisions}", partitions=partitions, decisions=decisions,
-                        findings_topic=topic)
-        run.workdir.mkdir(parents=True)
-        rates.append(worker_rate(bootstrap, run, count))
-    return rates[0], rates[1], limit, limit_fast
+    rates = Rates()
+    for _ in range(repeat):
+        rates.limit.append(asyncio.run(limit_rate(bootstrap, topic, partitions, count)))
+        rates.limit_fast.append(asyncio.run(limit_rate(bootstrap, topic, partitions, count, parse_message)))
+        for decisions, into in ((False, rates.worker), (True, rates.audited)):
+            run = WorkerRun(bootstrap, f"bench-{layout}-{uuid.uuid4().hex[:6]}",
+                            workdir / f"{layout}-{uuid.uuid4().hex[:6]}", partitions=partitions,
+                            decisions=decisions, findings_topic=topic)
+            run.workdir.mkdir(parents=True)
+            into.append(worker_rate(bootstrap, run, count))
+    return rates
+
+
+def spread(runs: list[float]) -> str:
+    """The median of the runs, and their range when there are several."""
+    median = f"{statistics.median(runs):,.0f}"
+    return median if len(runs) == 1 else f"{median} (runs {min(runs):,.0f}-{max(runs):,.0f})"
 
 
 def latency(bootstrap: str, findings: list[bytes], warm_up: list[bytes], partitions: int,
@@ -273,42 +298,73 @@ async def paced(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, in
     return written
 
 
+def default_data_dir() -> Path:
+    """Memory (/dev/shm) where there is one. On a small machine that runs the broker too,
+    the kernel writing earlier runs' logs to disk slowed later runs by up to 40% within
+    one benchmark (2 cores, virtual disk), which is the machine's cost, not the worker's:
+    the limit only reads."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--findings", type=int, default=60_000)
     parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each throughput measurement; figures are their medians")
+    parser.add_argument("--layouts", default="single,batched",
+                        help="comma-separated layouts to measure, in this order")
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                        help="where the broker keeps its logs and the workers their state "
+                             "(default: /dev/shm, in memory, where there is one)")
     parser.add_argument("--latency-rate", type=float, default=200.0,
                         help="findings/s of the paced latency run (0 to skip)")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
+    if not layouts or any(name not in LAYOUTS for name in layouts):
+        parser.error(f"--layouts: a comma-separated list of {', '.join(LAYOUTS)}")
+    if not args.data_dir.is_dir():
+        parser.error(f"--data-dir: no such folder: {args.data_dir}")
+    tempfile.tempdir = str(args.data_dir)  # the broker's folder and the workers' below it
     findings = make_findings(args.findings)
-    print(f"{len(findings)} findings of ~{len(findings[0])} bytes, {args.partitions} partitions")
+    print(f"{len(findings)} findings of ~{len(findings[0])} bytes, {args.partitions} partitions, "
+          f"{args.repeat} run(s) of each measurement, data in {args.data_dir}")
     # A 2 GB heap: with the tests' 512 MB, the broker's garbage collection held back the
     # worker's acknowledgements in some runs, once a run had filled a few dozen topics.
     with KafkaBroker(default_kafka_libs(), heap="2g") as broker, tempfile.TemporaryDirectory() as tmp:
         bootstrap = broker.bootstrap_servers
-        results = {}
-        for layout, records in (("single", single_layout(findings, args.partitions)),
-                                ("batched", batched_layout(findings, args.partitions))):
-            worker, audited, limit, limit_fast = measure(bootstrap, layout, records, len(findings),
-                                                         args.partitions, Path(tmp))
-            results[layout] = (worker, audited, limit, limit_fast)
-            print(f"{layout}: limit {limit:,.0f} findings/s (parsing as the worker does "
-                  f"{limit_fast:,.0f}), worker {worker:,.0f} findings/s, "
-                  f"with --decisions-topic {audited:,.0f} findings/s")
+        results: dict[str, Rates] = {}
+        for layout in layouts:
+            records = LAYOUTS[layout](findings, args.partitions)
+            rates = measure(bootstrap, layout, records, len(findings), args.partitions, Path(tmp),
+                            args.repeat)
+            results[layout] = rates
+            print(f"{layout}: limit {spread(rates.limit)} findings/s, parsing as the worker does "
+                  f"{spread(rates.limit_fast)}; worker {spread(rates.worker)} findings/s, with "
+                  f"--decisions-topic {spread(rates.audited)}")
+            if args.repeat > 1:
+                pairs = zip(rates.worker, rates.limit, strict=True)
+                print(f"{layout}: ratio of each run: " + " ".join(f"{w / lim:.2f}" for w, lim in pairs))
         if args.latency_rate > 0:
             sample = findings[: int(args.latency_rate * 20)]
             warm_up = findings[-args.partitions * 4:]
             p50, p99 = latency(bootstrap, sample, warm_up, args.partitions, Path(tmp), args.latency_rate)
             print(f"decision latency at {args.latency_rate:.0f} findings/s: p50 {p50:.0f} ms, "
                   f"p99 {p99:.0f} ms")
-        for layout, (worker, _, limit, _) in results.items():
+        median = statistics.median
+        for layout, rates in results.items():
+            worker, limit = median(rates.worker), median(rates.limit)
             print(f"{layout}: end-to-end/limit ratio: {worker / limit:.2f} "
                   f"(worker {worker:,.0f} findings/s, limit {limit:,.0f} findings/s)")
-        for layout, (worker, audited, limit, limit_fast) in results.items():
+        for layout, rates in results.items():
+            audited, limit, limit_fast = median(rates.audited), median(rates.limit), median(rates.limit_fast)
             print(f"{layout}, with --decisions-topic: end-to-end/limit ratio: {audited / limit:.2f} "
                   f"(worker {audited:,.0f} findings/s)")
-            print(f"{layout}, against the limit parsing as the worker does: {worker / limit_fast:.2f} "
-                  f"(limit {limit_fast:,.0f} findings/s)")
+            print(f"{layout}, against the limit parsing as the worker does: "
+                  f"{median(rates.worker) / limit_fast:.2f} (limit {limit_fast:,.0f} findings/s)")
     return 0
 
 
