@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from typing import Any, NamedTuple
 
 import faust
+import msgspec
 import orjson
 from faust.types import TP
 
@@ -105,7 +106,7 @@ def origins_of(message: Any) -> Callable[[int], Origin]:
 
 
 def encode_keyed(finding: Finding, origin: Origin) -> bytes:
-    return encode({"finding": finding.to_json(), "origin": origin})
+    return encode({"finding": finding.to_json(), "origin": msgspec.structs.asdict(origin)})
 
 
 def decode_keyed(data: bytes) -> tuple[Finding, Origin]:

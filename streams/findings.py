@@ -38,7 +38,9 @@ _NORMALIZED_BANDS = ((90, Severity.CRITICAL), (70, Severity.HIGH), (40, Severity
 # A msgspec Struct, not a dataclass: its __init__ is C, where a dataclass's is a Python
 # function that set these 19 fields one by one at about the cost of the rest of parsing
 # a finding. Frozen (and so hashable); `gc=False`: it holds only strings and numbers.
-class Finding(msgspec.Struct, frozen=True, gc=False):
+# `array_like`: msgspec writes it as a JSON array (the worker's reorder buffer holds
+# findings: see `streams.state`); `to_json` is its object form, field by field.
+class Finding(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """The fields of one ASFF finding that decisions, keys and alerts use."""
 
     id: str

@@ -13,18 +13,20 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
+import orjson
 
 from streams.findings import Finding
 
 V = TypeVar("V")
 
 
-class FindingState(msgspec.Struct, gc=False):
+class FindingState(msgspec.Struct, gc=False, array_like=True):
     """What is known of one finding `Id`."""
 
     # A msgspec Struct, not a dataclass: its __init__ is C (a new finding's state is
     # built per first sight), and without garbage-collector tracking (it holds only
     # strings and numbers) the collector never walks the many states a partition keeps.
+    # `array_like`: stored as a JSON array, fields in this order (see `encode`).
 
     p: int  # partition that owns it
     partition_key: str
@@ -90,7 +92,7 @@ class LiveSet:
     members: dict[str, LiveMember] = field(default_factory=dict)
 
 
-class Origin(msgspec.Struct, frozen=True, gc=False):  # a Struct for speed, as `Finding`
+class Origin(msgspec.Struct, frozen=True, gc=False, array_like=True):  # as `Finding`
     """Where a finding occurrence came from: a file line, a Kafka record, or both (a
     replayed file carries its file and line in record headers)."""
 
@@ -102,7 +104,7 @@ class Origin(msgspec.Struct, frozen=True, gc=False):  # a Struct for speed, as `
     offset: int = -1
 
 
-class Arrival(msgspec.Struct, frozen=True, gc=False):  # a Struct for speed, as `Finding`
+class Arrival(msgspec.Struct, frozen=True, gc=False, array_like=True):  # as `Finding`
     """A finding waiting in the reorder buffer."""
 
     p: int
@@ -261,16 +263,34 @@ class Store:
 
 
 # Codecs: the worker stores these values as JSON bytes in its tables.
+#
+# The Structs (`FindingState`, `Arrival` with its `Finding` and `Origin`) are written as
+# JSON arrays, fields in declaration order: the field names were 35-45% of their bytes,
+# and a worker writes about two such values to its changelogs per finding (the
+# dataclasses, written far less often, stay objects). New fields go last, with a default.
+# Values written as objects (before arrays) are still read.
 
-
-# msgspec writes the same JSON as orjson with `asdict` did (same field order, enums as
-# their values), 2-4 times faster per value: the worker encodes about two per finding.
+# 2-4 times faster per value than orjson with `asdict`.
 encode: Callable[[Any], bytes] = msgspec.json.Encoder().encode
 
 # msgspec decodes the JSON straight into the state types, checking every field's type:
 # three times faster than orjson plus the constructor, on the worker's hot path.
-decode_finding_state: Callable[[bytes], FindingState] = msgspec.json.Decoder(FindingState).decode
 decode_meta: Callable[[bytes], PartitionMeta] = msgspec.json.Decoder(PartitionMeta).decode
 decode_bucket: Callable[[bytes], Bucket] = msgspec.json.Decoder(Bucket).decode
 decode_live: Callable[[bytes], LiveSet] = msgspec.json.Decoder(LiveSet).decode
-decode_arrival: Callable[[bytes], Arrival] = msgspec.json.Decoder(Arrival).decode
+_decode_state = msgspec.json.Decoder(FindingState).decode
+_decode_arrival = msgspec.json.Decoder(Arrival).decode
+
+
+def decode_finding_state(data: bytes) -> FindingState:
+    if data[:1] == b"{":  # written as an object
+        return FindingState(**orjson.loads(data))
+    return _decode_state(data)
+
+
+def decode_arrival(data: bytes) -> Arrival:
+    if data[:1] == b"{":  # written as an object
+        raw = orjson.loads(data)
+        return Arrival(p=raw["p"], seq=raw["seq"], finding=Finding.from_json(raw["finding"]),
+                       origin=Origin(**raw["origin"]))
+    return _decode_arrival(data)

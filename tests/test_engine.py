@@ -464,13 +464,27 @@ def test_codecs_round_trip_every_state_type(value: Any, decode: Any) -> None:
 
 @pytest.mark.parametrize(("value", "decode"), CODEC_CASES,
                          ids=[f"{type(v).__name__}-{i}" for i, (v, _) in enumerate(CODEC_CASES)])
-def test_state_is_written_as_changelogs_written_with_orjson_hold_it(value: Any, decode: Any) -> None:
-    # The worker wrote its tables with orjson (Structs through `asdict`) before msgspec:
-    # a worker recovering from such a changelog reads the same values, and writes them
-    # byte for byte as before.
+def test_state_written_as_objects_before_is_still_read(value: Any, decode: Any) -> None:
+    # Changelogs written before the Structs became arrays hold JSON objects (orjson,
+    # Structs through `asdict`): a worker recovering from one reads the same values,
+    # and writes them back in the current form.
     before = orjson.dumps(value, default=msgspec.structs.asdict)
-    assert encode(value) == before
-    assert decode(before) == value
+    again = decode(before)
+    assert again == value
+    assert type(again) is type(value)
+    assert encode(again) == encode(value)
+
+
+@pytest.mark.parametrize(("value", "decode"), CODEC_CASES,
+                         ids=[f"{type(v).__name__}-{i}" for i, (v, _) in enumerate(CODEC_CASES)])
+def test_structs_are_written_as_arrays_dataclasses_as_objects(value: Any, decode: Any) -> None:
+    data = encode(value)
+    as_object = orjson.dumps(value, default=msgspec.structs.asdict)
+    if isinstance(value, msgspec.Struct):
+        assert data[:1] == b"["
+        assert len(data) < 0.75 * len(as_object)  # the field names were a third or more
+    else:
+        assert data == as_object
 
 
 def test_decoded_arrival_keeps_the_finding_types() -> None:
@@ -481,10 +495,12 @@ def test_decoded_arrival_keeps_the_finding_types() -> None:
 
 
 def test_decode_finding_state_tolerates_a_value_written_before_a_field_existed() -> None:
-    raw = orjson.loads(encode(CODEC_CASES[0][0]))
-    del raw["superseded"], raw["live"]
-    state = decode_finding_state(orjson.dumps(raw))
-    assert (state.superseded, state.live) == (False, False)
+    as_object = orjson.loads(orjson.dumps(CODEC_CASES[0][0], default=msgspec.structs.asdict))
+    del as_object["superseded"], as_object["live"]
+    as_array = orjson.loads(encode(CODEC_CASES[0][0]))[:-2]  # the last two fields came last
+    for old in (orjson.dumps(as_object), orjson.dumps(as_array)):
+        state = decode_finding_state(old)
+        assert (state.superseded, state.live) == (False, False)
 
 
 # -- key-value stores ------------------------------------------------------------------
