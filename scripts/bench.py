@@ -11,6 +11,7 @@ up to 100 findings, as a batching forwarder writes them) it measures, in one run
       again with `--decisions-topic` (one audit record per finding more).
 Each measurement is taken `--repeat` times, the limit's and the worker's runs taking
 turns; the figures are the medians, and the spread of the runs is printed with them.
+The broker keeps its logs in memory (/dev/shm) unless `--data-dir` names a folder.
 Prints the rates, decision latency percentiles of the worker (time from a finding's
 record being written to its decision being written, in a paced run), and one line per
 layout: `LAYOUT: end-to-end/limit ratio: R (worker W findings/s, limit L findings/s)`,
