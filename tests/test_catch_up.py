@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -24,34 +23,10 @@ from streams.app import STALL_S, TICK_KEY, Outbox, Worker
 from streams.config import Topics, WorkerSettings
 from streams.keys import partition_for
 from tests.builders import dumps, finding, page, parse_one
+from tests.faust_fakes import Gaps, Record
 
 PARTITIONS = 4
 SOURCE = "catchup.findings"
-
-
-@dataclass
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-
-    @property
-    def tp(self) -> TP:
-        return TP(self.topic, self.partition)
-
-
-class Gaps:
-    def __init__(self) -> None:
-        self.added: list[tuple[int, int]] = []
-
-    def addi(self, start: int, end: int) -> None:
-        self.added.append((start, end))
-
-    def merge_overlaps(self) -> None:
-        pass
 
 
 class Consumer:

@@ -5,35 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from faust.types import TP
 
 from streams.app import OffsetGuard
-
-
-@dataclass
-class Record:
-    topic: str
-    partition: int
-    offset: int
-
-    @property
-    def tp(self) -> TP:
-        return TP(self.topic, self.partition)
-
-
-class Gaps:
-    def __init__(self) -> None:
-        self.added: list[tuple[int, int]] = []
-
-    def addi(self, start: int, end: int) -> None:
-        self.added.append((start, end))
-
-    def merge_overlaps(self) -> None:
-        pass
+from tests.faust_fakes import Gaps, Record
 
 
 class Consumer:
