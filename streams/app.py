@@ -693,7 +693,7 @@ class OffsetGuard:
         (nothing committed, no state), the partition's first offset is: the consumer
         starts there, and the same defect can drop its first records."""
         if expected is None:
-            expected = await self.first_offset(message)
+            expected = await self.first_offset_at(message.tp)
         if message.offset == expected:
             return []
         if message.offset < expected:
@@ -701,10 +701,6 @@ class OffsetGuard:
         log.warning("%s[%s]: the consumer skipped offsets %s to %s; reading them directly",
                     message.topic, message.partition, expected, message.offset - 1)
         return await self.take(message.tp, expected, message.offset)
-
-    async def first_offset(self, message: Any) -> int:
-        """The first offset of the message's partition."""
-        return await self.first_offset_at(message.tp)
 
     async def first_offset_at(self, tp: TP) -> int:
         """The first offset of a partition, asked of the broker once for every assigned
