@@ -4,7 +4,8 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY streams ./streams
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# The worker image keeps the RocksDB store; plotting and the demo broker stay out.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[rocksdb]'
 
 FROM python:3.11-slim
 # A fixed non-root uid, so that mounted volumes can be given to it.

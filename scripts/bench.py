@@ -39,12 +39,13 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from streams.brokers import KafkaBroker, create_topics, default_kafka_libs  # noqa: E402
-from streams.config import Policy  # noqa: E402
-from streams.engine import PartitionEngine  # noqa: E402
-from streams.findings import Finding, Parsed, parse_general, parse_message  # noqa: E402
-from streams.keys import partition_for  # noqa: E402
-from streams.state import Origin, Store  # noqa: E402
+from streams.core.engine import PartitionEngine  # noqa: E402
+from streams.core.findings import Finding, Parsed, parse_general, parse_message  # noqa: E402
+from streams.core.keys import partition_for  # noqa: E402
+from streams.core.policy import Policy  # noqa: E402
+from streams.core.state import Origin, Store  # noqa: E402
+from streams.demo.brokers import KafkaBroker, default_kafka_libs  # noqa: E402
+from streams.kafka.topics import create_topics  # noqa: E402
 from tests.kafka_io import WorkerRun, end_offsets  # noqa: E402
 
 TEMPLATE = REPO / "tests" / "fixtures" / "incident-rds45.jsonl"

@@ -23,9 +23,9 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from streams.backtest import backtest_files, open_input  # noqa: E402
-from streams.config import Policy  # noqa: E402
-from streams.generate import Profile, write_feed  # noqa: E402
+from streams.backtest.generate import Profile, write_feed  # noqa: E402
+from streams.backtest.run import backtest_files, open_input  # noqa: E402
+from streams.core.policy import Policy  # noqa: E402
 
 
 def parse_only(path: Path) -> tuple[int, float, float]:

@@ -25,9 +25,10 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from streams.brokers import KafkaBroker, create_topics, default_kafka_libs, free_port  # noqa: E402
-from streams.config import Policy  # noqa: E402
-from streams.forward import page_records  # noqa: E402
+from streams.core.policy import Policy  # noqa: E402
+from streams.demo.brokers import KafkaBroker, default_kafka_libs, free_port  # noqa: E402
+from streams.ingest.forward import page_records  # noqa: E402
+from streams.kafka.topics import create_topics  # noqa: E402
 from tests.aws import AWS_ENV, MOTO_SERVER, client, forwarder_env, import_findings  # noqa: E402
 from tests.builders import NOW_MS, at, envelope, finding  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Memory per tracked finding, and state recovery time after a restart (issue 7).
+"""Memory per tracked finding, and state recovery time after a restart.
 
 A measurement, not a test. Two modes:
 
@@ -8,7 +8,7 @@ process per store, and prints the growth of the process's resident memory (RSS) 
 tracked finding:
   - `memory`:  `Store.in_memory()`, state objects in dicts (the in-process backtest);
   - `bytes`:   JSON bytes in dicts (what the worker's `memory://` tables hold);
-  - `rocksdb`: JSON bytes in RocksDB through rocksdict (`streams/rocks_kv.py`), with
+  - `rocksdb`: JSON bytes in RocksDB through rocksdict (`streams/worker/rocks_kv.py`), with
     fixed budgets of 8 MiB memtables per database and a 32 MiB shared block cache.
 Each finding is a distinct Security Hub control finding on its own resource, half of
 them FAILED (alerted: notified, with a dedup_key), half PASSED, one second apart in
@@ -47,11 +47,11 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from streams.config import Policy  # noqa: E402
-from streams.engine import PartitionEngine  # noqa: E402
-from streams.findings import Finding, parse_message  # noqa: E402
-from streams.keys import partition_for  # noqa: E402
-from streams.state import Origin, Store  # noqa: E402
+from streams.core.engine import PartitionEngine  # noqa: E402
+from streams.core.findings import Finding, parse_message  # noqa: E402
+from streams.core.keys import partition_for  # noqa: E402
+from streams.core.policy import Policy  # noqa: E402
+from streams.core.state import Origin, Store  # noqa: E402
 
 TEMPLATE = REPO / "tests" / "fixtures" / "incident-rds45.jsonl"
 START_MS = 1_735_689_600_000  # 2025-01-01
@@ -118,7 +118,7 @@ def core_child(kind: str, count: int, folder: Path) -> dict[str, Any]:
         maps = {name: {} for name in Store.NAMES}
         store = Store.over(maps)
     elif kind == "rocksdb":
-        from streams.rocks_kv import rocks_store
+        from streams.worker.rocks_kv import rocks_store
 
         store, maps = rocks_store(folder)
     else:
@@ -188,9 +188,9 @@ async def write_changelogs(bootstrap: str, app_id: str, maps: dict[str, dict[int
                            partitions: int) -> int:
     from aiokafka import AIOKafkaProducer
 
-    from streams.app import Worker
-    from streams.brokers import create_topics
-    from streams.config import Topics, WorkerSettings
+    from streams.kafka.topics import Topics, create_topics
+    from streams.worker.app import Worker
+    from streams.worker.settings import WorkerSettings
 
     # The worker's own tables give the changelog topic names and key bytes.
     worker = Worker(WorkerSettings(bootstrap_servers=bootstrap, app_id=app_id, partitions=partitions,
@@ -241,9 +241,10 @@ def restarts(bootstrap: str, keys: int, partitions: int, workdir: Path) -> list[
     """Build the state of `keys` findings into the changelogs of one app, then start a
     worker of that app once per `RUNS`, each time timing its start until the decision of
     one new finding."""
-    from streams.brokers import create_topics_sync
-    from tests.kafka_io import WorkerRun, read_until, values
     from tests.test_notify_kafka import produce
+
+    from streams.kafka.topics import create_topics_sync
+    from tests.kafka_io import WorkerRun, read_until, values
 
     app_id = f"bench-memory-{keys}-{uuid.uuid4().hex[:6]}"
     maps = state_maps(keys, partitions)
@@ -289,7 +290,7 @@ def restarts(bootstrap: str, keys: int, partitions: int, workdir: Path) -> list[
 
 
 def recovery(bootstrap: str | None, keys: int, partitions: int) -> None:
-    from streams.brokers import KafkaBroker
+    from streams.demo.brokers import KafkaBroker
 
     with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp:
         broker = None

@@ -27,8 +27,9 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from streams.brokers import KafkaBroker, create_topics, default_kafka_libs  # noqa: E402
-from streams.sinks import alert_from_record, pagerduty_event, slack_message, sns_message  # noqa: E402
+from streams.demo.brokers import KafkaBroker, default_kafka_libs  # noqa: E402
+from streams.kafka.topics import create_topics  # noqa: E402
+from streams.notify.sinks import alert_from_record, pagerduty_event, slack_message, sns_message  # noqa: E402
 from tests.notify_servers import Reply, http_recorder  # noqa: E402
 from tests.test_sinks import FINDING_ID, record  # noqa: E402
 

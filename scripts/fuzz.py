@@ -26,11 +26,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 with atheris.instrument_imports():
-    from streams.config import Policy
-    from streams.decide import rejected_outcome
-    from streams.engine import PartitionEngine
-    from streams.findings import Finding, finding_items, parse_message
-    from streams.state import Origin, Store
+    from streams.core.decide import rejected_outcome
+    from streams.core.engine import PartitionEngine
+    from streams.core.findings import Finding, finding_items, parse_message
+    from streams.core.policy import Policy
+    from streams.core.state import Origin, Store
 
 # Limits low enough that fuzzed nesting and strings cross them (the samples stay under).
 POLICY = Policy(hold_ms=60_000, max_depth=12, max_string_length=4096)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from streams.brokers import free_port
+from streams.demo.brokers import free_port
 
 MOTO_SERVER = Path(sys.executable).with_name("moto_server")
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import orjson
 
-from streams.backtest import Occurrence, run_backtest
-from streams.config import Policy
-from streams.decide import Decider, Outcome, rejected_outcome
-from streams.findings import Finding, Rejected, parse_message
-from streams.state import Origin, Store
+from streams.backtest.run import Occurrence, run_backtest
+from streams.core.decide import Decider, Outcome, rejected_outcome
+from streams.core.findings import Finding, Rejected, parse_message
+from streams.core.policy import Policy
+from streams.core.state import Origin, Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PUBLIC = FIXTURES / "public"
@@ -255,7 +255,7 @@ def evolve(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
 
 
 def archived(base: dict[str, Any], updated: str, **changes: Any) -> dict[str, Any]:
-    """The archive Security Hub writes when Config says NOT_APPLICABLE (DESIGN §1)."""
+    """The archive Security Hub writes when Config says NOT_APPLICABLE (docs/design.md §1)."""
     changes.setdefault("status", "NOT_AVAILABLE")
     changes.setdefault("previous_status", base.get("Compliance", {}).get("Status", "FAILED"))
     changes.setdefault("reason_codes", ["CONFIG_RETURNS_NOT_APPLICABLE"])
@@ -355,7 +355,7 @@ def backtest(messages: Iterable[Any], *, policy: Policy | None = None, partition
 
 
 def summary(outcome: Outcome) -> tuple[str, str | None]:
-    """(decision, kind or reason): what the tables of DESIGN §3 name."""
+    """(decision, kind or reason): what the tables of docs/design.md §3 name."""
     return outcome.decision.value, outcome.kind_or_reason
 
 

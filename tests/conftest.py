@@ -1,19 +1,19 @@
 """Shared fixtures.
 
-``kafka_bootstrap`` (session): the real Apache Kafka of the test session (DESIGN §6),
+``kafka_bootstrap`` (session): the real Apache Kafka of the test session (docs/design.md §6),
 chosen in this order:
 
 1. ``KAFKA_BOOTSTRAP_SERVERS`` set: that broker, used as it is.
 2. ``FLAPGUARD_TEST_BROKER=testcontainers``: testcontainers' Kafka (KRaft); skips when
    no Docker engine answers. ``FLAPGUARD_TEST_KAFKA_IMAGE`` picks the image.
-3. Otherwise: ``streams.brokers.KafkaBroker`` from the jars of ``scripts/fetch-kafka``
+3. Otherwise: ``streams.demo.brokers.KafkaBroker`` from the jars of ``scripts/fetch-kafka``
    (``FLAPGUARD_KAFKA_LIBS`` or ``<repo>/.cache/kafka/libs``); skips, naming the
    reason, when they are missing. ``FLAPGUARD_KEEP_BROKER_DIR=1`` keeps its folder
    (config, data, ``kafka.log``) for a post-mortem.
 
 Tests never run on Tansu. Tests that use ``kafka_bootstrap`` get the ``kafka`` marker, so
 ``-m "not kafka"`` leaves them out. Topics are never auto-created on the local broker:
-create them (``streams.brokers.create_topics``) with names from ``unique_name``.
+create them (``streams.kafka.topics.create_topics``) with names from ``unique_name``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams.brokers import KafkaBroker, default_kafka_libs
+from streams.demo.brokers import KafkaBroker, default_kafka_libs
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -3,7 +3,7 @@ database), modest example counts, no deadline (CI machines are noisy).
 
 Imported by the property modules; nothing here touches Hypothesis' global profile, so
 other test modules keep their own settings. For a longer bug hunt:
-`FLAPGUARD_HYPOTHESIS_EXAMPLES=2000 FLAPGUARD_HYPOTHESIS_RANDOM=1 pytest tests/test_properties.py`.
+`FLAPGUARD_HYPOTHESIS_EXAMPLES=2000 FLAPGUARD_HYPOTHESIS_RANDOM=1 pytest tests/core/test_properties.py`.
 """
 
 from __future__ import annotations

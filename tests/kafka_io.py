@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from streams.brokers import create_topics
+from streams.kafka.topics import create_topics
 
 ROLES = ("findings", "alerts", "suppressed", "deadletter", "decisions")
 

@@ -3,7 +3,7 @@ security tests.
 
 `make_pki` writes a CA, a broker certificate (SAN 127.0.0.1 and localhost) and a client
 certificate (PEM, PKCS#8 keys) with the `cryptography` package; a second, unrelated CA
-plays the wrong one. `SecureKafkaBroker` is `streams.brokers.KafkaBroker` with three
+plays the wrong one. `SecureKafkaBroker` is `streams.demo.brokers.KafkaBroker` with three
 client listeners besides the controller:
 
 - PLAINTEXT (the readiness probe and the tests' own readers and writers),
@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from streams.brokers import LOOPBACK, KafkaBroker, free_port
+from streams.demo.brokers import LOOPBACK, KafkaBroker, free_port
 
 SCRAM_USER = "flapguard-svc"
 SCRAM_PASSWORD = "scram-Pa55-3e1f9c-not-a-real-one"

@@ -27,7 +27,7 @@ import orjson
 import pytest
 import yaml
 
-from streams.replay import replay_async
+from streams.backtest.replay import replay_async
 from tests.kafka_io import WorkerRun, read_until, values
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,0 +1,114 @@
+"""`flapguard backtest`: decide findings files in-process (or through a real worker with
+`--via-kafka`), optionally sweep windows and plot, and print the report."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streams.cli.options import (
+    CliError,
+    Subparsers,
+    add_broker,
+    add_policy,
+    durations,
+    option,
+    policy_from,
+    positive_int,
+    security_from,
+)
+from streams.config import parse_duration_ms
+
+
+def add(sub: Subparsers) -> None:
+    backtest = sub.add_parser("backtest", help="decide findings files in-process, in event time",
+                              description="Run the worker's decision code over files of findings "
+                              "(JSON Lines, or one JSON document) and report.")
+    backtest.add_argument("--input", nargs="+", required=True, type=Path, metavar="PATH",
+                          help="findings files: JSON Lines or one JSON document each")
+    add_policy(backtest)
+    option(backtest, "--partitions", default="1", convert=positive_int,
+           help="reproduce a worker with this many keyed partitions")
+    option(backtest, "--decisions-out", default=None, convert=Path,
+           help="write one JSON object per finding occurrence, in input order")
+    option(backtest, "--report-out", default=None, convert=Path, help="write the report as JSON")
+    option(backtest, "--sweep", default=None, convert=durations,
+           help="also backtest each of these windows, e.g. 1h,6h,12h,24h,30h,48h: one report "
+           "row per window (alerts, suppressed, missed, false)")
+    option(backtest, "--plot", default=None, convert=Path,
+           help="draw the sweep and the archive -> re-create gap histogram to this PNG")
+    option(backtest, "--labels", default=None, convert=Path,
+           help="ground-truth labels (default: FILE.labels.jsonl beside a single input, if there)")
+    backtest.add_argument("--no-labels", action="store_true", help="ignore ground-truth labels")
+    backtest.add_argument("--via-kafka", action="store_true",
+                          help="replay the input onto a fresh topic, run the real worker on it "
+                          "under its own app id and report its decisions")
+    add_broker(backtest)
+    option(backtest, "--kafka-timeout", default="30m", convert=parse_duration_ms,
+           help="--via-kafka: give up if the worker has not decided everything by then")
+
+
+def run(args: argparse.Namespace) -> int:
+    from streams.backtest.report import render_report
+    from streams.backtest.run import LabelChoice, LabelError, backtest_files, sweep
+    from streams.core.records import decision_record
+
+    for path in args.input:
+        if not path.is_file():
+            raise CliError(f"input not found: {path}")
+    if args.labels is not None and not args.labels.is_file():
+        raise CliError(f"labels not found: {args.labels}")
+    if args.labels is not None and len(args.input) != 1:
+        raise CliError("--labels needs exactly one --input")
+    policy = policy_from(args)
+    now_ms = int(time.time() * 1000)
+    labels: LabelChoice = None if args.no_labels else ([args.labels] if args.labels else "beside")
+    out = args.decisions_out.open("wb") if args.decisions_out else None
+    try:
+        def write(outcome: Any) -> None:
+            if out is not None:
+                out.write(orjson.dumps(decision_record(outcome)) + b"\n")
+
+        if args.via_kafka:
+            from streams.backtest.via_kafka import KafkaBacktestError, kafka_backtest
+
+            try:
+                report = kafka_backtest(args.input, bootstrap=args.bootstrap_servers, policy=policy,
+                                        partitions=args.partitions, now_ms=now_ms, labels=labels,
+                                        decisions_out=out, timeout_s=args.kafka_timeout / 1000,
+                                        security=security_from(args))
+            except KafkaBacktestError as exc:
+                raise CliError(str(exc)) from None
+        else:
+            report = backtest_files(args.input, policy=policy, partitions=args.partitions,
+                                    now_ms=now_ms, on_decision=write if out else None, labels=labels)
+        summary = report.to_json()
+        if args.sweep:
+            rows, widest = sweep(args.input, args.sweep, policy=policy, partitions=args.partitions,
+                                 now_ms=now_ms, labels=labels)
+            summary["sweep"] = [row.to_json() for row in rows]
+        else:
+            rows, widest = [], None
+        # Gaps as paired under the widest window run: it sees the longest ones.
+        if widest is None or widest.policy.window_ms <= policy.window_ms:
+            widest = report
+        summary["gaps_hours_by_control"] = widest.gap_summary()
+        summary["gaps_window_seconds"] = widest.policy.window_ms / 1000
+    except LabelError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        if out is not None:
+            out.close()
+    if args.report_out:
+        args.report_out.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    if args.plot:
+        from streams.backtest.plot import plot_backtest
+
+        plot_backtest(args.plot, rows, widest.gap_histogram(),
+                      window_ms=policy.window_ms, title=", ".join(p.name for p in args.input))
+    print(render_report(summary))
+    return 0

@@ -1,0 +1,121 @@
+"""`flapguard notify`: deliver alerts to Slack, PagerDuty, SNS and stdout."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from streams.cli.options import (
+    CliError,
+    Subparsers,
+    add_broker,
+    add_metrics_address,
+    option,
+    positive_int,
+    security_from,
+    serve_metrics,
+    switch,
+)
+from streams.config import format_duration, parse_duration_ms
+
+
+def add(sub: Subparsers) -> None:
+    from streams.notify.service import NotifySettings, RetryPolicy
+
+    d = NotifySettings(bootstrap_servers="")
+    r = RetryPolicy()
+    notify = sub.add_parser("notify", help="deliver alerts to Slack, PagerDuty, SNS, stdout",
+                            description="Consume the alerts topic and deliver each alert to the "
+                            "sinks its route names (--routes), at least once: retries with backoff, "
+                            "then a notification dead-letter topic; offsets are committed only "
+                            "after delivery or dead-lettering.")
+    add_broker(notify)
+    option(notify, "--alerts-topic", default=d.alerts_topic, help="topic of alerts to deliver")
+    option(notify, "--group-id", default=d.group_id, help="Kafka consumer group")
+    option(notify, "--deadletter-topic", default=d.deadletter_topic,
+           help="where alerts go that could not be delivered (error in headers)")
+    option(notify, "--routes", default=None, convert=Path,
+           help="TOML routes file (see streams/data/routes.example.toml); default: every alert "
+           "to every configured sink")
+    switch(notify, "--stdout", "print every routed alert as one JSON line (sink 'stdout')")
+    option(notify, "--slack-webhook-url", default=None, convert=_secret_url,
+           help="Slack incoming webhook (a secret; prefer the environment variable)")
+    option(notify, "--slack-rate", default="1/s", convert=_rate,
+           help="most messages per webhook per time unit; the rest wait their turn")
+    option(notify, "--pagerduty-routing-key", default=None,
+           help="PagerDuty Events v2 integration key (a secret; prefer the environment variable)")
+    option(notify, "--pagerduty-url", default=d.pagerduty_url, convert=_secret_url,
+           help="PagerDuty Events v2 endpoint")
+    option(notify, "--sns-topic-arn", default=None,
+           help="SNS topic to publish to (Region and credentials from the AWS configuration)")
+    switch(notify, "--write-back", "set alerted and suppressed findings to NOTIFIED in Security Hub "
+           "(BatchUpdateFindings; reads the suppressed topic too)")
+    option(notify, "--suppressed-topic", default=d.suppressed_topic,
+           help="topic of suppressions (read only with --write-back)")
+    option(notify, "--max-attempts", default=str(r.attempts), convert=positive_int,
+           help="attempts per alert and sink before it is dead-lettered")
+    option(notify, "--retry-base", default=format_duration(int(r.base_s * 1000)),
+           convert=parse_duration_ms, help="first retry pause (doubles each attempt, with jitter)")
+    option(notify, "--retry-max", default=format_duration(int(r.max_s * 1000)),
+           convert=parse_duration_ms, help="longest retry pause (a Retry-After is honoured)")
+    option(notify, "--http-timeout", default=format_duration(int(d.http_timeout_s * 1000)),
+           convert=parse_duration_ms, help="timeout of one delivery attempt")
+    option(notify, "--batch-size", default=str(d.batch_size), convert=positive_int,
+           help="alerts fetched, delivered and committed together")
+    option(notify, "--session-timeout", default=format_duration(d.session_timeout_ms),
+           convert=parse_duration_ms, help="Kafka consumer group session timeout")
+    switch(notify, "--exit-when-idle", "exit 0 once every alert on the topic is delivered")
+    option(notify, "--log-level", default="WARNING", help="log level")
+    add_metrics_address(notify, "127.0.0.1:9465")
+
+
+def _secret_url(text: str) -> str:
+    """A URL that holds a secret: checked, never echoed in an error."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("not an http(s) URL (value not shown: it is a secret)")
+    return text.strip()
+
+
+def _rate(text: str) -> float:
+    from streams.notify.service import parse_rate
+
+    return parse_rate(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from streams.notify.routing import Routes, check_configured, load_routes
+    from streams.notify.service import NotifySettings, RetryPolicy, notify
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = NotifySettings(
+        bootstrap_servers=args.bootstrap_servers, security=security_from(args),
+        alerts_topic=args.alerts_topic,
+        suppressed_topic=args.suppressed_topic, deadletter_topic=args.deadletter_topic,
+        group_id=args.group_id, routes=load_routes(args.routes) if args.routes else Routes(),
+        stdout=args.stdout, slack_webhook_url=args.slack_webhook_url, slack_rate=args.slack_rate,
+        pagerduty_routing_key=args.pagerduty_routing_key, pagerduty_url=args.pagerduty_url,
+        sns_topic_arn=args.sns_topic_arn, write_back=args.write_back,
+        retry=RetryPolicy(attempts=args.max_attempts, base_s=args.retry_base / 1000,
+                          max_s=args.retry_max / 1000),
+        http_timeout_s=args.http_timeout / 1000, batch_size=args.batch_size,
+        exit_when_idle=args.exit_when_idle, session_timeout_ms=args.session_timeout,
+    )
+    if not settings.configured_sinks() and not settings.write_back:
+        raise CliError("no sink configured: give --slack-webhook-url, --pagerduty-routing-key, "
+                       "--sns-topic-arn, --stdout or --write-back")
+    check_configured(settings.routes, settings.configured_sinks())
+    from streams.notify.metrics import REGISTRY
+
+    serve_metrics(args.metrics_address, REGISTRY)
+    counts = notify(settings)
+    print(f"delivered {counts.delivered} notifications for {counts.records} records; "
+          f"dead-lettered {counts.dead_lettered}; written back {counts.written_back}",
+          file=sys.stderr)
+    return 0

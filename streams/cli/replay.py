@@ -1,0 +1,34 @@
+"""`flapguard replay`: put findings files onto a topic."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from streams.cli.options import CliError, Subparsers, add_broker, option, positive_int, security_from
+from streams.kafka.topics import Topics
+
+
+def add(sub: Subparsers) -> None:
+    replay = sub.add_parser("replay", help="put findings files onto a topic",
+                            description="Produce every line (or the document) of findings files "
+                            "to a topic, with the file and line in record headers.")
+    replay.add_argument("--input", nargs="+", required=True, type=Path, metavar="PATH",
+                        help="findings files")
+    add_broker(replay)
+    option(replay, "--topic", default=Topics().findings, help="topic to write to")
+    option(replay, "--partitions", default="8", convert=positive_int,
+           help="partitions if the topic must be created")
+
+
+def run(args: argparse.Namespace) -> int:
+    from streams.backtest.replay import replay_files
+
+    security = security_from(args)
+    for path in args.input:
+        if not path.is_file():
+            raise CliError(f"input not found: {path}")
+    count = replay_files(args.input, bootstrap=args.bootstrap_servers, topic=args.topic,
+                         partitions=args.partitions, security=security)
+    print(f"replayed {count} records to {args.topic}")
+    return 0

@@ -1,0 +1,496 @@
+"""The decision table of docs/design.md §3: one finding occurrence in, one `Outcome` out.
+
+Pure: state comes and goes through the `Store` interface; no I/O, no clock (the
+caller's watermark and `now` are the only times). Rules are tried in the order of
+the design, first match wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import msgspec
+
+from streams.core.findings import ACTIVE, ARCHIVED, FAILING, NOT_AVAILABLE, Finding, Rejected
+from streams.core.keys import bucket_key, bucket_start, buckets_covering, dedup_key
+from streams.core.policy import Policy
+from streams.core.state import Archive, Bucket, FindingState, LiveMember, LiveSet, Origin, Recreation, Store
+
+PASSED = "PASSED"
+WORKFLOW_SUPPRESSED = "SUPPRESSED"
+
+
+class Decision(StrEnum):
+    ALERT = "alert"
+    SUPPRESSED = "suppressed"
+    RESOLVED = "resolved"
+    SILENT = "silent"
+    DEAD_LETTER = "dead_letter"
+
+
+class AlertKind(StrEnum):
+    NEW = "new"
+    REGRESSION = "regression"
+    REACTIVATED = "reactivated"
+    RESOLVED = "resolved"
+
+
+class Reason(StrEnum):
+    DUPLICATE_EVENT = "duplicate_event"
+    ARCHIVED = "archived"
+    BOOTSTRAP = "bootstrap"
+    FLAP_SAME_FINDING = "flap_same_finding"
+    PERIODIC_UPDATE = "periodic_update"
+    WORKFLOW_SUPPRESSED = "workflow_suppressed"
+    NOT_ALERTABLE = "not_alertable"
+    RECREATED_AFTER_ARCHIVE = "recreated_after_archive"
+    REACTIVATED_AFTER_ARCHIVE = "reactivated_after_archive"
+    CONSOLIDATION_SWITCH = "consolidation_switch"
+    LATE_PAIR = "late_pair"
+
+
+# The members most events take, as globals: in Python 3.11 `Decision.SILENT` is looked
+# up through `EnumType.__getattr__`, about ten times the cost of reading a global.
+_D_SILENT = Decision.SILENT
+_D_RESOLVED = Decision.RESOLVED
+_R_DUPLICATE_EVENT = Reason.DUPLICATE_EVENT
+_R_ARCHIVED = Reason.ARCHIVED
+_R_BOOTSTRAP = Reason.BOOTSTRAP
+_R_FLAP_SAME_FINDING = Reason.FLAP_SAME_FINDING
+_R_PERIODIC_UPDATE = Reason.PERIODIC_UPDATE
+_R_WORKFLOW_SUPPRESSED = Reason.WORKFLOW_SUPPRESSED
+_R_NOT_ALERTABLE = Reason.NOT_ALERTABLE
+
+
+@dataclass(frozen=True, slots=True)
+class Pairing:
+    """A suppression, or a late pair: what `securityhub.suppressed` records."""
+
+    finding_id: str
+    paired_finding_id: str
+    key: str
+    archived_at: int | None
+    recreated_at: int
+    reason: Reason
+
+    @property
+    def gap_seconds(self) -> float | None:
+        if self.archived_at is None:
+            return None
+        return (self.recreated_at - self.archived_at) / 1000
+
+
+class Outcome(msgspec.Struct, gc=False):  # a Struct for speed, as `Finding`
+    """The one decision for one finding occurrence, with what the outputs need."""
+
+    origin: Origin
+    decision: Decision
+    finding: Finding | None = None
+    kind: AlertKind | None = None
+    reason: str | None = None
+    dedup_key: str | None = None
+    pairing: Pairing | None = None
+    late_pairs: list[Pairing] = msgspec.field(default_factory=list)
+    rejected: Rejected | None = None
+    seq: int = -1  # arrival order, set by the engine
+
+    @property
+    def kind_or_reason(self) -> str | None:
+        return self.kind.value if self.kind is not None else self.reason
+
+    @property
+    def key(self) -> str | None:
+        return self.finding.partition_key if self.finding else None
+
+
+def rejected_outcome(rejected: Rejected, origin: Origin, seq: int = -1) -> Outcome:
+    return Outcome(origin, Decision.DEAD_LETTER, reason=rejected.reason, rejected=rejected,
+                   seq=seq)
+
+
+def pairing_horizon(policy: Policy, moment: int) -> int:
+    """The oldest archive a finding decided at `moment` may pair with. A new finding
+    was created no more than the first-sight age before its update (else it is a
+    bootstrap), so this changes nothing for it; a finding that stayed unevaluated for
+    longer than that no longer pairs with archives from before its time."""
+    return moment - policy.first_sight_age_ms - policy.window_ms
+
+
+def _evaluated(status: str | None) -> str | None:
+    return status if status is not None and status != NOT_AVAILABLE else None
+
+
+class Decider:
+    """Applies the decision table to findings of one partition, in event-time order."""
+
+    def __init__(self, store: Store, policy: Policy, partition: int) -> None:
+        self.store = store
+        self.policy = policy
+        self.p = partition
+
+    # -- entry point ----------------------------------------------------------------
+
+    def decide(self, f: Finding, origin: Origin) -> Outcome:
+        state = self.store.findings.get(f.id)  # `_current`, inlined: this is per event
+        if state is not None:
+            if state.updated_at < f.updated_at - self.policy.state_ttl_ms:
+                state = None
+            elif f.updated_at <= state.updated_at:
+                return self._silent(origin, f, _R_DUPLICATE_EVENT, state)  # rule 2
+            else:
+                status = f.compliance_status
+                if (status is not None and status == state.last_status and not state.na_since
+                        and f.record_state == ACTIVE and state.record_state == ACTIVE):
+                    failing = status in FAILING
+                    if not failing or (state.notified
+                                       and f.workflow_status != WORKFLOW_SUPPRESSED):
+                        return self._reevaluated(f, origin, state, failing)
+        return self._decide(f, origin, state)
+
+    def _decide(self, f: Finding, origin: Origin, state: FindingState | None) -> Outcome:
+        """Rules 3-10 for an event newer than `state` (None: no current state)."""
+        if f.record_state == ARCHIVED:
+            outcome = self._archived(f, origin, state)  # rule 3
+        elif state is None and f.updated_at - f.created_at > self.policy.first_sight_age_ms:
+            outcome = self._bootstrap(f, origin)  # rule 4
+        else:
+            outcome = self._active(f, origin, state)  # rules 5-10
+        return outcome
+
+    def _reevaluated(self, f: Finding, origin: Origin, state: FindingState,
+                     failing: bool) -> Outcome:
+        """Rules 7 and 10 for the most common event (three in four of a generated feed):
+        an ACTIVE finding re-evaluated with the status it had, failing and already
+        notified, or not failing. What `_active` and `_absorb` do then, without their
+        tests: the decision is a periodic update, and only the state's time (and, while
+        failing, its severity and incident key) changes."""
+        state.updated_at = f.updated_at
+        if failing:
+            state.severity = int(f.severity)
+            if state.dedup_key is None:
+                state.dedup_key = dedup_key(f.id, f.updated_at_text)
+        if state.standard is not None and state.control:  # `_save`, inlined
+            self._update_live(f.id, state)
+        self.store.findings.put(f.id, state)
+        return Outcome(origin, _D_SILENT, f, None, _R_PERIODIC_UPDATE, state.dedup_key)
+
+    # -- rules ----------------------------------------------------------------------
+
+    def _archived(self, f: Finding, origin: Origin, state: FindingState | None) -> Outcome:
+        state = state or self._new_state(f)
+        last = _evaluated(f.compliance_status) or state.last_status
+        if last is None:
+            last = _evaluated(f.previous_compliance_status)
+        first_archive = state.archived_at is None
+        late: list[Pairing] = []
+        if first_archive:
+            state.archived_at = f.updated_at
+            if f.is_control_finding and last in FAILING and not state.superseded:
+                severity = state.severity if state.last_status in FAILING else int(f.severity)
+                archive = Archive(
+                    finding_id=f.id,
+                    standard=f.standard,
+                    archived_at=f.updated_at,
+                    severity=severity,
+                    dedup_key=state.dedup_key or dedup_key(f.id, f.updated_at_text),
+                )
+                late = self._record_archive(f.partition_key, archive)
+        self._absorb(state, f)
+        if _evaluated(f.compliance_status) == PASSED:
+            state.notified = False  # PASSED ends the failing period, archived or not
+            state.dedup_key = None
+        self._save(f.id, state)
+        outcome = Outcome(origin, _D_SILENT, f, reason=_R_ARCHIVED)
+        outcome.dedup_key = state.dedup_key
+        outcome.late_pairs = late
+        return outcome
+
+    def _bootstrap(self, f: Finding, origin: Origin) -> Outcome:
+        state = self._new_state(f)
+        self._absorb(state, f)
+        if f.failing and f.record_state == ACTIVE:
+            state.notified = True
+        self._save(f.id, state)
+        return Outcome(origin, _D_SILENT, f, reason=_R_BOOTSTRAP,
+                       dedup_key=state.dedup_key)
+
+    def _active(self, f: Finding, origin: Origin, state: FindingState | None) -> Outcome:
+        first_sight = state is None
+        state = state or self._new_state(f)
+        alertable = (  # rules 6-7 apply: ACTIVE, not suppressed, severe enough, failing
+            f.record_state == ACTIVE
+            and f.workflow_status != WORKFLOW_SUPPRESSED
+            and f.severity >= self.policy.min_severity
+            and (f.compliance_status is None or f.compliance_status in FAILING)
+        )
+        if state.record_state == ARCHIVED and state.archived_at is not None:
+            archived_at = state.archived_at
+            state.archived_at = None
+            self._use_own_archive(f.partition_key, f.id, archived_at)
+            if alertable and state.last_status in FAILING:
+                return self._reactivated(f, origin, state, archived_at)  # rule 5
+        if alertable and not state.notified:
+            outcome = self._unnotified(f, origin, state)  # rule 6
+        elif alertable:
+            reason = _R_FLAP_SAME_FINDING if state.na_since else _R_PERIODIC_UPDATE
+            # Positional (kind=None, reason): most events end here, and keywords cost.
+            outcome = Outcome(origin, _D_SILENT, f, None, reason)  # rule 7
+        elif state.last_status in FAILING and f.compliance_status == PASSED:
+            outcome = Outcome(origin, _D_RESOLVED, f, kind=AlertKind.RESOLVED,
+                              dedup_key=state.dedup_key or dedup_key(f.id, f.updated_at_text))
+            state.notified = False  # rule 8: PASSED ends the failing period
+            state.dedup_key = None
+        elif f.failing and f.workflow_status == WORKFLOW_SUPPRESSED:
+            outcome = Outcome(origin, _D_SILENT, f, reason=_R_WORKFLOW_SUPPRESSED)
+        else:
+            reason = _R_NOT_ALERTABLE if first_sight else _R_PERIODIC_UPDATE
+            outcome = Outcome(origin, _D_SILENT, f, None, reason)  # rule 10
+        self._absorb(state, f)
+        if outcome.dedup_key is None and outcome.decision is not _D_RESOLVED:
+            outcome.dedup_key = state.dedup_key
+        self._save(f.id, state)
+        return outcome
+
+    def _reactivated(
+        self, f: Finding, origin: Origin, state: FindingState, archived_at: int
+    ) -> Outcome:
+        if f.updated_at - archived_at <= self.policy.window_ms:
+            pairing = Pairing(f.id, f.id, f.partition_key, archived_at, f.updated_at,
+                              Reason.REACTIVATED_AFTER_ARCHIVE)
+            outcome = Outcome(origin, Decision.SUPPRESSED, f,
+                              reason=Reason.REACTIVATED_AFTER_ARCHIVE, pairing=pairing)
+        else:
+            state.dedup_key = None  # an archive older than the window ends the period
+            outcome = Outcome(origin, Decision.ALERT, f, kind=AlertKind.REACTIVATED)
+        state.notified = True
+        self._absorb(state, f)
+        outcome.dedup_key = state.dedup_key
+        self._save(f.id, state)
+        return outcome
+
+    def _unnotified(self, f: Finding, origin: Origin, state: FindingState) -> Outcome:
+        state.notified = True
+        if state.last_status == PASSED:
+            return Outcome(origin, Decision.ALERT, f, kind=AlertKind.REGRESSION)
+        if state.last_status is not None or not f.is_control_finding:
+            return Outcome(origin, Decision.ALERT, f, kind=AlertKind.NEW)
+        pairing, severity, inherited = self._pair_with_archive(f)
+        if pairing is None and f.standard is None:
+            pairing, severity, inherited = self._pair_with_live(f)
+        if pairing is None:
+            self._record_recreation(f)
+            return Outcome(origin, Decision.ALERT, f, kind=AlertKind.NEW)
+        if int(f.severity) > severity:
+            return Outcome(origin, Decision.ALERT, f, kind=AlertKind.NEW)
+        state.dedup_key = inherited  # the re-creation takes its predecessor's place
+        return Outcome(origin, Decision.SUPPRESSED, f, reason=pairing.reason, pairing=pairing,
+                       dedup_key=inherited)
+
+    # -- pairing --------------------------------------------------------------------
+
+    def _buckets_near(self, partition_key: str, moment: int) -> list[tuple[str, Bucket]]:
+        window = self.policy.window_ms
+        found = []
+        for start in buckets_covering(moment - window, moment + window, self.policy.bucket_ms):
+            key = bucket_key(partition_key, start)
+            bucket = self.store.buckets.get(key)
+            if bucket is not None:
+                found.append((key, bucket))
+        return found
+
+    def _pair_with_archive(self, f: Finding) -> tuple[Pairing | None, int, str]:
+        """Rule 6: the nearest unused predecessor of the same pairing identity; for a
+        consolidated finding with none, the per-standard archives of its partition key."""
+        window = self.policy.window_ms
+        # Archives older than this never pair (see `pairing_horizon`), swept or not.
+        oldest = pairing_horizon(self.policy, f.updated_at)
+        candidates: list[tuple[int, str, Archive, str, Bucket]] = []
+        for key, bucket in self._buckets_near(f.partition_key, f.created_at):
+            for archive in bucket.archives:
+                gap = abs(f.created_at - archive.archived_at)
+                if (not archive.used and gap <= window and archive.finding_id != f.id
+                        and archive.archived_at >= oldest):
+                    candidates.append((gap, archive.finding_id, archive, key, bucket))
+        same = [c for c in candidates if c[2].standard == f.standard]
+        if same:
+            _, _, archive, key, bucket = min(same, key=lambda c: (c[0], c[1]))
+            archive.used = True
+            self.store.buckets.put(key, bucket)
+            pairing = Pairing(f.id, archive.finding_id, f.partition_key, archive.archived_at,
+                              f.created_at, Reason.RECREATED_AFTER_ARCHIVE)
+            return pairing, archive.severity, archive.dedup_key
+        switched = [c for c in candidates if f.standard is None and c[2].standard is not None]
+        if not switched:
+            return None, 0, ""
+        # One consolidated finding replaces every per-standard one: use them all up.
+        for _, _, archive, key, bucket in switched:
+            archive.used = True
+            self.store.buckets.put(key, bucket)
+        _, _, first, _, _ = min(switched, key=lambda c: (c[0], c[1]))
+        pairing = Pairing(f.id, first.finding_id, f.partition_key, first.archived_at,
+                          f.created_at, Reason.CONSOLIDATION_SWITCH)
+        return pairing, max(c[2].severity for c in switched), first.dedup_key
+
+    def _pair_with_live(self, f: Finding) -> tuple[Pairing | None, int, str]:
+        """Consolidation switch, consolidated finding first: per-standard findings of the
+        same partition key are still ACTIVE, failing and notified."""
+        live = self.store.live.get(f.partition_key)
+        if live is None or not live.members:
+            return None, 0, ""
+        members = {m: live.members[m] for m in live.members if self._current(m, f) is not None}
+        if not members:
+            return None, 0, ""
+        first_id = min(members)
+        first = members[first_id]
+        severity = max(m.severity for m in members.values())
+        for member_id in members:
+            member = self.store.findings.get(member_id)
+            if member is not None:
+                member.superseded = True
+                member.live = False
+                self.store.findings.put(member_id, member)
+        self.store.live.delete(f.partition_key)
+        pairing = Pairing(f.id, first_id, f.partition_key, None, f.created_at,
+                          Reason.CONSOLIDATION_SWITCH)
+        return pairing, severity, first.dedup_key
+
+    def _record_archive(self, partition_key: str, archive: Archive) -> list[Pairing]:
+        """Store a new predecessor; if a re-creation already alerted for it, that is a
+        late pair: recorded, never a second alert."""
+        window = self.policy.window_ms
+        best: tuple[int, str, Recreation, str, Bucket] | None = None
+        for key, bucket in self._buckets_near(partition_key, archive.archived_at):
+            for rec in bucket.recreations:
+                gap = abs(rec.created_at - archive.archived_at)
+                pairs = rec.standard == archive.standard or (
+                    rec.standard is None and archive.standard is not None
+                )
+                if not rec.paired and pairs and gap <= window and rec.finding_id != archive.finding_id:
+                    candidate = (gap, rec.finding_id, rec, key, bucket)
+                    if best is None or candidate[:2] < best[:2]:
+                        best = candidate
+        late: list[Pairing] = []
+        if best is not None:
+            _, _, rec, key, bucket = best
+            rec.paired = True
+            archive.used = True
+            self.store.buckets.put(key, bucket)
+            if rec.severity <= archive.severity:
+                late.append(Pairing(rec.finding_id, archive.finding_id, partition_key,
+                                    archive.archived_at, rec.created_at, Reason.LATE_PAIR))
+        key = bucket_key(partition_key, bucket_start(archive.archived_at, self.policy.bucket_ms))
+        bucket = self.store.buckets.get(key) or Bucket(self.p, bucket_start(
+            archive.archived_at, self.policy.bucket_ms))
+        bucket.archives.append(archive)
+        self.store.buckets.put(key, bucket)
+        return late
+
+    def _record_recreation(self, f: Finding) -> None:
+        start = bucket_start(f.created_at, self.policy.bucket_ms)
+        key = bucket_key(f.partition_key, start)
+        bucket = self.store.buckets.get(key) or Bucket(self.p, start)
+        bucket.recreations.append(
+            Recreation(f.id, f.standard, f.created_at, int(f.severity))
+        )
+        self.store.buckets.put(key, bucket)
+
+    def _use_own_archive(self, partition_key: str, finding_id: str, archived_at: int) -> None:
+        """A finding that is ACTIVE again can no longer be another's predecessor."""
+        key = bucket_key(partition_key, bucket_start(archived_at, self.policy.bucket_ms))
+        bucket = self.store.buckets.get(key)
+        if bucket is None:
+            return
+        for archive in bucket.archives:
+            if archive.finding_id == finding_id and not archive.used:
+                archive.used = True
+                self.store.buckets.put(key, bucket)
+
+    # -- state ----------------------------------------------------------------------
+
+    def _current(self, finding_id: str, f: Finding) -> FindingState | None:
+        """A finding's state, unless it expired before `f`'s time. The engine's sweep
+        deletes only states expired for every event still to come, so a decision is the
+        same whether or not a sweep has run."""
+        state = self.store.findings.get(finding_id)
+        if state is not None and state.updated_at < f.updated_at - self.policy.state_ttl_ms:
+            return None
+        return state
+
+    def _new_state(self, f: Finding) -> FindingState:
+        return FindingState(
+            p=self.p,
+            partition_key=f.partition_key,
+            standard=f.standard,
+            control=f.is_control_finding,
+            created_at=f.created_at,
+            updated_at=f.updated_at,
+            record_state=f.record_state,
+            last_status=None,
+            na_since=False,
+            severity=int(f.severity),
+            notified=False,
+            dedup_key=None,
+            archived_at=None,
+        )
+
+    def _absorb(self, state: FindingState, f: Finding) -> None:
+        """Fold the event into the finding's state once its decision is taken."""
+        state.updated_at = f.updated_at
+        state.record_state = f.record_state
+        status = f.compliance_status
+        evaluated = status if status is not None and status != NOT_AVAILABLE else None  # `_evaluated`
+        if evaluated is not None:
+            state.last_status = evaluated
+            state.na_since = False
+        elif status == NOT_AVAILABLE:
+            state.na_since = True
+        failing_now = evaluated in FAILING or (status is None and f.record_state == ACTIVE)
+        if failing_now:
+            state.severity = int(f.severity)
+            if state.dedup_key is None:
+                state.dedup_key = dedup_key(f.id, f.updated_at_text)
+
+    def _save(self, finding_id: str, state: FindingState) -> None:
+        if state.standard is not None and state.control:  # `_update_live`'s own test, first
+            self._update_live(finding_id, state)
+        self.store.findings.put(finding_id, state)
+
+    def _update_live(self, finding_id: str, state: FindingState) -> None:
+        """Keep the index of live per-standard findings that a consolidated one may replace."""
+        if state.standard is None or not state.control:
+            return
+        member = (
+            state.record_state == ACTIVE
+            and state.last_status in FAILING
+            and state.notified
+            and not state.superseded
+            and state.dedup_key is not None
+        )
+        live = self.store.live.get(state.partition_key) if member or state.live else None
+        if member == state.live:
+            if not member:
+                return
+            if live is not None:  # unchanged if it holds the entry it would get
+                current = live.members.get(finding_id)
+                if (current is None if not state.dedup_key else
+                        current is not None and current.severity == state.severity
+                        and current.dedup_key == state.dedup_key):
+                    return
+        # Built only now: most events change nothing here.
+        entry = LiveMember(state.severity, state.dedup_key) if state.dedup_key else None
+        live = live or LiveSet(self.p)
+        if member and entry is not None:
+            live.members[finding_id] = entry
+        else:
+            live.members.pop(finding_id, None)
+        state.live = member
+        if live.members:
+            self.store.live.put(state.partition_key, live)
+        else:
+            self.store.live.delete(state.partition_key)
+
+    def _silent(
+        self, origin: Origin, f: Finding, reason: Reason, state: FindingState
+    ) -> Outcome:
+        return Outcome(origin, _D_SILENT, f, reason=reason, dedup_key=state.dedup_key)

@@ -1,0 +1,115 @@
+"""The JSON records flapguard writes (docs/design.md §4 and §5). Pure."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from streams.core.decide import Decision, Outcome, Pairing
+from streams.core.state import Origin
+
+# Kafka record headers: the file and line a replayed record came from; the reason a
+# record was dead-lettered.
+HEADER_INPUT = "flapguard-input"
+HEADER_LINE = "flapguard-line"
+HEADER_REASON = "flapguard-reason"
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def deadletter_headers(reason: str, origin: Origin) -> list[tuple[str, bytes]]:
+    """Kafka headers of a dead letter: why, and where the bytes came from."""
+    return [
+        (HEADER_REASON, reason.encode()),
+        ("flapguard-origin-topic", (origin.topic or "").encode()),
+        ("flapguard-origin-partition", str(origin.partition).encode()),
+        ("flapguard-origin-offset", str(origin.offset).encode()),
+        (HEADER_INPUT, origin.source.encode()),
+        (HEADER_LINE, str(origin.line).encode()),
+        ("flapguard-origin-index", str(origin.index).encode()),
+    ]
+
+
+def alert_record(outcome: Outcome, emitted_at_ms: int) -> dict[str, Any]:
+    """`securityhub.alerts`: one per `alert` and per `resolved`."""
+    f = outcome.finding
+    assert f is not None and outcome.kind is not None
+    return {
+        "dedup_key": outcome.dedup_key,
+        "kind": outcome.kind.value,
+        "finding_id": f.id,
+        "account": f.account,
+        "region": f.region,
+        "control_id": f.control_id,
+        "resource_id": f.resource_id,
+        "resource_type": f.resource_type,
+        "severity": f.severity.name,
+        "title": f.title,
+        "compliance_status": f.compliance_status,
+        "created_at": f.created_at_text,
+        "updated_at": f.updated_at_text,
+        "emitted_at": iso(emitted_at_ms),
+        "product_arn": f.product_arn,
+        "generator_id": f.generator_id,
+        "workflow_status": f.workflow_status,
+    }
+
+
+def suppressed_record(pairing: Pairing) -> dict[str, Any]:
+    """`securityhub.suppressed`: one per suppression and per late pair."""
+    return {
+        "finding_id": pairing.finding_id,
+        "paired_finding_id": pairing.paired_finding_id,
+        "key": pairing.key,
+        "archived_at": iso(pairing.archived_at),
+        "recreated_at": iso(pairing.recreated_at),
+        "gap_seconds": pairing.gap_seconds,
+        "reason": pairing.reason.value,
+    }
+
+
+def decision_record(outcome: Outcome) -> dict[str, Any]:
+    """One line of `--decisions-out` (and of the decisions topic)."""
+    origin = outcome.origin
+    f = outcome.finding
+    finding_id = f.id if f else (outcome.rejected.finding_id if outcome.rejected else None)
+    record: dict[str, Any] = {
+        "input": origin.source,
+        "line": origin.line,
+        "index": origin.index,
+        "finding_id": finding_id,
+        "decision": outcome.decision.value,
+    }
+    if outcome.kind is not None:
+        record["kind"] = outcome.kind.value
+    else:
+        record["reason"] = outcome.reason
+    record["key"] = outcome.key
+    if outcome.pairing is not None:
+        record["paired_finding_id"] = outcome.pairing.paired_finding_id
+        record["gap_seconds"] = outcome.pairing.gap_seconds
+    if outcome.late_pairs:
+        record["late_pairs"] = [p.finding_id for p in outcome.late_pairs]
+    if f is not None:
+        record["updated_at"] = f.updated_at_text
+        record["control_id"] = f.control_id
+        record["account"] = f.account
+        record["severity"] = f.severity.name
+    if outcome.dedup_key is not None and outcome.decision in (
+        Decision.ALERT, Decision.RESOLVED, Decision.SUPPRESSED
+    ):
+        record["dedup_key"] = outcome.dedup_key
+    return record
+
+
+def kafka_decision_record(outcome: Outcome) -> dict[str, Any]:
+    """A decisions-topic record: the file form plus topic, partition and offset."""
+    origin: Origin = outcome.origin
+    record = decision_record(outcome)
+    record.update(topic=origin.topic, partition=origin.partition, offset=origin.offset)
+    return record

@@ -1,0 +1,3 @@
+"""Getting findings in: the Security Hub poller, the EventBridge -> SQS/Lambda path, and
+what they share (findings -> keyed Kafka records).
+"""

@@ -1,0 +1,351 @@
+"""What each notification sink sends, rendered from one alert record. Pure: no I/O.
+
+Everything in an alert record except `kind` and `severity` can be text an attacker
+chose (a member account imports findings of its own; resource names and tags end up
+in titles), so every renderer treats it as data:
+
+- Slack: values are escaped (`&`, `<`, `>`: no `<!channel>`, no `<http://evil|click>`)
+  and shown as inline code, where mrkdwn applies no formatting; `verbatim` stops
+  Slack's automatic linking of raw URLs, channels and mentions. Only our own console
+  link is a link, and its finding id is percent-encoded.
+- SNS: the subject is printable ASCII under 100 characters; the body is plain text
+  within SNS's 256 KB, long fields cut with a note saying so.
+- PagerDuty: JSON fields, cut to the Events v2 limits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from streams.core.policy import Severity
+
+
+class Kind(Enum):
+    NEW = "new"
+    REGRESSION = "regression"
+    REACTIVATED = "reactivated"
+    RESOLVED = "resolved"
+
+
+class AlertError(ValueError):
+    """An alerts-topic record that cannot be notified (dead-lettered, never retried)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """The fields of an alerts-topic record (`streams.core.records.alert_record`) that sinks use."""
+
+    dedup_key: str
+    kind: Kind
+    severity: Severity
+    finding_id: str
+    account: str
+    region: str
+    control_id: str
+    resource_id: str
+    resource_type: str
+    title: str
+    compliance_status: str
+    created_at: str
+    updated_at: str
+    product_arn: str
+    raw: dict[str, Any]
+
+    @property
+    def resolved(self) -> bool:
+        return self.kind is Kind.RESOLVED
+
+
+def parse_alert(value: bytes) -> Alert:
+    try:
+        record = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise AlertError(f"not JSON: {exc}") from None
+    if not isinstance(record, dict):
+        raise AlertError("not a JSON object")
+    return alert_from_record(record)
+
+
+def alert_from_record(record: dict[str, Any]) -> Alert:
+    def text(name: str) -> str:
+        value = record.get(name)
+        return "" if value is None else str(value)
+
+    for required in ("dedup_key", "kind", "finding_id"):
+        if not text(required):
+            raise AlertError(f"missing field {required}")
+    try:
+        kind = Kind(record["kind"])
+    except ValueError:
+        raise AlertError(f"unknown kind {str(record['kind'])[:40]!r}") from None
+    try:
+        severity = Severity.parse(text("severity") or "INFORMATIONAL")
+    except ValueError:
+        raise AlertError(f"unknown severity {text('severity')[:40]!r}") from None
+    return Alert(
+        dedup_key=text("dedup_key"), kind=kind, severity=severity, finding_id=text("finding_id"),
+        account=text("account"), region=text("region"), control_id=text("control_id"),
+        resource_id=text("resource_id"), resource_type=text("resource_type"), title=text("title"),
+        compliance_status=text("compliance_status"), created_at=text("created_at"),
+        updated_at=text("updated_at"), product_arn=text("product_arn"), raw=record,
+    )
+
+
+# ----------------------------------------------------------------------------- text
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
+
+
+def one_line(text: str) -> str:
+    """Control characters and line breaks become one space: a value cannot add lines."""
+    return _CONTROL.sub(" ", text).strip()
+
+
+def cut(text: str, limit: int) -> str:
+    """At most `limit` characters; a cut says how much it left out."""
+    if len(text) <= limit:
+        return text
+    note = f"… [truncated, {len(text) - limit} more characters]"
+    keep = max(0, limit - len(note))
+    return text[:keep] + note[: limit - keep]
+
+
+def cut_utf8(text: str, limit: int) -> str:
+    """At most `limit` UTF-8 bytes; a cut says how much it left out."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    note = f"\n… [truncated: {len(data)} bytes, {{}} bytes left out]"
+    # The note's size with the largest count it can show: the result stays within `limit`.
+    room = max(0, limit - len(note.format(len(data)).encode()))
+    kept = data[:room].decode(errors="ignore")
+    return kept + note.format(len(data) - len(kept.encode()))
+
+
+CONSOLE_ID_LIMIT = 512
+
+
+def console_url(alert: Alert) -> str:
+    """The Security Hub console filtered on this finding id (id percent-encoded)."""
+    region = alert.region if _REGION.match(alert.region) else ""
+    host = f"{region}.console.aws.amazon.com" if region else "console.aws.amazon.com"
+    query = f"?region={region}" if region else ""
+    if len(alert.finding_id) > CONSOLE_ID_LIMIT:
+        # No real finding id is this long; a link must still fit Slack's 3000 characters.
+        return f"https://{host}/securityhub/home{query}#/findings"
+    # The console's search syntax, itself percent-encoded inside the fragment.
+    search = quote(f"Id=\\operator\\:EQUALS\\:{alert.finding_id}", safe="")
+    # Also encode the unreserved `_` and `~`: nothing in the link looks like mrkdwn.
+    search = search.replace("_", "%5F").replace("~", "%7E")
+    return f"https://{host}/securityhub/home{query}#/findings?search={search}"
+
+
+# ---------------------------------------------------------------------------- Slack
+
+SLACK_FIELD_LIMIT = 300
+SLACK_TITLE_LIMIT = 1000
+_SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "`": "\u02cb"})
+_EMOJI = {
+    Severity.CRITICAL: ":red_circle:",
+    Severity.HIGH: ":large_orange_circle:",
+    Severity.MEDIUM: ":large_yellow_circle:",
+    Severity.LOW: ":large_blue_circle:",
+    Severity.INFORMATIONAL: ":white_circle:",
+}
+
+
+def slack_escape(text: str) -> str:
+    """Slack's three reserved characters as entities: no link, mention or command."""
+    return text.translate({ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;"})
+
+
+def slack_code(text: str, limit: int = SLACK_FIELD_LIMIT) -> str:
+    """An untrusted value as inline code: escaped, one line, no backtick to close the span
+    early (shown as a look-alike), so `*bold*`, `_x_` and `:emoji:` stay literal."""
+    value = cut(one_line(text), limit) or "-"
+    return f"`{value.translate(_SLACK_ESCAPES)}`"
+
+
+def _headline(alert: Alert) -> str:
+    if alert.resolved:
+        return f"Resolved ({alert.severity.name})"
+    return f"{alert.severity.name} security finding ({alert.kind.value})"
+
+
+def slack_message(alert: Alert) -> dict[str, Any]:
+    """A Block Kit incoming-webhook payload."""
+    def field(label: str, value: str) -> dict[str, Any]:
+        return {"type": "mrkdwn", "text": f"*{label}*\n{slack_code(value)}", "verbatim": True}
+
+    emoji = ":white_check_mark:" if alert.resolved else _EMOJI[alert.severity]
+    headline = _headline(alert)
+    title = slack_code(alert.title or "(no title)", SLACK_TITLE_LIMIT)
+    return {
+        # The notification text (phones, the sidebar): the same escaping as the blocks.
+        "text": f"{headline}: {slack_code(alert.control_id)} {title}",
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": f"{headline}", "emoji": True}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"{emoji} {title}", "verbatim": True}},
+            {
+                "type": "section",
+                "fields": [
+                    field("Severity", alert.severity.name),
+                    field("Control", alert.control_id),
+                    field("Resource", alert.resource_id),
+                    field("Resource type", alert.resource_type),
+                    field("Account / Region", f"{alert.account} / {alert.region}"),
+                    field("Status", alert.compliance_status),
+                ],
+            },
+            {
+                "type": "context",
+                "elements": [
+                    {"type": "mrkdwn", "verbatim": True,
+                     "text": f"<{console_url(alert)}|Open in Security Hub> · finding "
+                     f"{slack_code(alert.finding_id)} · updated {slack_code(alert.updated_at, 40)}"},
+                ],
+            },
+        ],
+    }
+
+
+# ------------------------------------------------------------------------ PagerDuty
+
+PAGERDUTY_SEVERITY = {
+    Severity.CRITICAL: "critical",
+    Severity.HIGH: "error",
+    Severity.MEDIUM: "warning",
+    Severity.LOW: "info",
+    Severity.INFORMATIONAL: "info",
+}
+PAGERDUTY_DEDUP_LIMIT = 255
+PAGERDUTY_SUMMARY_LIMIT = 1024
+PAGERDUTY_DETAIL_LIMIT = 4096
+
+
+def pagerduty_dedup_key(dedup_key: str) -> str:
+    """The alert's dedup_key; one too long for PagerDuty becomes a stable hash of itself,
+    so a repeat and the `resolve` still name the same incident."""
+    if len(dedup_key) <= PAGERDUTY_DEDUP_LIMIT:
+        return dedup_key
+    return "sha256:" + hashlib.sha256(dedup_key.encode()).hexdigest()
+
+
+def pagerduty_event(alert: Alert, routing_key: str) -> dict[str, Any]:
+    """A PagerDuty Events API v2 `trigger`, or `resolve` for a resolved alert."""
+    dedup = pagerduty_dedup_key(alert.dedup_key)
+    if alert.resolved:
+        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup}
+    summary = one_line(f"{alert.severity.name} {alert.control_id}: {alert.title} ({alert.resource_id})")
+    details = {name: cut(one_line(str(alert.raw.get(name) or "")), PAGERDUTY_DETAIL_LIMIT) for name in (
+        "kind", "finding_id", "account", "region", "control_id", "resource_id", "resource_type",
+        "title", "compliance_status", "created_at", "updated_at", "emitted_at", "dedup_key")}
+    payload: dict[str, Any] = {
+        "summary": cut(summary, PAGERDUTY_SUMMARY_LIMIT),
+        "source": cut(one_line(alert.resource_id or alert.account or "unknown"), 255),
+        "severity": PAGERDUTY_SEVERITY[alert.severity],
+        "class": alert.kind.value,
+        "custom_details": details,
+    }
+    # Optional fields are left out rather than sent empty.
+    for name, value in (("component", alert.control_id), ("group", alert.account)):
+        if one_line(value):
+            payload[name] = cut(one_line(value), 255)
+    return {
+        "routing_key": routing_key,
+        "event_action": "trigger",
+        "dedup_key": dedup,
+        "payload": payload,
+        "links": [{"href": console_url(alert), "text": "Open in Security Hub"}],
+    }
+
+
+# ------------------------------------------------------------------------------ SNS
+
+SNS_SUBJECT_LIMIT = 99
+SNS_MESSAGE_LIMIT = 256 * 1024
+SNS_FIELD_LIMIT = 8 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SnsMessage:
+    subject: str
+    message: str
+    attributes: dict[str, dict[str, str]]
+
+    def size(self) -> int:
+        """Bytes SNS counts against its 256 KB: the body plus every attribute."""
+        return len(self.message.encode()) + sum(
+            len(name.encode()) + len(a["DataType"].encode()) + len(a["StringValue"].encode())
+            for name, a in self.attributes.items()
+        )
+
+
+def ascii_subject(text: str) -> str:
+    """SNS subjects: printable ASCII, no line break, starting with a letter, digit or
+    punctuation, under 100 characters."""
+    folded = unicodedata.normalize("NFKD", one_line(text)).encode("ascii", "ignore").decode()
+    printable = "".join(c if 32 <= ord(c) < 127 else "?" for c in folded).strip()
+    printable = cut(printable, SNS_SUBJECT_LIMIT)
+    printable = printable.replace("…", "...")
+    return printable[:SNS_SUBJECT_LIMIT] or "flapguard alert"
+
+
+def sns_attributes(alert: Alert) -> dict[str, dict[str, str]]:
+    """For subscription filter policies: severity, account, control (and kind)."""
+    values = {
+        "severity": alert.severity.name,
+        "account": alert.account,
+        "control": alert.control_id,
+        "kind": alert.kind.value,
+    }
+    return {name: {"DataType": "String", "StringValue": cut(one_line(v), 256) or "unknown"}
+            for name, v in values.items()}
+
+
+def sns_message(alert: Alert, limit: int = SNS_MESSAGE_LIMIT) -> SnsMessage:
+    """A readable text body for email subscribers (the JSON record follows for machines)."""
+    attributes = sns_attributes(alert)
+    subject = ascii_subject(f"[{alert.severity.name}] {alert.control_id} {alert.kind.value}: {alert.title}")
+    lines = [
+        f"{_headline(alert)}",
+        "",
+        f"Title:         {cut(one_line(alert.title), SNS_FIELD_LIMIT)}",
+        f"Severity:      {alert.severity.name}",
+        f"Kind:          {alert.kind.value}",
+        f"Control:       {cut(one_line(alert.control_id), SNS_FIELD_LIMIT)}",
+        f"Resource:      {cut(one_line(alert.resource_id), SNS_FIELD_LIMIT)}",
+        f"Resource type: {cut(one_line(alert.resource_type), SNS_FIELD_LIMIT)}",
+        f"Account:       {cut(one_line(alert.account), SNS_FIELD_LIMIT)}",
+        f"Region:        {cut(one_line(alert.region), SNS_FIELD_LIMIT)}",
+        f"Status:        {cut(one_line(alert.compliance_status), SNS_FIELD_LIMIT)}",
+        f"Updated at:    {cut(one_line(alert.updated_at), 64)}",
+        f"Finding:       {cut(one_line(alert.finding_id), SNS_FIELD_LIMIT)}",
+        f"Dedup key:     {cut(one_line(alert.dedup_key), 512)}",
+        "",
+        f"Open in Security Hub: {console_url(alert)}",
+        "",
+        "Record:",
+    ]
+    text = "\n".join(lines) + "\n"
+    record = orjson.dumps(alert.raw, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+    # A 1 KB margin: SNS's own accounting of attributes is not documented to the byte.
+    room = limit - 1024 - SnsMessage("", "", attributes).size()
+    body = cut_utf8(text + record, room)
+    return SnsMessage(subject=subject, message=body, attributes=attributes)
+
+
+# --------------------------------------------------------------------------- stdout
+
+def stdout_line(alert: Alert) -> bytes:
+    """One JSON line: the record as received (for pipes and jq)."""
+    return orjson.dumps(alert.raw) + b"\n"

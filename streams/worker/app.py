@@ -1,0 +1,579 @@
+"""The Faust worker: a thin adapter around the pure core.
+
+One agent reads two topics, so that one task alone drives the engines:
+- the findings topic (any keying; single findings, envelopes or pages): each message
+  is parsed, what cannot be decided is dead-lettered, and each finding either goes to
+  the `PartitionEngine` of the partition it arrived on, when its partition key hashes
+  there (murmur2) and the findings topic is co-partitioned with the keyed topic, or to
+  the keyed topic, keyed by its partition key and placed with murmur2 (as the backtest
+  places it);
+- the keyed topic: per partition the same `PartitionEngine` holds events for the hold
+  and decides them in event-time order.
+
+State lives in changelogged tables (findings, the tumbling archive buckets, the live
+per-standard index, the reorder buffer, per-partition watermarks), all written from
+the partition that owns the key. Every decision's outputs are acknowledged by the
+broker before its state change is written, so a crash at any point re-decides the
+event the same way (same `dedup_key`) rather than losing it.
+
+Idle partitions: a timer sends a tick record to each assigned keyed partition; the
+tick is processed in order with the findings, and releases the partition's holds when
+it has seen no finding for `idle_flush` of wall-clock time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, NamedTuple
+
+import faust
+import msgspec
+import orjson
+from faust.types import TP
+
+from streams.core.decide import Decision, Outcome, rejected_outcome
+from streams.core.engine import PartitionEngine
+from streams.core.findings import Finding, Rejected, parse_message
+from streams.core.keys import partitions_for
+from streams.core.records import (
+    HEADER_INPUT,
+    HEADER_LINE,
+    alert_record,
+    deadletter_headers,
+    kafka_decision_record,
+    suppressed_record,
+)
+from streams.core.state import Origin, Store, encode
+from streams.kafka.availability import BrokerWatch, retry_while_unavailable
+from streams.worker import metrics
+from streams.worker.batches import take_batches
+from streams.worker.offsets import OffsetGuard
+from streams.worker.outbox import Delivered, Outbox
+from streams.worker.settings import BATCH_QUIET_S, WorkerSettings
+from streams.worker.tables import ChangelogMapping, RocksPartition
+
+log = logging.getLogger("flapguard.worker")
+
+
+TICK_KEY = b"\x00flapguard-tick"
+
+
+# A findings partition with records the agent has not had for this long is checked for
+# records the consumer fetched and never delivered (see `Worker.catch_up`).
+STALL_S = 5.0
+
+
+# A finding decided straight from the findings topic arrives as (record offset, index
+# in the record): one integer, above every keyed offset, so that both kinds of arrival
+# share the engine's buffer and order without colliding.
+DIRECT_SEQ = 1 << 62
+
+
+_INDEX_BITS = 20
+
+
+def direct_seq(offset: int, index: int) -> int | None:
+    """The arrival number of finding `index` of findings record `offset`; None when it
+    does not fit (such a finding goes through the keyed topic instead)."""
+    if index >> _INDEX_BITS or offset >> (61 - _INDEX_BITS):
+        return None
+    return DIRECT_SEQ | offset << _INDEX_BITS | index
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def origin_of(message: Any, index: int) -> Origin:
+    """Origin of a finding in a Kafka record; a replayed file names its file and line."""
+    return origins_of(message)(index)
+
+
+def origins_of(message: Any) -> Callable[[int], Origin]:
+    """`origin_of` for the findings of one record: its headers are read once."""
+    headers = dict(message.headers or ())
+    source: str = message.topic
+    line: int = message.offset
+    if HEADER_INPUT in headers and HEADER_LINE in headers:
+        try:
+            source = bytes(headers[HEADER_INPUT]).decode()
+            line = int(bytes(headers[HEADER_LINE]))
+        except (ValueError, UnicodeDecodeError):
+            pass
+    topic, partition, offset = message.topic, message.partition, message.offset
+
+    def origin(index: int) -> Origin:
+        return Origin(source, line, index, topic, partition, offset)
+
+    return origin
+
+
+def encode_keyed(finding: Finding, origin: Origin) -> bytes:
+    return encode({"finding": finding.to_json(), "origin": msgspec.structs.asdict(origin)})
+
+
+def decode_keyed(data: bytes) -> tuple[Finding, Origin]:
+    raw = orjson.loads(data)
+    return Finding.from_json(raw["finding"]), Origin(**raw["origin"])
+
+
+class Worker:
+    """Builds the Faust app, its topics, tables and agents from `WorkerSettings`."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        s = settings
+        self.app = faust.App(
+            s.app_id,
+            broker=[f"kafka://{server.strip()}" for server in s.bootstrap_servers.split(",")],
+            store=s.store,
+            datadir=s.data_dir,
+            topic_partitions=s.partitions,
+            # No web server; were it ever turned on, loopback only.
+            web_enabled=False,
+            web_bind="127.0.0.1",
+            broker_credentials=s.security.faust_credentials(),
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=s.heartbeat_interval_s,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            # The agent hands the producer whole record batches (`Outbox`): fewer,
+            # larger batches mean fewer round trips per partition.
+            producer_max_batch_size=512 * 1024,
+            # Per partition and fetch (Faust's default is 1 MiB, seven pages of 100
+            # findings). Measured on the batched layout of `scripts/bench`: 4 MiB about
+            # 14% faster than 2 MiB (fewer fetch round trips for the consumer thread,
+            # which shares the interpreter with the agent); 8 MiB no faster, and with a
+            # wider spread.
+            consumer_max_fetch_size=4 * 1024 * 1024,
+            table_cleanup_interval=3600.0,
+        )
+        raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
+                               "key_serializer": "raw", "value_serializer": "raw"}
+        self.source = self.app.topic(s.topics.findings, **raw)
+        self.keyed = self.app.topic(f"{s.app_id}-keyed-findings", partitions=s.partitions,
+                                    internal=True, **raw)
+        self.alerts = self.app.topic(s.topics.alerts, partitions=s.partitions, **raw)
+        self.suppressed = self.app.topic(s.topics.suppressed, partitions=s.partitions, **raw)
+        self.deadletter = self.app.topic(s.topics.deadletter, partitions=s.partitions, **raw)
+        self.decisions = (
+            self.app.topic(s.topics.decisions, partitions=s.partitions, **raw)
+            if s.topics.decisions else None
+        )
+        self.tables = {
+            name: ChangelogMapping(self.app.Table(name, default=None, key_type=str, value_type=bytes,
+                                                  partitions=s.partitions))
+            for name in Store.NAMES
+        }
+        self.engines: dict[int, PartitionEngine] = {}
+        self.staged: dict[int, Callable[[], None]] = {}
+        self.last_arrival: dict[int, float] = {}
+        self.last_source: dict[int, float] = {}  # findings record last taken, per partition
+        # Whether the findings topic has as many partitions as the keyed topic (known
+        # once the topics are declared): then Faust assigns findings partition p with
+        # keyed partition p and the tables' partition p, and findings already on the
+        # partition their key hashes to are decided where they are.
+        self.direct = False
+        self.source_guard = OffsetGuard(s.bootstrap_servers, self.app, s.security)
+        self.keyed_guard = OffsetGuard(s.bootstrap_servers, self.app, s.security)
+        # One agent reads both topics, so that one task alone changes the engines.
+        inputs = self.app.topic(self.source.get_topic_name(), self.keyed.get_topic_name(), **raw)
+        self.app.agent(inputs, name="flapguard.decide")(self.process)
+        self.app.timer(max(0.5, s.idle_flush_ms / 4000))(self.tick_idle_partitions)
+        self.broker_watch = BrokerWatch(s.bootstrap_servers, self.probe_broker)
+        self.app.timer(2.0)(self.broker_watch.check)
+        # After every recovery (start, rebalance) the engines' heaps are rebuilt from
+        # the tables on the next record of each partition.
+        self.tables["buffer"].table.on_recover(self.on_recover)
+
+    async def declare_topics(self) -> None:
+        """Create the topics this worker reads and writes (those that exist are kept):
+        brokers often forbid auto-creation, and Faust declares only what it consumes."""
+        from streams.kafka.topics import create_topics
+
+        topics = [self.source, self.keyed, self.alerts, self.suppressed, self.deadletter,
+                  self.decisions]
+        names = [t.get_topic_name() for t in topics if t is not None]
+        counts = await create_topics(self.settings.bootstrap_servers,
+                                     dict.fromkeys(names, self.settings.partitions),
+                                     security=self.settings.security)
+        found = counts.get(self.source.get_topic_name(), 0)
+        self.direct = found == self.settings.partitions
+        if self.direct:
+            log.info("the findings topic has %s partitions, as the keyed topic: findings on the "
+                     "partition their key hashes to are decided there", found)
+        else:
+            log.info("the findings topic has %s partitions, the keyed topic %s: every finding "
+                     "goes through the keyed topic", found, self.settings.partitions)
+
+    # -- the agent ------------------------------------------------------------------
+
+    async def process(self, stream: Any) -> None:
+        batch_wait = self.settings.batch_wait_ms / 1000
+        async for events in take_batches(stream, self.settings.batch_size, batch_wait, BATCH_QUIET_S):
+            try:
+                await self.process_batch([event.message for event in events])
+            except Exception:
+                first = events[0].message
+                fatal("cannot process records from %s[%s]@%s", first.topic, first.partition,
+                      first.offset)
+
+    async def process_batch(self, messages: list[Any]) -> None:
+        """Parse the findings records, decide what is on its partition and forward the
+        rest to the keyed topic; hold and decide the keyed records (findings, idle ticks).
+        Partition by partition: its outputs go to the producer, and once the broker has
+        them all its state changes are written, and waited for, while the next
+        partition is decided. Faust acknowledges the batch only when every partition's
+        state is written, so a crash anywhere re-decides the same records the same way
+        (same `dedup_key`)."""
+        assigned = self.app.consumer.assignment()
+        groups: dict[int, list[Any]] = {}
+        for message in self.still_ours(messages, assigned):
+            groups.setdefault(message.partition, []).append(message)
+        finishing = []
+        for partition, group in groups.items():
+            # The findings and keyed records of one partition number share its engine.
+            out = Outbox(self.producer())
+            outcomes, touched = await self.decide_partition(group, assigned, out)
+            self.add_outputs(outcomes, out)
+            delivered = await out.send()
+            finishing.append(asyncio.ensure_future(
+                self.persist_after(partition if touched else None, delivered)))
+            # Handing batches to the producer need not suspend: let it send them (and
+            # earlier partitions' writes follow their acknowledgements) meanwhile.
+            await asyncio.sleep(0)
+        await asyncio.gather(*finishing)
+
+    async def decide_partition(self, messages: list[Any], assigned: set[TP], out: Outbox
+                               ) -> tuple[list[Outcome], bool]:
+        """Process the records of one partition number (findings and keyed), in order:
+        the outcomes, and whether its engine took part (its state then changed)."""
+        outcomes: list[Outcome] = []
+        touched = False
+        keyed = self.keyed.get_topic_name()
+        read = self.read_findings(messages)
+        for message in messages:
+            engine: PartitionEngine | None
+            if message.topic == keyed:
+                engine = self.engine(message.partition)
+                guard, expected = self.keyed_guard, engine.next_seq
+            else:
+                engine = self.source_engine(message.partition, assigned)
+                guard = self.source_guard
+                expected = engine.next_source if engine is not None else None
+            if expected is None:  # no state for this partition yet: its committed offset
+                expected = guard.expected(message)
+            missing = await guard.missing(message, expected)
+            if missing is None:  # below `expected`: done before a restart, outputs sent
+                continue
+            for record in [*missing, message]:
+                if record.topic == keyed:
+                    assert engine is not None
+                    if record.key == TICK_KEY:
+                        outcomes.extend(await self.catch_up(record, assigned, out))
+                    outcomes.extend(self.decide_keyed(engine, record, out))
+                else:
+                    ahead = read.get(record.offset) if record is message else None
+                    outcomes.extend(self.ingest(record, engine, out, ahead))
+                guard.done(record)
+            touched = touched or engine is not None
+        return outcomes, touched
+
+    async def persist_after(self, partition: int | None, delivered: Awaitable[list[Delivered]]
+                            ) -> None:
+        """Once the broker has a partition's outputs, write its state changes."""
+        await delivered
+        if partition is not None:
+            await self.persist([partition])
+
+    def still_ours(self, messages: list[Any], assigned: set[TP]) -> list[Any]:
+        """Records of partitions this worker still owns (`assigned`). A batch taken
+        before a rebalance may hold records of partitions now owned by another worker;
+        writing their state here would overwrite the new owner's changelog."""
+        ours = [m for m in messages if m.tp in assigned]
+        if len(ours) < len(messages):
+            log.info("dropped %s records of partitions revoked since they were taken",
+                     len(messages) - len(ours))
+        return ours
+
+    def read_findings(self, messages: Iterable[Any]) -> dict[int, ReadRecord]:
+        """Parse the findings records among `messages` and place their findings, by
+        offset: one murmur2 pass over the keys of all of them (numpy, whose cost per
+        call is about that of a hundred keys) is five times cheaper per key than one
+        per page of a hundred."""
+        started = time.perf_counter()
+        source = self.source.get_topic_name()
+        settings = self.settings
+        now = now_ms()
+        parsed = [(m.offset, parse_message(m.value or b"", policy=settings.policy, now_ms=now))
+                  for m in messages if m.topic == source]
+        keys = [item.partition_key.encode() for _, items in parsed for item in items
+                if not isinstance(item, Rejected)]
+        placed = iter(partitions_for(keys, settings.partitions))
+        keys_in = iter(keys)
+        read: dict[int, ReadRecord] = {}
+        share = (time.perf_counter() - started) / max(1, len(parsed))
+        for offset, items in parsed:
+            findings = [(index, item, next(keys_in), next(placed)) for index, item in enumerate(items)
+                        if not isinstance(item, Rejected)]
+            read[offset] = ReadRecord(items, findings, share)
+        return read
+
+    def ingest(self, message: Any, engine: PartitionEngine | None, out: Outbox,
+               read: ReadRecord | None = None) -> list[Outcome]:
+        """Take one findings record (`read`: parsed and placed already, see
+        `read_findings`). Its findings whose key hashes to its own partition are
+        accepted by that partition's `engine` (None: the topics are not co-partitioned);
+        the others go to the keyed topic, keyed by their partition key and placed with
+        murmur2 (as the backtest does); what cannot be decided goes to the dead-letter
+        topic."""
+        if read is None:
+            read = self.read_findings([message])[message.offset]
+        started = time.perf_counter()
+        self.last_source[message.partition] = time.monotonic()
+        keyed = self.keyed.get_topic_name()
+        origin_at = origins_of(message)
+        metrics.consumed_all(read.items)
+        for index, item in enumerate(read.items):
+            if isinstance(item, Rejected):
+                self._dead_letter(item, origin_at(index), out)
+        outcomes: list[Outcome] = []
+        for index, finding, key, partition in read.findings:
+            origin = origin_at(index)
+            seq = direct_seq(message.offset, index)
+            if engine is not None and partition == message.partition and seq is not None:
+                outcomes.extend(engine.accept(finding, origin, seq))
+            else:
+                out.add(keyed, partition, key, encode_keyed(finding, origin))
+        if engine is not None:
+            engine.passed_source(message.offset)
+            self.last_arrival[engine.p] = time.monotonic()
+            metrics.partition_state(engine, received=True)
+        metrics.processed("ingest", started - read.seconds)
+        return outcomes
+
+    def _dead_letter(self, item: Rejected, origin: Origin, out: Outbox) -> None:
+        metrics.dead_lettered(item.reason)
+        out.add_unkeyed(self.deadletter.get_topic_name(), item.raw,
+                        deadletter_headers(item.reason, origin))
+        if self.decisions is not None:
+            record = kafka_decision_record(rejected_outcome(item, origin))
+            out.add_unkeyed(self.decisions.get_topic_name(), orjson.dumps(record))
+
+    def engine(self, partition: int) -> PartitionEngine:
+        engine = self.engines.get(partition)
+        if engine is None:
+            log.info("partition %s: first record after (re)start", partition)
+            # Each partition stages its own writes: they go to its changelog partition
+            # (and, with RocksDB, to its partition's database).
+            views = {name: mapping.partition(partition) for name, mapping in self.tables.items()}
+            store, apply = Store.over(views).staged()
+            self.staged[partition] = apply
+            # State on disk: no expiry index in RAM (sweeps scan the database instead).
+            on_disk = any(isinstance(view, RocksPartition) for view in views.values())
+            engine = PartitionEngine(store, self.settings.policy, partition, expiry_index=not on_disk)
+            self.engines[partition] = engine
+            self.last_arrival.setdefault(partition, time.monotonic())
+            log.info("partition %s: engine loaded, %s held, watermark %s", partition,
+                     engine.pending, engine.watermark)
+        return engine
+
+    def source_behind(self, partition: int) -> tuple[int | None, int] | None:
+        """(expected, end) when findings partition `partition` is read here, has records
+        from `expected` to `end` that the agent never got, and has given it none for
+        `STALL_S`: faust-streaming can drop what it fetched right after a recovery, and
+        with no later record on the partition nothing else reveals the hole. `expected`
+        is None when nothing was committed or decided there: the partition's start."""
+        tp = TP(self.source.get_topic_name(), partition)
+        if time.monotonic() - self.last_source.get(partition, 0.0) < STALL_S:
+            return None
+        engine = self.engines.get(partition) if self.direct else None
+        expected = engine.next_source if engine is not None else None
+        if expected is None:
+            expected = self.source_guard.expected_at(tp)
+        end = self.app.consumer.highwater(tp)
+        if end is None or end <= (expected or 0):
+            return None
+        return expected, end
+
+    def source_engine(self, partition: int, assigned: set[TP]) -> PartitionEngine | None:
+        """The engine that decides findings of findings partition `partition` in place:
+        the topics are co-partitioned and this worker owns the keyed partition (and so
+        the tables' partition) of the same number. None: they take the keyed topic."""
+        if self.direct and TP(self.keyed.get_topic_name(), partition) in assigned:
+            return self.engine(partition)
+        return None
+
+    async def catch_up(self, tick: Any, assigned: set[TP], out: Outbox) -> list[Outcome]:
+        """Process the findings records `source_behind` finds on the findings partition
+        an idle tick names, read directly. A partition decided in place is named by the
+        tick of the keyed partition of its number (whose engine decides them); any
+        other by a tick of any keyed partition here (its findings are forwarded)."""
+        try:
+            partition = int(tick.value)
+        except (TypeError, ValueError):  # a plain idle tick
+            return []
+        tp = TP(self.source.get_topic_name(), partition)
+        behind = self.source_behind(partition)
+        if behind is None or tp not in assigned:
+            return []
+        engine = self.source_engine(partition, assigned)
+        if engine is not None and tick.partition != partition:
+            return []  # its engine's state is written with its own keyed partition's batch
+        expected, end = behind
+        if expected is None:
+            expected = await self.source_guard.first_offset_at(tp)
+            if expected >= end:
+                return []
+        log.warning("%s[%s]: offsets %s to %s never reached the agent; reading them directly",
+                    tp.topic, partition, expected, end - 1)
+        outcomes: list[Outcome] = []
+        records = await self.source_guard.take(tp, expected, end)
+        read = self.read_findings(records)
+        for record in records:
+            outcomes.extend(self.ingest(record, engine, out, read[record.offset]))
+            self.source_guard.done(record)
+        return outcomes
+
+    def decide_keyed(self, engine: PartitionEngine, message: Any, out: Outbox) -> list[Outcome]:
+        """Hold or decide one keyed record; the state changes stay staged."""
+        started = time.perf_counter()
+        partition = message.partition
+        outcomes: list[Outcome] = []
+        if message.key == TICK_KEY:
+            idle = time.monotonic() - self.last_arrival[partition] >= self.settings.idle_flush_ms / 1000
+            if idle:
+                outcomes = engine.flush()
+            if outcomes:
+                log.info("partition %s idle: released %s held findings", partition, len(outcomes))
+        else:
+            self.last_arrival[partition] = time.monotonic()
+            try:
+                finding, origin = decode_keyed(message.value)
+            except (ValueError, KeyError, TypeError):
+                # Only this worker writes the keyed topic; anything else there is kept
+                # for inspection, not decided.
+                rejected = Rejected("bad_keyed_record", message.value or b"")
+                self._dead_letter(rejected, origin_of(message, 0), out)
+            else:
+                outcomes = engine.accept(finding, origin, seq=message.offset)
+        engine.passed(message.offset)
+        metrics.partition_done(engine, started, received=message.key != TICK_KEY)
+        return outcomes
+
+    async def persist(self, partitions: Iterable[int]) -> None:
+        """Write the staged state changes of these partitions to the tables, each to
+        its own changelog partition, and wait until the broker has them."""
+        out = Outbox(self.producer())
+        for partition in partitions:
+            self.staged[partition]()
+            for mapping in self.tables.values():
+                mapping.flush(partition, out)
+        sent = await out.sent()
+        for mapping in self.tables.values():
+            mapping.persisted(sent)
+
+    def add_outputs(self, outcomes: list[Outcome], out: Outbox) -> None:
+        """Add every output of these decisions to `out` (which may already hold records
+        forwarded and dead letters)."""
+        emitted = now_ms()
+        alerts, suppressed = self.alerts.get_topic_name(), self.suppressed.get_topic_name()
+        decisions = self.decisions.get_topic_name() if self.decisions is not None else None
+        metrics.decided_all(outcomes)
+        for outcome in outcomes:
+            if outcome.decision in (Decision.ALERT, Decision.RESOLVED):
+                record = alert_record(outcome, emitted)
+                out.add_keyed(alerts, (outcome.dedup_key or "").encode(), orjson.dumps(record))
+            pairings = [outcome.pairing] if outcome.pairing else []
+            for pairing in [*pairings, *outcome.late_pairs]:
+                out.add_keyed(suppressed, pairing.key.encode(), orjson.dumps(suppressed_record(pairing)))
+            if decisions is not None:
+                record = kafka_decision_record(outcome)
+                key = record["key"]  # the partition key, or None for a dead letter
+                if key:
+                    out.add_keyed(decisions, key.encode(), orjson.dumps(record))
+                else:
+                    out.add_unkeyed(decisions, orjson.dumps(record))
+
+    # -- idle partitions ------------------------------------------------------------
+
+    async def tick_idle_partitions(self) -> None:
+        idle_s = self.settings.idle_flush_ms / 1000
+        now = time.monotonic()
+        actives = self.app.assignor.assigned_actives()
+        keyed = sorted(tp.partition for tp in actives if tp.topic == self.keyed.get_topic_name())
+        for partition in keyed:
+            engine = self.engines.get(partition)
+            # A partition with no engine yet (after a restart or rebalance) gets one
+            # tick so that its engine reloads what the buffer table holds.
+            if engine is None or (engine.pending and now - self.last_arrival[partition] >= idle_s):
+                await self.send_tick(partition, b"")
+        for tp in actives:
+            if tp.topic != self.source.get_topic_name():
+                continue
+            self.last_source.setdefault(tp.partition, now)
+            if keyed and self.source_behind(tp.partition) is not None:
+                # Decided in place: its own keyed partition's tick; else any here.
+                target = tp.partition if self.direct and tp.partition in keyed else keyed[0]
+                await self.send_tick(target, str(tp.partition).encode())
+
+    async def send_tick(self, partition: int, value: bytes) -> None:
+        """A tick record on keyed partition `partition`; `value` names a findings
+        partition to check for records that never reached the agent (see `catch_up`)."""
+        await self.app.producer.send(self.keyed.get_topic_name(), TICK_KEY, value, partition,
+                                     None, None)
+
+    def producer(self) -> Any:
+        """The app's aiokafka producer: records go to it as whole batches (Faust's
+        `Topic.send` does more work per record than deciding it)."""
+        producer: Any = self.app.producer
+        return producer._ensure_producer()
+
+    async def probe_broker(self) -> None:
+        """Ask the broker for cluster metadata with the producer's own client (and so
+        its security settings); raises when no broker answers."""
+        producer = getattr(self.app.producer, "_producer", None)
+        if producer is not None:
+            await producer.client.fetch_all_metadata()
+
+    async def on_recover(self) -> None:
+        self.engines.clear()
+        # A findings partition is waited on for `STALL_S` from its (re)assignment.
+        self.last_source.clear()
+        self.source_guard.reset()
+        self.keyed_guard.reset()
+
+
+class ReadRecord(NamedTuple):
+    """A findings record parsed: every item, and its findings as (index in the record,
+    finding, partition key, keyed partition)."""
+
+    items: list[Finding | Rejected]
+    findings: list[tuple[int, Finding, bytes, int]]
+    seconds: float  # its share of the time the parsing and placing took
+
+
+def fatal(message: str, *args: Any) -> None:
+    """Stop the process: Faust would ack a record whose processing raised, losing it.
+    The record is re-read after the restart, from the last committed offset."""
+    log.exception(message, *args)
+    logging.shutdown()
+    os._exit(70)
+
+
+def run_worker(settings: WorkerSettings) -> None:
+    """Run until SIGTERM/SIGINT."""
+    from faust.worker import Worker as FaustWorker
+
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = Worker(settings)
+    metrics.start(worker)
+    # A broker that is not up yet is waited for (with backoff), not a crash.
+    asyncio.run(retry_while_unavailable(worker.declare_topics, servers=settings.bootstrap_servers,
+                                        what="creating or checking the topics"))
+    FaustWorker(worker.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()

@@ -1,0 +1,102 @@
+"""The outbox: a processing step's records handed to the producer as whole batches, and
+the broker's acknowledgements awaited once per step."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any, NamedTuple
+
+from streams.core.keys import partitions_for
+
+Headers = list[tuple[str, bytes]]
+
+
+class Delivered(NamedTuple):
+    """A record batch the broker acknowledged."""
+
+    topic: str
+    partition: int
+    last_offset: int
+
+
+class Outbox:
+    """The records of one processing step, handed to the producer as whole record
+    batches, one per topic partition (more when full): one future per batch, not per
+    record. Keyed records are placed as the producer's default partitioner places
+    them (murmur2 of the key, `keys.partition_for`)."""
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self.placed: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, Headers]]] = {}
+        self.keyed: list[tuple[str, bytes, bytes]] = []
+        self.unkeyed: list[tuple[str, bytes, Headers]] = []
+
+    def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None,
+            headers: Headers | None = None) -> None:
+        self.placed.setdefault((topic, partition), []).append((key, value, headers or []))
+
+    def add_keyed(self, topic: str, key: bytes, value: bytes) -> None:
+        self.keyed.append((topic, key, value))
+
+    def add_unkeyed(self, topic: str, value: bytes, headers: Headers | None = None) -> None:
+        self.unkeyed.append((topic, value, headers or []))
+
+    async def sent(self) -> list[Delivered]:
+        """Send everything added and wait until the broker has it all; what was sent."""
+        return await (await self.send())
+
+    async def send(self) -> Awaitable[list[Delivered]]:
+        """Hand everything added to the producer; what it returns waits until the broker
+        has it all, and says what was sent."""
+        by_topic: dict[str, list[tuple[bytes, bytes]]] = {}
+        for name, data_key, data in self.keyed:
+            by_topic.setdefault(name, []).append((data_key, data))
+        self.keyed.clear()
+        for name, keyed in by_topic.items():
+            count = len(await self.producer.client._wait_on_metadata(name))
+            placed = partitions_for([data_key for data_key, _ in keyed], count)
+            for (data_key, data), partition in zip(keyed, placed, strict=True):
+                self.add(name, partition, data_key, data)
+        for name in {topic for topic, _ in self.placed} | {topic for topic, _, _ in self.unkeyed}:
+            self._track(name)
+        batches: list[tuple[str, int, Any, int]] = []
+        for (topic, partition), records in self.placed.items():
+            builder = self.producer.create_batch()
+            for key, value, headers in records:
+                if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                    batches.append(await self._send(builder, topic, partition))
+                    builder = self.producer.create_batch()
+                    builder.append(timestamp=None, key=key, value=value, headers=headers)
+            batches.append(await self._send(builder, topic, partition))
+        self.placed.clear()
+        # Rare (dead letters): the producer picks their partitions.
+        singles = [await self.producer.send(topic, value, headers=headers)
+                   for topic, value, headers in self.unkeyed]
+        self.unkeyed.clear()
+        return self._delivered(batches, singles)
+
+    def _track(self, topic: str) -> None:
+        """Have the producer keep `topic` in its metadata. It refreshes metadata only
+        for the topics it tracks (all topics while it tracks none): a topic it learnt of
+        from an all-topics refresh, which `send_batch` does not add, drops out of its
+        metadata at the next refresh, and a batch for it then waits for a leader until
+        it expires (Faust's 20-minute request timeout), with a rebalance waiting on it."""
+        client = self.producer.client
+        if topic not in client._topics:
+            client.add_topic(topic)
+
+    @staticmethod
+    async def _delivered(batches: list[tuple[str, int, Any, int]], singles: list[Any]
+                         ) -> list[Delivered]:
+        delivered = []
+        for topic, partition, future, count in batches:
+            metadata = await future
+            delivered.append(Delivered(topic, partition, metadata.offset + count - 1))
+        for future in singles:
+            metadata = await future
+            delivered.append(Delivered(metadata.topic, metadata.partition, metadata.offset))
+        return delivered
+
+    async def _send(self, builder: Any, topic: str, partition: int) -> tuple[str, int, Any, int]:
+        count = builder.record_count()
+        return topic, partition, await self.producer.send_batch(builder, topic, partition=partition), count

@@ -1,0 +1,237 @@
+"""`flapguard notify` as a child process against the session's real Apache Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.kafka.topics import create_topics_sync
+from tests.kafka_io import read_all
+from tests.notify.test_sinks import FINDING_ID, record
+from tests.notify_servers import Recorder, Reply, http_recorder
+
+TIMEOUT = 60
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | None]) -> None:
+    async def run() -> None:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            for key, value in zip(keys, values, strict=True):
+                await producer.send(topic, value, key=key)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+def produce_alerts(bootstrap: str, topic: str, alerts: list[dict[str, Any]]) -> None:
+    produce(bootstrap, topic, [orjson.dumps(a) for a in alerts], [a["dedup_key"].encode() for a in alerts])
+
+
+def alerts(count: int) -> list[dict[str, Any]]:
+    return [record(dedup_key=f"dk-{i:04d}", title=f"alert {i}", finding_id=f"{FINDING_ID}-{i}")
+            for i in range(count)]
+
+
+def notify_args(bootstrap: str, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "streams", "notify", "--bootstrap-servers", bootstrap,
+            "--alerts-topic", f"{name}.alerts", "--group-id", f"{name}-notify",
+            "--deadletter-topic", f"{name}.notify-deadletter", "--session-timeout", "6s",
+            "--retry-base", "20ms", "--retry-max", "100ms", *extra]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAPGUARD_")}
+    # No /metrics listener: parallel notifiers would collide on the default port.
+    env["FLAPGUARD_METRICS_ADDRESS"] = "off"
+    env.update(extra)
+    return env
+
+
+def run_notify(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT, env=env or clean_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def slack_titles(slack: Recorder) -> list[str]:
+    return [b["blocks"][1]["text"]["text"].split("`")[1] for b in slack.bodies()]
+
+
+def test_contract_every_alert_delivered_once_then_exit_0(kafka_bootstrap: str, unique_name: str) -> None:
+    create_topics_sync(kafka_bootstrap, {f"{unique_name}.alerts": 3})
+    produce_alerts(kafka_bootstrap, f"{unique_name}.alerts", alerts(25))
+    with http_recorder("/services/T0/B0/secret") as slack:
+        done = run_notify(notify_args(kafka_bootstrap, unique_name, "--slack-webhook-url", slack.url,
+                                      "--slack-rate", "50/s", "--exit-when-idle"))
+        assert Counter(slack_titles(slack)) == Counter(f"alert {i}" for i in range(25))
+        assert "secret" not in done.stderr
+        # Offsets were committed: the same group has nothing left to deliver.
+        run_notify(notify_args(kafka_bootstrap, unique_name, "--slack-webhook-url", slack.url,
+                               "--exit-when-idle"))
+        assert len(slack.requests) == 25
+
+
+def test_failed_alerts_go_to_the_dead_letter_topic_and_the_consumer_moves_on(
+    kafka_bootstrap: str, unique_name: str,
+) -> None:
+    topic = f"{unique_name}.alerts"
+    create_topics_sync(kafka_bootstrap, {topic: 1})
+    good = alerts(3)
+    produce(kafka_bootstrap, topic, [orjson.dumps(good[0]), b"{broken", orjson.dumps(good[1]),
+                                     orjson.dumps(good[2])], [b"dk-0000", None, b"dk-0001", b"dk-0002"])
+    with http_recorder() as slack:
+        # The first alert's two attempts fail; everything after succeeds.
+        slack.plan = [Reply(503), Reply(503)]
+        run_notify(notify_args(kafka_bootstrap, unique_name, "--slack-webhook-url", slack.url,
+                               "--slack-rate", "50/s", "--max-attempts", "2", "--exit-when-idle",
+                               "--batch-size", "1"))
+        assert slack_titles(slack) == ["alert 0", "alert 0", "alert 1", "alert 2"]
+    dead = read_all(kafka_bootstrap, f"{unique_name}.notify-deadletter")
+    assert [r.value for r in dead] == [orjson.dumps(good[0]), b"{broken"]
+    headers = [dict(r.headers) for r in dead]
+    assert headers[0]["flapguard-sink"] == b"slack"
+    assert headers[0]["flapguard-error"] == b"HTTP 503"
+    assert headers[0]["flapguard-attempts"] == b"2"
+    assert headers[0]["flapguard-reason"] == b"notify_failed"
+    assert headers[0]["flapguard-origin"] == f"{topic}/0/0".encode()
+    assert headers[1]["flapguard-sink"] == b"parse"
+    assert dead[0].key == b"dk-0000"
+
+
+def test_killed_mid_batch_and_restarted_loses_nothing_and_repeats_keep_the_dedup_key(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path,
+) -> None:
+    create_topics_sync(kafka_bootstrap, {f"{unique_name}.alerts": 2})
+    produce_alerts(kafka_bootstrap, f"{unique_name}.alerts", alerts(30))
+    with http_recorder("/v2/enqueue") as pagerduty:
+        pagerduty.default = Reply(202, b'{"status":"success"}', delay_s=0.1)  # a slow endpoint
+        # A short session: the restarted member need not wait long for the dead one's.
+        args = notify_args(kafka_bootstrap, unique_name, "--pagerduty-routing-key", "rk",
+                           "--pagerduty-url", pagerduty.url, "--exit-when-idle",
+                           "--session-timeout", "1500ms")
+        log = (tmp_path / "first.log").open("wb")
+        first = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=clean_env(),
+                                 start_new_session=True)
+        log.close()
+        try:
+            pagerduty.wait_for(5, timeout=TIMEOUT)
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+        killed_after = len(pagerduty.requests)
+        assert killed_after < 30, "the batch finished before the kill: nothing was tested"
+
+        pagerduty.default = Reply(202, b'{"status":"success"}')
+        run_notify(args)
+    bodies = pagerduty.bodies()
+    keys = Counter(b["dedup_key"] for b in bodies)
+    assert set(keys) == {f"dk-{i:04d}" for i in range(30)}
+    assert sum(keys.values()) > 30  # the unfinished batch was delivered again
+    by_key: dict[str, list[Any]] = {}
+    for body in bodies:
+        by_key.setdefault(body["dedup_key"], []).append(body)
+    for repeats in by_key.values():
+        assert all(r == repeats[0] for r in repeats)  # a repeat is the same event, same dedup_key
+
+
+BATCH_UPDATE = "/findings/batchupdate"
+
+
+def test_write_back_marks_alerted_and_suppressed_findings(kafka_bootstrap: str, unique_name: str) -> None:
+    create_topics_sync(kafka_bootstrap, {f"{unique_name}.alerts": 1, f"{unique_name}.suppressed": 1})
+    produce_alerts(kafka_bootstrap, f"{unique_name}.alerts", alerts(2))
+    suppression = {"finding_id": FINDING_ID, "paired_finding_id": f"{FINDING_ID}-old", "key": "k",
+                   "archived_at": "2025-09-30T16:14:03.000Z", "recreated_at": "2025-10-01T04:44:21.000Z",
+                   "gap_seconds": 45018.0, "reason": "recreated_after_archive"}
+    produce(kafka_bootstrap, f"{unique_name}.suppressed", [orjson.dumps(suppression)], [b"k"])
+    with http_recorder("/") as hub:
+        hub.default = Reply(200, b'{"ProcessedFindings": [], "UnprocessedFindings": []}')
+        env = clean_env(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                        AWS_REGION="us-east-1", AWS_ENDPOINT_URL_SECURITYHUB=hub.url.rstrip("/"))
+        run_notify(notify_args(kafka_bootstrap, unique_name, "--write-back", "--suppressed-topic",
+                               f"{unique_name}.suppressed", "--exit-when-idle"), env)
+        updates = [r.json() for r in hub.requests if r.path == BATCH_UPDATE]
+    ids = {i["Id"]: u.get("Note", {}).get("Text") for u in updates for i in u["FindingIdentifiers"]}
+    assert set(ids) == {f"{FINDING_ID}-0", f"{FINDING_ID}-1", FINDING_ID}
+    assert all(u["Workflow"] == {"Status": "NOTIFIED"} for u in updates)
+    assert ids[f"{FINDING_ID}-0"] is None
+    assert "re-created 12h30m18s after" in ids[FINDING_ID]
+
+
+def test_write_back_copies_a_muted_predecessors_workflow(kafka_bootstrap: str, unique_name: str) -> None:
+    create_topics_sync(kafka_bootstrap, {f"{unique_name}.alerts": 1, f"{unique_name}.suppressed": 1})
+    predecessor = f"{FINDING_ID}-old"
+    suppression = {"finding_id": FINDING_ID, "paired_finding_id": predecessor, "key": "k",
+                   "archived_at": "2025-09-30T16:14:03.000Z", "recreated_at": "2025-10-01T04:44:21.000Z",
+                   "gap_seconds": 45018.0, "reason": "recreated_after_archive"}
+    produce(kafka_bootstrap, f"{unique_name}.suppressed", [orjson.dumps(suppression)], [b"k"])
+    with http_recorder("/") as hub:
+        hub.default = Reply(200, b'{"ProcessedFindings": [], "UnprocessedFindings": []}')
+        # GetFindings answers with the predecessor (and another finding: the endpoint
+        # may ignore Filters), muted by an analyst.
+        found = {"Findings": [{"Id": "someone-else", "Workflow": {"Status": "SUPPRESSED"}},
+                              {"Id": predecessor, "Workflow": {"Status": "SUPPRESSED"}}]}
+        hub.by_path["/findings"] = Reply(200, orjson.dumps(found))
+        env = clean_env(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                        AWS_REGION="us-east-1", AWS_ENDPOINT_URL_SECURITYHUB=hub.url.rstrip("/"))
+        run_notify(notify_args(kafka_bootstrap, unique_name, "--write-back", "--suppressed-topic",
+                               f"{unique_name}.suppressed", "--exit-when-idle"), env)
+        lookups = [r.json() for r in hub.requests if r.path == "/findings"]
+        updates = [r.json() for r in hub.requests if r.path == BATCH_UPDATE]
+    assert lookups and lookups[0]["Filters"] == {"Id": [{"Value": predecessor, "Comparison": "EQUALS"}]}
+    assert [(u["FindingIdentifiers"][0]["Id"], u["Workflow"]) for u in updates] == [
+        (FINDING_ID, {"Status": "SUPPRESSED"})]
+
+
+def test_exit_when_idle_on_a_missing_topic_exits_0_and_says_so(
+    kafka_bootstrap: str, unique_name: str,
+) -> None:
+    done = run_notify(notify_args(kafka_bootstrap, unique_name, "--stdout", "--exit-when-idle"))
+    assert "does not exist" in done.stderr
+
+
+def test_stdout_sink_prints_routed_alerts_as_json_lines(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path,
+) -> None:
+    create_topics_sync(kafka_bootstrap, {f"{unique_name}.alerts": 1})
+    sent = [*alerts(3), record(dedup_key="dk-resolved", kind="resolved")]
+    produce_alerts(kafka_bootstrap, f"{unique_name}.alerts", sent)
+    routes = tmp_path / "routes.toml"
+    routes.write_text('notify_resolved = false\n')
+    done = run_notify(notify_args(kafka_bootstrap, unique_name, "--stdout", "--routes", str(routes),
+                                  "--exit-when-idle"))
+    assert [orjson.loads(line) for line in done.stdout.splitlines()] == sent[:3]
+
+
+def test_no_sink_is_a_one_line_error(kafka_bootstrap: str, unique_name: str) -> None:
+    done = subprocess.run(notify_args(kafka_bootstrap, unique_name), capture_output=True, text=True,
+                          env=clean_env(), timeout=TIMEOUT)
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0 and "no sink configured" in done.stderr
+
+
+@pytest.mark.parametrize("routes", ['[[route]]\nsinks = ["sns"]\n', "[[route\n"])
+def test_bad_or_unsatisfiable_routes_are_one_line_errors(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, routes: str,
+) -> None:
+    path = tmp_path / "routes.toml"
+    path.write_text(routes)
+    done = subprocess.run(notify_args(kafka_bootstrap, unique_name, "--stdout", "--routes", str(path)),
+                          capture_output=True, text=True, env=clean_env(), timeout=TIMEOUT)
+    assert done.returncode == 1
+    assert done.stderr.startswith("flapguard notify: error: ") and done.stderr.strip().count("\n") == 0
