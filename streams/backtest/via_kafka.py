@@ -22,7 +22,7 @@ from typing import IO, Any
 import orjson
 
 from streams.backtest.run import LabelChoice, Report, label_files, read_labels, read_occurrences
-from streams.config import format_duration
+from streams.config import format_duration, format_size
 from streams.core.policy import Policy
 from streams.kafka.security import PLAINTEXT, BrokerSecurity
 from streams.worker.process import worker_process
@@ -46,6 +46,9 @@ def worker_command(bootstrap: str, app_id: str, topics: dict[str, str], *, polic
         "--min-severity", policy.min_severity.name,
         "--first-sight-age", format_duration(policy.first_sight_age_ms),
         "--state-ttl", format_duration(policy.state_ttl_ms),
+        "--max-message-bytes", format_size(policy.max_message_bytes),
+        "--max-findings-per-message", str(policy.max_findings_per_message),
+        "--max-depth", str(policy.max_depth), "--max-string-length", str(policy.max_string_length),
         "--idle-flush", IDLE_FLUSH, "--session-timeout", SESSION_TIMEOUT,
         "--data-dir", str(data_dir), "--metrics-address", "off",
     ]

@@ -19,9 +19,10 @@ import pytest
 
 from streams.backtest.generate import DAY_MS, Profile, write_feed
 from streams.backtest.run import backtest_files
-from streams.backtest.via_kafka import kafka_backtest
-from streams.cli import main
-from streams.core.policy import Policy
+from streams.backtest.via_kafka import kafka_backtest, worker_command
+from streams.cli import build_parser, main
+from streams.cli.options import policy_from
+from streams.core.policy import Policy, Severity
 from streams.core.records import decision_record
 
 PARTITIONS = 4
@@ -88,3 +89,16 @@ def test_cli_via_kafka_reports_the_worker_decisions_with_labels(
     assert {d["input"] for d in decisions} == {str(feed)}  # the gzip input, as given
     assert "labels: missed true alerts 0" in capsys.readouterr().out
 
+
+def test_the_worker_it_starts_decides_with_the_whole_policy(tmp_path: Path) -> None:
+    """Every setting of the policy reaches the worker's command line, the input limits
+    included: a backtest with `--max-message-bytes 64KiB` must not run a worker with 4 MiB."""
+    policy = Policy(window_ms=12 * 3_600_000, hold_ms=90_000, min_severity=Severity.HIGH,
+                    first_sight_age_ms=6 * 3_600_000, state_ttl_ms=30 * 86_400_000,
+                    max_message_bytes=64 * 1024, max_findings_per_message=7, max_depth=9,
+                    max_string_length=2048)
+    topics = {role: f"t.{role}" for role in ("findings", "alerts", "suppressed", "deadletter", "decisions")}
+    args = build_parser().parse_args(
+        ["worker", *worker_command("127.0.0.1:9092", "app", topics, policy=policy, partitions=3,
+                                   data_dir=tmp_path)])
+    assert policy_from(args) == policy
