@@ -17,6 +17,7 @@ from streams.core.files import split_lines
 from streams.core.findings import Finding, parse_message
 from streams.core.policy import Policy
 from streams.core.records import HEADER_INPUT, HEADER_LINE
+from streams.kafka.producer import DEFAULT_PRODUCER, ProducerSettings
 from streams.kafka.security import PLAINTEXT, BrokerSecurity
 from streams.kafka.topics import create_topics
 
@@ -42,12 +43,13 @@ def replay_records(paths: Iterable[Path], *, now_ms: int | None = None) -> Itera
 
 
 async def replay_async(paths: Iterable[Path], *, bootstrap: str, topic: str, partitions: int,
-                       security: BrokerSecurity = PLAINTEXT) -> int:
+                       security: BrokerSecurity = PLAINTEXT,
+                       writes: ProducerSettings = DEFAULT_PRODUCER) -> int:
     from aiokafka import AIOKafkaProducer
 
     await create_topics(bootstrap, {topic: partitions}, security=security)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                                max_batch_size=256 * 1024, max_request_size=8 * 1024 * 1024,
+                                max_batch_size=256 * 1024, **writes.aiokafka_kwargs(),
                                 **security.aiokafka_kwargs())
     await producer.start()
     count = 0
@@ -67,6 +69,7 @@ async def replay_async(paths: Iterable[Path], *, bootstrap: str, topic: str, par
 
 
 def replay_files(paths: Iterable[Path], *, bootstrap: str, topic: str, partitions: int,
-                 security: BrokerSecurity = PLAINTEXT) -> int:
+                 security: BrokerSecurity = PLAINTEXT,
+                 writes: ProducerSettings = DEFAULT_PRODUCER) -> int:
     return asyncio.run(replay_async(paths, bootstrap=bootstrap, topic=topic, partitions=partitions,
-                                    security=security))
+                                    security=security, writes=writes))

@@ -14,8 +14,10 @@ from streams.cli.options import (
     Subparsers,
     add_broker,
     add_metrics_address,
+    add_producer,
     option,
     positive_int,
+    producer_from,
     security_from,
     serve_metrics,
     switch,
@@ -37,6 +39,7 @@ def add(sub: Subparsers) -> None:
                              "rule's target), produce their findings, then delete the messages.")
     for parser in (hub, sqs):
         add_broker(parser)
+        add_producer(parser)
         option(parser, "--topic", default=Topics().findings, help="findings topic to write to")
         option(parser, "--partitions", default="8", convert=positive_int,
                help="partitions if a topic must be created")
@@ -145,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
                 sts_endpoint_url=args.sts_endpoint_url,
                 trust_order=args.endpoint_sorts == "yes"
                 or (args.endpoint_sorts == "auto" and args.endpoint_url is None),
-                security=security, pages=args.pages)
+                security=security, pages=args.pages, writes=producer_from(args))
             count = asyncio.run(run_poller(settings, _cursor_store(args)))
         else:
             from streams.ingest.sqs import SqsSettings, run_sqs
@@ -159,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
                 deadletter_topic=args.deadletter_topic, queue_url=args.queue_url,
                 region=args.region, endpoint_url=args.endpoint_url, partitions=args.partitions,
                 once=args.once, wait_time_s=args.wait_time // 1000,
-                max_attempts=args.max_attempts, security=security)))
+                max_attempts=args.max_attempts, security=security, writes=producer_from(args))))
     except ForwardError as exc:
         raise CliError(str(exc)) from None
     print(f"forwarded {count} findings to {args.topic}")

@@ -11,8 +11,10 @@ from streams.cli.options import (
     Subparsers,
     add_broker,
     add_metrics_address,
+    add_producer,
     option,
     positive_int,
+    producer_from,
     security_from,
     serve_metrics,
     switch,
@@ -31,6 +33,7 @@ def add(sub: Subparsers) -> None:
                             "then a notification dead-letter topic; offsets are committed only "
                             "after delivery or dead-lettering.")
     add_broker(notify)
+    add_producer(notify)
     option(notify, "--alerts-topic", default=d.alerts_topic, help="topic of alerts to deliver")
     option(notify, "--group-id", default=d.group_id, help="Kafka consumer group")
     option(notify, "--deadletter-topic", default=d.deadletter_topic,
@@ -96,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = NotifySettings(
         bootstrap_servers=args.bootstrap_servers, security=security_from(args),
+        writes=producer_from(args),
         alerts_topic=args.alerts_topic,
         suppressed_topic=args.suppressed_topic, deadletter_topic=args.deadletter_topic,
         group_id=args.group_id, routes=load_routes(args.routes) if args.routes else Routes(),

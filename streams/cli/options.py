@@ -12,6 +12,7 @@ from typing import Any, NoReturn, TypeAlias
 
 from streams.config import ConfigError, env_name, format_duration, format_size, parse_duration_ms, parse_size
 from streams.core.policy import Policy, Severity
+from streams.kafka.producer import CODECS, ProducerSettings
 from streams.kafka.security import BrokerSecurity
 
 EXIT_USAGE = 2
@@ -225,3 +226,17 @@ def serve_metrics(address: str | None, registry: Any) -> None:
     server = serve(address, registry)
     host, port = server.server_address[:2]
     logging.getLogger("flapguard.metrics").info("metrics on http://%s:%s/metrics", host, port)
+
+
+def add_producer(parser: argparse.ArgumentParser) -> None:
+    """What a command writes with: the same two settings for every producer."""
+    d = ProducerSettings()
+    option(parser, "--compression", default=d.compression, choices=list(CODECS),
+           help="codec of the records written (reading takes any)")
+    option(parser, "--max-request-size", default=format_size(d.max_request_size), convert=parse_size,
+           help="largest produce request; keep it at most the topics' max.message.bytes (a dead "
+           "letter larger than this is written truncated, with its size and SHA-256)")
+
+
+def producer_from(args: argparse.Namespace) -> ProducerSettings:
+    return ProducerSettings(compression=args.compression, max_request_size=args.max_request_size)

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from streams.cli.options import CliError, Subparsers, add_broker, option, positive_int, security_from
+from streams.cli.options import (
+    CliError,
+    Subparsers,
+    add_broker,
+    add_producer,
+    option,
+    positive_int,
+    producer_from,
+    security_from,
+)
 from streams.kafka.topics import Topics
 
 
@@ -16,6 +25,7 @@ def add(sub: Subparsers) -> None:
     replay.add_argument("--input", nargs="+", required=True, type=Path, metavar="PATH",
                         help="findings files")
     add_broker(replay)
+    add_producer(replay)
     option(replay, "--topic", default=Topics().findings, help="topic to write to")
     option(replay, "--partitions", default="8", convert=positive_int,
            help="partitions if the topic must be created")
@@ -29,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise CliError(f"input not found: {path}")
     count = replay_files(args.input, bootstrap=args.bootstrap_servers, topic=args.topic,
-                         partitions=args.partitions, security=security)
+                         partitions=args.partitions, security=security,
+                         writes=producer_from(args))
     print(f"replayed {count} records to {args.topic}")
     return 0

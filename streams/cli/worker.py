@@ -9,10 +9,12 @@ from streams.cli.options import (
     add_broker,
     add_metrics_address,
     add_policy,
+    add_producer,
     env_flag,
     option,
     policy_from,
     positive_int,
+    producer_from,
     security_from,
 )
 from streams.config import format_duration, parse_duration_ms
@@ -25,6 +27,7 @@ def add(sub: Subparsers) -> None:
                             description="Consume findings, decide, write alerts, suppressions, "
                             "dead letters (and optionally every decision) to Kafka.")
     add_broker(worker)
+    add_producer(worker)
     _add_worker_options(worker)
     add_policy(worker)
 
@@ -76,6 +79,7 @@ def worker_settings_from(args: argparse.Namespace) -> WorkerSettings:
             decisions=args.decisions_topic,
         ),
         policy=policy_from(args),
+        producer=producer_from(args),
         partitions=args.partitions,
         store=args.store,
         data_dir=args.data_dir,

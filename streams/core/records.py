@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,11 @@ from streams.core.state import Origin
 HEADER_INPUT = "flapguard-input"
 HEADER_LINE = "flapguard-line"
 HEADER_REASON = "flapguard-reason"
+# A dead letter too large to write whole keeps its first bytes; these say what it was.
+HEADER_ORIGINAL_SIZE = "flapguard-original-size"
+HEADER_ORIGINAL_SHA256 = "flapguard-original-sha256"
+
+Headers = list[tuple[str, bytes]]
 
 
 def iso(ms: int | None) -> str | None:
@@ -22,7 +28,7 @@ def iso(ms: int | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def deadletter_headers(reason: str, origin: Origin) -> list[tuple[str, bytes]]:
+def deadletter_headers(reason: str, origin: Origin) -> Headers:
     """Kafka headers of a dead letter: why, and where the bytes came from."""
     return [
         (HEADER_REASON, reason.encode()),
@@ -33,6 +39,22 @@ def deadletter_headers(reason: str, origin: Origin) -> list[tuple[str, bytes]]:
         (HEADER_LINE, str(origin.line).encode()),
         ("flapguard-origin-index", str(origin.index).encode()),
     ]
+
+
+def fit_dead_letter(raw: bytes, headers: Headers, limit: int) -> tuple[bytes, Headers]:
+    """A dead letter of at most `limit` bytes of value and headers: the original bytes
+    where they fit; else their first bytes, with the original's size and SHA-256 in
+    headers (its origin headers say where the whole record can still be read)."""
+    size = len(raw) + _headers_size(headers)
+    if size <= limit:
+        return raw, headers
+    described = [*headers, (HEADER_ORIGINAL_SIZE, str(len(raw)).encode()),
+                 (HEADER_ORIGINAL_SHA256, hashlib.sha256(raw).hexdigest().encode())]
+    return raw[:max(0, limit - _headers_size(described))], described
+
+
+def _headers_size(headers: Headers) -> int:
+    return sum(len(name) + len(value) for name, value in headers)
 
 
 def alert_record(outcome: Outcome, emitted_at_ms: int) -> dict[str, Any]:

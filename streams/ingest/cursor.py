@@ -21,6 +21,7 @@ import orjson
 
 from streams.core.records import iso
 from streams.kafka.availability import quiet_bootstrap
+from streams.kafka.producer import DEFAULT_PRODUCER
 from streams.kafka.security import BrokerSecurity
 
 
@@ -183,7 +184,8 @@ class TopicCursor:
             await create_topics(self.bootstrap, {self.topic: 1},
                                 {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
                                 security=self.security)
-            self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", **auth)
+            self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
+                                             **DEFAULT_PRODUCER.aiokafka_kwargs(), **auth)
             await self.producer.start()
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, **auth)
         await consumer.start()

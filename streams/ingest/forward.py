@@ -26,6 +26,7 @@ from streams.core.policy import Policy
 from streams.core.records import deadletter_headers, iso
 from streams.core.state import Origin
 from streams.kafka.availability import quiet_bootstrap
+from streams.kafka.producer import ProducerSettings
 from streams.kafka.security import BrokerSecurity
 
 # Where a forwarded record came from (`securityhub:<region>`, `sqs:<queue url>`).
@@ -119,6 +120,7 @@ class KafkaSink:
     partition_counts: dict[str, int] = field(default_factory=dict)
     security: BrokerSecurity = field(default_factory=BrokerSecurity)
     pages: bool = False
+    writes: ProducerSettings = field(default_factory=ProducerSettings)
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaProducer
@@ -129,8 +131,7 @@ class KafkaSink:
             await create_topics(self.bootstrap, {name: self.partitions for name in self.topics.values()},
                                 security=self.security)
             self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
-                                             max_batch_size=256 * 1024,
-                                             max_request_size=8 * 1024 * 1024,
+                                             max_batch_size=256 * 1024, **self.writes.aiokafka_kwargs(),
                                              **self.security.aiokafka_kwargs())
             await self.producer.start()
         for name in self.topics.values():
@@ -153,7 +154,7 @@ class KafkaSink:
                                                     partition=partition,
                                                     headers=list(record.headers)))
         for (topic, partition, headers), values in paged.items():
-            for page in pages(values):
+            for page in pages(values, size=min(PAGE_BYTES, self.writes.record_limit)):
                 futures.append(await self.producer.send(topic, page, partition=partition,
                                                         headers=list(headers)))
         await asyncio.gather(*futures)

@@ -22,6 +22,7 @@ from streams.ingest.aws import check_credentials, is_aws_error, is_throttling, m
 from streams.ingest.cursor import CursorStore, SeenSet, Sweep
 from streams.ingest.forward import ForwardError, KafkaSink, OutRecord, Progress, Route, one_line, page_records
 from streams.ingest.ratelimit import TokenBucket
+from streams.kafka.producer import ProducerSettings
 from streams.kafka.security import BrokerSecurity
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class PollSettings:
     # AWS sorts by UpdatedAt; a stand-in (moto) may not: then the cursor moves per sweep.
     trust_order: bool = True
     security: BrokerSecurity = field(default_factory=BrokerSecurity)
+    writes: ProducerSettings = field(default_factory=ProducerSettings)
     # Per-partition pages of findings instead of one record each (`KafkaSink.pages`).
     pages: bool = False
 
@@ -226,7 +228,8 @@ async def run_poller(settings: PollSettings, cursor: CursorStore) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     sink = KafkaSink(settings.bootstrap, {Route.FINDINGS: settings.topic}, settings.partitions,
-                     security=settings.security, pages=settings.pages)
+                     security=settings.security, pages=settings.pages,
+                     writes=settings.writes)
     progress = Progress()
     try:
         await sink.start()

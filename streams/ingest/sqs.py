@@ -33,6 +33,7 @@ from streams.ingest.forward import (
     finding_records,
     one_line,
 )
+from streams.kafka.producer import ProducerSettings
 from streams.kafka.security import BrokerSecurity
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class SqsSettings:
     wait_time_s: int = 20
     max_attempts: int = 10
     security: BrokerSecurity = field(default_factory=BrokerSecurity)
+    writes: ProducerSettings = field(default_factory=ProducerSettings)
 
 
 def message_records(body: bytes, *, source: str, message_id: str, policy: Policy,
@@ -132,7 +134,7 @@ async def run_sqs(settings: SqsSettings) -> int:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     sink = KafkaSink(settings.bootstrap, {Route.FINDINGS: settings.topic,
                                           Route.DEADLETTER: settings.deadletter_topic},
-                     settings.partitions, security=settings.security)
+                     settings.partitions, security=settings.security, writes=settings.writes)
     progress = Progress()
     try:
         await sink.start()

@@ -31,6 +31,7 @@ import orjson
 
 from streams.config import ConfigError
 from streams.core.records import HEADER_REASON
+from streams.kafka.producer import ProducerSettings
 from streams.kafka.security import BrokerSecurity
 from streams.kafka.topics import create_topics
 from streams.notify import metrics as notify_metrics
@@ -279,6 +280,7 @@ async def with_retries(
 class NotifySettings:
     bootstrap_servers: str
     security: BrokerSecurity = field(default_factory=BrokerSecurity)
+    writes: ProducerSettings = field(default_factory=ProducerSettings)
     alerts_topic: str = "securityhub.alerts"
     suppressed_topic: str = "securityhub.suppressed"
     deadletter_topic: str = "securityhub.notify-deadletter"
@@ -483,7 +485,8 @@ async def run_notify(settings: NotifySettings, senders: dict[str, Sender] | None
         # Slack at 1 message/s makes a batch slow; the group must not evict us meanwhile.
         max_poll_interval_ms=3_600_000, metadata_max_age_ms=5_000, **auth,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", **auth)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
+                                **settings.writes.aiokafka_kwargs(), **auth)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -42,8 +42,10 @@ from streams.core.keys import partitions_for
 from streams.core.records import (
     HEADER_INPUT,
     HEADER_LINE,
+    Headers,
     alert_record,
     deadletter_headers,
+    fit_dead_letter,
     kafka_decision_record,
     suppressed_record,
 )
@@ -52,7 +54,7 @@ from streams.kafka.availability import BrokerWatch, retry_while_unavailable
 from streams.worker import metrics
 from streams.worker.batches import take_batches
 from streams.worker.offsets import OffsetGuard
-from streams.worker.outbox import Delivered, Outbox
+from streams.worker.outbox import Delivered, Outbox, refused_record
 from streams.worker.settings import BATCH_QUIET_S, WorkerSettings
 from streams.worker.tables import ChangelogMapping, RocksPartition
 
@@ -141,6 +143,7 @@ class Worker:
             broker_heartbeat_interval=s.heartbeat_interval_s,
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
+            **s.producer.faust_settings(),
             # The agent hands the producer whole record batches (`Outbox`): fewer,
             # larger batches mean fewer round trips per partition.
             producer_max_batch_size=512 * 1024,
@@ -237,7 +240,7 @@ class Worker:
         finishing = []
         for partition, group in groups.items():
             # The findings and keyed records of one partition number share its engine.
-            out = Outbox(self.producer())
+            out = Outbox(self.producer(), self.refused)
             outcomes, touched = await self.decide_partition(group, assigned, out)
             self.add_outputs(outcomes, out)
             delivered = await out.send()
@@ -358,8 +361,9 @@ class Worker:
 
     def _dead_letter(self, item: Rejected, origin: Origin, out: Outbox) -> None:
         metrics.dead_lettered(item.reason)
-        out.add_unkeyed(self.deadletter.get_topic_name(), item.raw,
-                        deadletter_headers(item.reason, origin))
+        value, headers = fit_dead_letter(item.raw, deadletter_headers(item.reason, origin),
+                                         self.settings.producer.record_limit)
+        out.add_unkeyed(self.deadletter.get_topic_name(), value, headers)
         if self.decisions is not None:
             record = kafka_decision_record(rejected_outcome(item, origin))
             out.add_unkeyed(self.decisions.get_topic_name(), orjson.dumps(record))
@@ -468,7 +472,7 @@ class Worker:
     async def persist(self, partitions: Iterable[int]) -> None:
         """Write the staged state changes of these partitions to the tables, each to
         its own changelog partition, and wait until the broker has them."""
-        out = Outbox(self.producer())
+        out = Outbox(self.producer(), self.refused)
         for partition in partitions:
             self.staged[partition]()
             for mapping in self.tables.values():
@@ -526,6 +530,11 @@ class Worker:
         partition to check for records that never reached the agent (see `catch_up`)."""
         await self.app.producer.send(self.keyed.get_topic_name(), TICK_KEY, value, partition,
                                      None, None)
+
+    @staticmethod
+    def refused(topic: str, headers: Headers, exc: BaseException) -> None:
+        metrics.refused(topic)
+        refused_record(topic, headers, exc)
 
     def producer(self) -> Any:
         """The app's aiokafka producer: records go to it as whole batches (Faust's

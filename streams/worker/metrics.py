@@ -86,6 +86,9 @@ LATE_PAIRS = Counter(
 DEAD_LETTERS = Counter(
     "flapguard_dead_letters", "Records written to the dead-letter topic, by reason",
     ["reason"], registry=REGISTRY)
+REFUSED = Counter(
+    "flapguard_records_refused", "Records the producer or the broker refused as too large for "
+    "their topic, skipped (logged with their origin)", ["topic"], registry=REGISTRY)
 RECREATE_GAP = Histogram(
     "flapguard_recreate_gap_seconds", "Event time from a predecessor's archive to the "
     "re-creation paired with it", ["reason"], buckets=GAP_BUCKETS, registry=REGISTRY)
@@ -225,6 +228,11 @@ def dead_lettered(reason: str) -> None:
     label = reason_label(reason)
     DEAD_LETTERS.labels(reason=label).inc()
     DECISIONS.labels(decision=Decision.DEAD_LETTER.value, reason=label).inc()
+
+
+def refused(topic: str) -> None:
+    """A record refused as too large for its topic, and skipped."""
+    REFUSED.labels(topic=topic).inc()
 
 
 def decided(outcome: Outcome) -> None:

@@ -3,12 +3,22 @@ the broker's acknowledgements awaited once per step."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
-from streams.core.keys import partitions_for
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
-Headers = list[tuple[str, bytes]]
+from streams.core.keys import partitions_for
+from streams.core.records import Headers
+
+log = logging.getLogger("flapguard.worker")
+
+# What the producer (before sending) or a broker answers for a record too large for the
+# request or the topic. Retrying cannot help: such a record is skipped, counted and
+# logged, so that one record never stops the worker.
+TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+Refused = Callable[[str, Headers, BaseException], None]
 
 
 class Delivered(NamedTuple):
@@ -25,8 +35,9 @@ class Outbox:
     record. Keyed records are placed as the producer's default partitioner places
     them (murmur2 of the key, `keys.partition_for`)."""
 
-    def __init__(self, producer: Any) -> None:
+    def __init__(self, producer: Any, on_refused: Refused | None = None) -> None:
         self.producer = producer
+        self.on_refused = on_refused or refused_record
         self.placed: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, Headers]]] = {}
         self.keyed: list[tuple[str, bytes, bytes]] = []
         self.unkeyed: list[tuple[str, bytes, Headers]] = []
@@ -70,10 +81,17 @@ class Outbox:
             batches.append(await self._send(builder, topic, partition))
         self.placed.clear()
         # Rare (dead letters): the producer picks their partitions.
-        singles = [await self.producer.send(topic, value, headers=headers)
-                   for topic, value, headers in self.unkeyed]
+        singles = [await self._send_single(topic, value, headers) for topic, value, headers in self.unkeyed]
         self.unkeyed.clear()
         return self._delivered(batches, singles)
+
+    async def _send_single(self, topic: str, value: bytes, headers: Headers
+                           ) -> tuple[str, Headers, Any | None]:
+        try:
+            return topic, headers, await self.producer.send(topic, value, headers=headers)
+        except TOO_LARGE as exc:
+            self.on_refused(topic, headers, exc)
+            return topic, headers, None
 
     def _track(self, topic: str) -> None:
         """Have the producer keep `topic` in its metadata. It refreshes metadata only
@@ -85,18 +103,31 @@ class Outbox:
         if topic not in client._topics:
             client.add_topic(topic)
 
-    @staticmethod
-    async def _delivered(batches: list[tuple[str, int, Any, int]], singles: list[Any]
-                         ) -> list[Delivered]:
+    async def _delivered(self, batches: list[tuple[str, int, Any, int]],
+                         singles: list[tuple[str, Headers, Any | None]]) -> list[Delivered]:
         delivered = []
         for topic, partition, future, count in batches:
             metadata = await future
             delivered.append(Delivered(topic, partition, metadata.offset + count - 1))
-        for future in singles:
-            metadata = await future
+        for topic, headers, single in singles:
+            if single is None:
+                continue
+            try:
+                metadata = await single
+            except TOO_LARGE as exc:
+                self.on_refused(topic, headers, exc)
+                continue
             delivered.append(Delivered(metadata.topic, metadata.partition, metadata.offset))
         return delivered
 
     async def _send(self, builder: Any, topic: str, partition: int) -> tuple[str, int, Any, int]:
         count = builder.record_count()
         return topic, partition, await self.producer.send_batch(builder, topic, partition=partition), count
+
+
+def refused_record(topic: str, headers: Headers, exc: BaseException) -> None:
+    """Log a record the producer or the broker refused as too large, once, with where it
+    came from (its origin headers)."""
+    origin = {name: value.decode(errors="replace") for name, value in headers}
+    log.error("%s refused a record as too large (%s); skipped it: %s", topic,
+              type(exc).__name__, origin)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from streams.config import UNIT_MS, ConfigError, require_extra
 from streams.core.policy import Policy
+from streams.kafka.producer import ProducerSettings
 from streams.kafka.topics import Topics
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class WorkerSettings:
     app_id: str = "flapguard"
     topics: Topics = field(default_factory=Topics)
     policy: Policy = field(default_factory=Policy)
+    producer: ProducerSettings = field(default_factory=ProducerSettings)
     partitions: int = 8
     store: str = "memory://"
     data_dir: str = ".flapguard-data"

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streams.core.decide import Reason
-from streams.core.records import alert_record, decision_record, iso, kafka_decision_record, suppressed_record
+from streams.core.records import (
+    alert_record,
+    decision_record,
+    fit_dead_letter,
+    iso,
+    kafka_decision_record,
+    suppressed_record,
+)
 from streams.core.state import Origin
 from tests.builders import (
     FSBP,
@@ -182,3 +193,23 @@ def test_kafka_decision_record_adds_topic_partition_and_offset() -> None:
     assert (record["input"], record["line"]) == ("in.jsonl", 4)
     assert {k: v for k, v in record.items() if k not in ("topic", "partition", "offset")} == \
         decision_record(outcome)
+
+
+def test_a_dead_letter_that_fits_is_written_whole() -> None:
+    headers = [("flapguard-reason", b"unparseable")]
+    assert fit_dead_letter(b"x" * 100, headers, limit=1000) == (b"x" * 100, headers)
+
+
+@given(st.binary(max_size=5000), st.integers(min_value=300, max_value=6000))
+def test_a_dead_letter_never_exceeds_its_limit_and_says_what_was_cut(raw: bytes, limit: int) -> None:
+    headers = [("flapguard-reason", b"unparseable"), ("flapguard-origin-offset", b"17")]
+    value, written = fit_dead_letter(raw, headers, limit)
+    assert len(value) + sum(len(k) + len(v) for k, v in written) <= limit
+    assert raw.startswith(value)
+    if value != raw:
+        described = dict(written)
+        assert described["flapguard-original-size"] == str(len(raw)).encode()
+        assert described["flapguard-original-sha256"] == hashlib.sha256(raw).hexdigest().encode()
+        assert written[:2] == headers
+    else:
+        assert written == headers
