@@ -47,7 +47,7 @@ async def replay_async(paths: Iterable[Path], *, bootstrap: str, topic: str, par
                        writes: ProducerSettings = DEFAULT_PRODUCER) -> int:
     from aiokafka import AIOKafkaProducer
 
-    await create_topics(bootstrap, {topic: partitions}, security=security)
+    await create_topics(bootstrap, {topic: partitions}, replication=writes.replication, security=security)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
                                 max_batch_size=256 * 1024, **writes.aiokafka_kwargs(),
                                 **security.aiokafka_kwargs())

@@ -114,7 +114,8 @@ def _cursor_store(args: argparse.Namespace) -> Any:
     if kind == "file" and where:
         return FileCursor(Path(where))
     if kind == "topic" and where:
-        return TopicCursor(args.bootstrap_servers, where, security=security_from(args))
+        return TopicCursor(args.bootstrap_servers, where, security=security_from(args),
+                           writes=producer_from(args))
     raise CliError(f"--cursor: expected topic:NAME, file:PATH, none or auto, got {args.cursor!r}")
 
 

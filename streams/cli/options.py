@@ -14,6 +14,7 @@ from streams.config import ConfigError, env_name, format_duration, format_size, 
 from streams.core.policy import Policy, Severity
 from streams.kafka.producer import CODECS, ProducerSettings
 from streams.kafka.security import BrokerSecurity
+from streams.kafka.topics import Replication
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -236,7 +237,13 @@ def add_producer(parser: argparse.ArgumentParser) -> None:
     option(parser, "--max-request-size", default=format_size(d.max_request_size), convert=parse_size,
            help="largest produce request; keep it at most the topics' max.message.bytes (a dead "
            "letter larger than this is written truncated, with its size and SHA-256)")
+    option(parser, "--replication-factor", default=None, convert=positive_int,
+           help="replicas of every topic it creates (default: the broker's "
+           "default.replication.factor)")
+    option(parser, "--min-insync-replicas", default=None, convert=positive_int,
+           help="min.insync.replicas of every topic it creates (default: the broker's)")
 
 
 def producer_from(args: argparse.Namespace) -> ProducerSettings:
-    return ProducerSettings(compression=args.compression, max_request_size=args.max_request_size)
+    return ProducerSettings(compression=args.compression, max_request_size=args.max_request_size,
+                            replication=Replication(args.replication_factor, args.min_insync_replicas))

@@ -21,7 +21,7 @@ import orjson
 
 from streams.core.records import iso
 from streams.kafka.availability import quiet_bootstrap
-from streams.kafka.producer import DEFAULT_PRODUCER
+from streams.kafka.producer import ProducerSettings
 from streams.kafka.security import BrokerSecurity
 
 
@@ -173,6 +173,7 @@ class TopicCursor:
     topic: str
     producer: Any = None
     security: BrokerSecurity = field(default_factory=BrokerSecurity)
+    writes: ProducerSettings = field(default_factory=ProducerSettings)
 
     async def load(self) -> dict[str, int]:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -183,9 +184,9 @@ class TopicCursor:
         with quiet_bootstrap():
             await create_topics(self.bootstrap, {self.topic: 1},
                                 {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
-                                security=self.security)
+                                replication=self.writes.replication, security=self.security)
             self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
-                                             **DEFAULT_PRODUCER.aiokafka_kwargs(), **auth)
+                                             **self.writes.aiokafka_kwargs(), **auth)
             await self.producer.start()
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, **auth)
         await consumer.start()

@@ -129,7 +129,7 @@ class KafkaSink:
 
         with quiet_bootstrap():
             await create_topics(self.bootstrap, {name: self.partitions for name in self.topics.values()},
-                                security=self.security)
+                                replication=self.writes.replication, security=self.security)
             self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
                                              max_batch_size=256 * 1024, **self.writes.aiokafka_kwargs(),
                                              **self.security.aiokafka_kwargs())

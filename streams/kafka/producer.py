@@ -1,14 +1,16 @@
-"""What every producer of flapguard shares: the compression it writes with and the size
-of its largest request. One setting for the worker, the forwarders, replay, the
-notifier and the poller's cursor, so that a record one of them writes fits the others'
-limits (docs/operations.md, "Kafka client settings, and why")."""
+"""What every writer of flapguard shares: the compression it writes with, the size of its
+largest request, and the replication of the topics it creates. One setting for the
+worker, the forwarders, replay, the notifier and the poller's cursor, so that a record
+one of them writes fits the others' limits (docs/operations.md, "Kafka client settings,
+and why")."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from streams.config import ConfigError, format_size
+from streams.kafka.topics import Replication
 
 # Every codec a Kafka producer may use. Reading them needs no setting: the consumer
 # decodes whatever a batch says (snappy, lz4 and zstd through cramjam, a dependency).
@@ -36,6 +38,7 @@ MIN_REQUEST_SIZE = 256 * 1024
 class ProducerSettings:
     compression: str = DEFAULT_COMPRESSION
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
+    replication: Replication = field(default_factory=Replication)
 
     def __post_init__(self) -> None:
         if self.compression not in CODECS:

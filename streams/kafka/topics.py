@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from streams.config import ConfigError
 from streams.kafka.availability import BrokerError, connection_error, quiet_bootstrap
 
 if TYPE_CHECKING:
@@ -26,25 +28,40 @@ class Topics:
 _TOPIC_ALREADY_EXISTS = 36
 
 
-async def create_topics(
-    bootstrap: str,
-    topics: Mapping[str, int],
-    config: Mapping[str, str] | None = None,
-    *,
-    replication_factor: int = 1,
-    timeout: float = 30.0,
-    security: BrokerSecurity | None = None,
-) -> dict[str, int]:
-    """Create ``topics`` (name -> partitions) with the same topic ``config`` each, and wait
-    until every partition has a leader. Topics that already exist are left as they are.
-    ``security``: how to connect (default PLAINTEXT). Returns each topic's partition
-    count as the broker has it (an existing topic keeps its own)."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import KafkaConnectionError, for_code
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """Replicas of every topic flapguard creates (outputs, the keyed topic, Faust's
+    changelogs, the forwarders' and the notifier's topics). None: the broker's own
+    `default.replication.factor` and `min.insync.replicas`."""
 
-    if not topics:
-        return {}
-    deadline = time.monotonic() + timeout
+    factor: int | None = None
+    min_insync: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.factor is not None and self.factor < 1:
+            raise ConfigError("--replication-factor must be at least 1")
+        if self.min_insync is not None and self.min_insync < 1:
+            raise ConfigError("--min-insync-replicas must be at least 1")
+        if self.factor is not None and self.min_insync is not None and self.min_insync > self.factor:
+            raise ConfigError(f"--min-insync-replicas {self.min_insync} is more than "
+                              f"--replication-factor {self.factor}: no write could ever be acknowledged")
+
+    def topic_config(self) -> dict[str, str]:
+        """What a topic's own configuration says (nothing: the broker's default applies,
+        and follows it when it changes)."""
+        return {} if self.min_insync is None else {"min.insync.replicas": str(self.min_insync)}
+
+
+BROKER_DEFAULTS = Replication()
+
+
+@contextlib.asynccontextmanager
+async def admin_client(bootstrap: str, security: BrokerSecurity | None, timeout: float
+                       ) -> AsyncIterator[Any]:
+    """A started admin client; a connection failure says why in one line."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaConnectionError
+
     auth = security.aiokafka_kwargs() if security is not None else {}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000),
                                 **auth)
@@ -59,11 +76,56 @@ async def create_topics(
             raise
         raise error from None
     try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def replication_factor(admin: Any, replication: Replication) -> int:
+    """The replication factor to create topics with: the one given, else the broker's
+    `default.replication.factor` (aiokafka's CreateTopics cannot ask for "the broker's
+    default"), checked against the brokers the cluster has."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    brokers = sorted(b.nodeId for b in admin._client.cluster.brokers())
+    factor = replication.factor
+    if factor is None:
+        name = "default.replication.factor"
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.BROKER, str(brokers[0]), {name: None})])
+        entries = {e[0]: e[1] for r in responses for res in r.resources for e in res[4]}
+        factor = int(entries.get(name) or 1)
+    if factor > len(brokers):
+        raise ConfigError(f"replication factor {factor} needs {factor} brokers; the cluster has "
+                          f"{len(brokers)} (set --replication-factor)")
+    return factor
+
+
+async def create_topics(
+    bootstrap: str,
+    topics: Mapping[str, int],
+    config: Mapping[str, str] | None = None,
+    *,
+    replication: Replication = BROKER_DEFAULTS,
+    timeout: float = 30.0,
+    security: BrokerSecurity | None = None,
+) -> dict[str, int]:
+    """Create ``topics`` (name -> partitions) with the same topic ``config`` each, and wait
+    until every partition has a leader. Topics that already exist are left as they are.
+    ``security``: how to connect (default PLAINTEXT). Returns each topic's partition
+    count as the broker has it (an existing topic keeps its own)."""
+    from aiokafka.admin import NewTopic
+    from aiokafka.errors import for_code
+
+    if not topics:
+        return {}
+    deadline = time.monotonic() + timeout
+    async with admin_client(bootstrap, security, timeout) as admin:
+        factor = await replication_factor(admin, replication)
+        configs = {**replication.topic_config(), **(config or {})}
         response = await admin.create_topics(
-            [
-                NewTopic(name, partitions, replication_factor, topic_configs=dict(config or {}))
-                for name, partitions in topics.items()
-            ],
+            [NewTopic(name, partitions, factor, topic_configs=configs)
+             for name, partitions in topics.items()],
             timeout_ms=int(timeout * 1000),
         )
         for entry in response.topic_errors:
@@ -72,8 +134,6 @@ async def create_topics(
                 message = entry[2] if len(entry) > 2 else ""
                 raise for_code(code)(f"cannot create topic {name!r}: {message}")
         return await _wait_for_leaders(admin, topics, deadline)
-    finally:
-        await admin.close()
 
 
 async def _wait_for_leaders(admin: Any, topics: Mapping[str, int], deadline: float
@@ -103,12 +163,12 @@ def create_topics_sync(
     topics: Mapping[str, int],
     config: Mapping[str, str] | None = None,
     *,
-    replication_factor: int = 1,
+    replication: Replication = BROKER_DEFAULTS,
     timeout: float = 30.0,
     security: BrokerSecurity | None = None,
 ) -> None:
     """:func:`create_topics` for code without a running event loop."""
     asyncio.run(
-        create_topics(bootstrap, topics, config, replication_factor=replication_factor, timeout=timeout,
+        create_topics(bootstrap, topics, config, replication=replication, timeout=timeout,
                       security=security)
     )

@@ -475,7 +475,7 @@ async def run_notify(settings: NotifySettings, senders: dict[str, Sender] | None
 
     auth = settings.security.aiokafka_kwargs()
     await create_topics(settings.bootstrap_servers, {settings.deadletter_topic: 1},
-                        security=settings.security)
+                        replication=settings.writes.replication, security=settings.security)
     topics = [settings.alerts_topic] + ([settings.suppressed_topic] if settings.write_back else [])
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id,

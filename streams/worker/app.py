@@ -168,8 +168,9 @@ class Worker:
             if s.topics.decisions else None
         )
         self.tables = {
-            name: ChangelogMapping(self.app.Table(name, default=None, key_type=str, value_type=bytes,
-                                                  partitions=s.partitions))
+            name: ChangelogMapping(self.app.Table(
+                name, default=None, key_type=str, value_type=bytes, partitions=s.partitions,
+                extra_topic_configs=s.producer.replication.topic_config()))
             for name in Store.NAMES
         }
         self.engines: dict[int, PartitionEngine] = {}
@@ -196,14 +197,19 @@ class Worker:
     async def declare_topics(self) -> None:
         """Create the topics this worker reads and writes (those that exist are kept):
         brokers often forbid auto-creation, and Faust declares only what it consumes."""
-        from streams.kafka.topics import create_topics
+        from streams.kafka.topics import Replication, admin_client, create_topics, replication_factor
 
+        s = self.settings
+        async with admin_client(s.bootstrap_servers, s.security, timeout=30.0) as admin:
+            factor = await replication_factor(admin, s.producer.replication)
+        # Faust creates the changelog topics itself, with its own setting (default 1).
+        self.app.conf.topic_replication_factor = factor
         topics = [self.source, self.keyed, self.alerts, self.suppressed, self.deadletter,
                   self.decisions]
         names = [t.get_topic_name() for t in topics if t is not None]
-        counts = await create_topics(self.settings.bootstrap_servers,
-                                     dict.fromkeys(names, self.settings.partitions),
-                                     security=self.settings.security)
+        counts = await create_topics(s.bootstrap_servers, dict.fromkeys(names, s.partitions),
+                                     replication=Replication(factor, s.producer.replication.min_insync),
+                                     security=s.security)
         found = counts.get(self.source.get_topic_name(), 0)
         self.direct = found == self.settings.partitions
         if self.direct:
