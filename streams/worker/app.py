@@ -57,6 +57,7 @@ from streams.worker.offsets import OffsetGuard
 from streams.worker.outbox import Delivered, Outbox, refused_record
 from streams.worker.settings import BATCH_QUIET_S, WorkerSettings
 from streams.worker.tables import ChangelogMapping, RocksPartition
+from streams.worker.workarounds import last_stable_offset, read_committed_consumer
 
 log = logging.getLogger("flapguard.worker")
 
@@ -129,6 +130,7 @@ class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         s = settings
+        read_committed_consumer()
         self.app = faust.App(
             s.app_id,
             broker=[f"kafka://{server.strip()}" for server in s.bootstrap_servers.split(",")],
@@ -405,10 +407,21 @@ class Worker:
         expected = engine.next_source if engine is not None else None
         if expected is None:
             expected = self.source_guard.expected_at(tp)
-        end = self.app.consumer.highwater(tp)
+        end = self.readable_end(tp)
         if end is None or end <= (expected or 0):
             return None
         return expected, end
+
+    def readable_end(self, tp: TP) -> int | None:
+        """Where reading `tp` stops for now: its high watermark, or before it while a
+        transaction is open (its last stable offset). Records past it are neither
+        decided nor looked for."""
+        highwater = self.app.consumer.highwater(tp)
+        stable = last_stable_offset(self.app, tp)
+        if highwater is None or stable is None:
+            return None
+        metrics.unstable_offsets(tp.partition, highwater - stable)
+        return min(highwater, stable)
 
     def source_engine(self, partition: int, assigned: set[TP]) -> PartitionEngine | None:
         """The engine that decides findings of findings partition `partition` in place:
@@ -439,14 +452,25 @@ class Worker:
             expected = await self.source_guard.first_offset_at(tp)
             if expected >= end:
                 return []
-        log.warning("%s[%s]: offsets %s to %s never reached the agent; reading them directly",
-                    tp.topic, partition, expected, end - 1)
         outcomes: list[Outcome] = []
-        records = await self.source_guard.take(tp, expected, end)
-        read = self.read_findings(records)
-        for record in records:
-            outcomes.extend(self.ingest(record, engine, out, read[record.offset]))
-            self.source_guard.done(record)
+        found = 0
+        # A chunk of offsets at a time: the records in memory stay bounded however far
+        # behind the partition is.
+        for start in range(expected, end, self.settings.batch_size):
+            records = await self.source_guard.take(tp, start, min(end, start + self.settings.batch_size))
+            read = self.read_findings(records)
+            for record in records:
+                outcomes.extend(self.ingest(record, engine, out, read[record.offset]))
+                self.source_guard.done(record)
+            found += len(records)
+        # Offsets with no record (commit markers, compaction) are passed too, or the
+        # partition would look behind for ever.
+        self.source_guard.passed(tp, end)
+        if engine is not None:
+            engine.passed_source(end - 1)
+        if found:
+            log.warning("%s[%s]: %s records between offsets %s and %s never reached the agent; "
+                        "read them directly", tp.topic, partition, found, expected, end - 1)
         return outcomes
 
     def decide_keyed(self, engine: PartitionEngine, message: Any, out: Outbox) -> list[Outcome]:
@@ -526,6 +550,7 @@ class Worker:
             if tp.topic != self.source.get_topic_name():
                 continue
             self.last_source.setdefault(tp.partition, now)
+            self.readable_end(tp)  # the open-transaction gauge, for active partitions too
             if keyed and self.source_behind(tp.partition) is not None:
                 # Decided in place: its own keyed partition's tick; else any here.
                 target = tp.partition if self.direct and tp.partition in keyed else keyed[0]

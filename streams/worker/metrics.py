@@ -112,6 +112,10 @@ LAST_RECEIVED = Gauge(
 STATE_ENTRIES = Gauge(
     "flapguard_state_entries", "Entries in this worker's state tables (active partitions)",
     ["table"], registry=REGISTRY)
+UNSTABLE = Gauge(
+    "flapguard_source_unstable_offsets", "Offsets of a findings partition past its last stable "
+    "offset: records of a transaction still open, not read until it commits or aborts",
+    ["partition"], registry=REGISTRY)
 ASSIGNED = Gauge(
     "flapguard_assigned_partitions", "Keyed partitions this worker decides", registry=REGISTRY)
 BUILD_INFO = Gauge(
@@ -228,6 +232,10 @@ def dead_lettered(reason: str) -> None:
     label = reason_label(reason)
     DEAD_LETTERS.labels(reason=label).inc()
     DECISIONS.labels(decision=Decision.DEAD_LETTER.value, reason=label).inc()
+
+
+def unstable_offsets(partition: int, count: int) -> None:
+    UNSTABLE.labels(partition=str(partition)).set(count)
 
 
 def refused(topic: str) -> None:

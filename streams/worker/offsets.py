@@ -48,6 +48,12 @@ class OffsetGuard:
     def done(self, message: Any) -> None:
         self.next[(message.topic, message.partition)] = message.offset + 1
 
+    def passed(self, tp: TP, end: int) -> None:
+        """Everything before `end` is done, records or not: a transaction's commit
+        marker and an offset compaction removed hold no record."""
+        key = (tp.topic, tp.partition)
+        self.next[key] = max(self.next.get(key, 0), end)
+
     async def take(self, tp: TP, start: int, end: int) -> list[Any]:
         """The records from `start` to `end` (excluded), read directly, and counted as
         done by Faust (which may deliver them later: below `expected`, then skipped)."""
@@ -69,9 +75,14 @@ class OffsetGuard:
             return []
         if message.offset < expected:
             return None
-        log.warning("%s[%s]: the consumer skipped offsets %s to %s; reading them directly",
-                    message.topic, message.partition, expected, message.offset - 1)
-        return await self.take(message.tp, expected, message.offset)
+        # A transactional or compacted topic has offsets with no record (commit markers,
+        # compacted keys): not a loss, and no reason to warn.
+        records = await self.take(message.tp, expected, message.offset)
+        if records:
+            log.warning("%s[%s]: the consumer skipped %s records between offsets %s and %s; "
+                        "read them directly", message.topic, message.partition, len(records),
+                        expected, message.offset - 1)
+        return records
 
     async def first_offset_at(self, tp: TP) -> int:
         """The first offset of a partition, asked of the broker once for every assigned

@@ -39,6 +39,15 @@ class Consumer:
         self._committed_offset = committed
         self._gap: defaultdict[TP, Gaps] = defaultdict(Gaps)
         self.end = end
+        self.stable = end  # the last stable offset: below `end` while a transaction is open
+        # Faust's consumer thread and its aiokafka consumer (`workarounds.last_stable_offset`).
+        self._thread = self
+
+    def _ensure_consumer(self) -> Consumer:
+        return self
+
+    def last_stable_offset(self, tp: TP) -> int:
+        return self.stable
 
     def assignment(self) -> set[TP]:
         return self.assigned
@@ -54,15 +63,15 @@ def pages(partition: int, count: int) -> list[Record]:
         for offset in range(count)]
 
 
-def worker(*, direct: bool, records: list[Record], committed: dict[TP, int]
-           ) -> tuple[Worker, Consumer, list[Any]]:
+def worker(*, direct: bool, records: list[Record], committed: dict[TP, int], end: int | None = None,
+           batch_size: int = 500) -> tuple[Worker, Consumer, list[Any]]:
     settings = WorkerSettings(bootstrap_servers="127.0.0.1:1", app_id="catchup", partitions=PARTITIONS,
-                              topics=Topics(findings=SOURCE), metrics_address=None)
+                              topics=Topics(findings=SOURCE), metrics_address=None, batch_size=batch_size)
     w = Worker(settings)
     w.direct = direct
     keyed = w.keyed.get_topic_name()
     assigned = {TP(SOURCE, p) for p in range(PARTITIONS)} | {TP(keyed, p) for p in range(PARTITIONS)}
-    consumer = Consumer(assigned, committed, end=len(records))
+    consumer = Consumer(assigned, committed, end=len(records) if end is None else end)
     w.app.consumer = consumer
     reads: list[Any] = []
 
@@ -135,3 +144,44 @@ def test_a_partition_that_gave_the_agent_records_lately_is_not_read() -> None:
     out = Outbox(None)
     assert asyncio.run(w.catch_up(tick(w, 0, 2), consumer.assigned, out)) == []
     assert reads == [] and out.placed == {}
+
+
+def test_offsets_with_no_record_are_passed_and_not_read_again() -> None:
+    """A transactional topic's last offset is a commit marker (no record): the partition
+    is read to its end once, then counts as caught up, with no warning for the marker."""
+    records = pages(1, 2)  # offsets 0 and 1; offset 2 is the marker
+    w, consumer, reads = worker(direct=False, records=records, committed={}, end=3)
+    out = Outbox(None)
+    asyncio.run(w.catch_up(tick(w, 0, 1), consumer.assigned, out))
+    assert reads == [(SOURCE, 1, 0, 3)]
+    assert w.source_behind(1) is None
+    assert w.source_guard.expected_at(TP(SOURCE, 1)) == 3
+
+
+def test_a_partition_whose_log_ends_in_markers_alone_costs_one_read_and_no_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    w, consumer, reads = worker(direct=False, records=[], committed={TP(SOURCE, 2): 5}, end=7)
+    asyncio.run(w.catch_up(tick(w, 0, 2), consumer.assigned, Outbox(None)))
+    asyncio.run(w.catch_up(tick(w, 0, 2), consumer.assigned, Outbox(None)))
+    assert reads == [(SOURCE, 2, 5, 7)]
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+
+
+def test_records_of_an_open_transaction_are_not_looked_for() -> None:
+    """Past the last stable offset lie the records of a transaction still open: a
+    read_committed reader cannot have them yet (and would wait for them for ever)."""
+    records = pages(0, 6)
+    w, consumer, reads = worker(direct=False, records=records, committed={})
+    consumer.stable = 4
+    asyncio.run(w.catch_up(tick(w, 0, 0), consumer.assigned, Outbox(None)))
+    assert reads == [(SOURCE, 0, 0, 4)]
+    assert w.source_behind(0) is None
+
+
+def test_a_long_way_behind_is_read_a_batch_at_a_time() -> None:
+    records = pages(3, 5)
+    w, consumer, reads = worker(direct=False, records=records, committed={}, batch_size=2)
+    out = Outbox(None)
+    asyncio.run(w.catch_up(tick(w, 0, 3), consumer.assigned, out))
+    assert reads == [(SOURCE, 3, 0, 2), (SOURCE, 3, 2, 4), (SOURCE, 3, 4, 5)]
+    assert forwarded(out, w.keyed.get_topic_name()) == expected_keys(records)

@@ -126,3 +126,19 @@ def test_the_log_start_comes_from_the_broker_with_the_guards_own_client(
         return len(g.starts)
 
     assert asyncio.run(run()) == 2  # both asked at once
+
+
+def test_a_gap_without_records_is_passed_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """A transaction's commit marker (or a compacted offset) holds no record: the reader
+    finds nothing there, and that is no loss to warn about."""
+    g, _, reads = guard({TP("findings", 0): 4}, earliest=0)
+
+    async def nothing(topic: str, partition: int, start: int, end: int) -> list[Any]:
+        reads.append((start, end))
+        return []
+
+    g._read = nothing  # type: ignore[method-assign]
+    record = Record("findings", 0, 5)
+    assert missing(g, record, g.expected(record)) == []
+    assert reads == [(4, 5)]
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []

@@ -24,6 +24,7 @@ from streams.core.records import (
 )
 from streams.kafka.producer import DEFAULT_PRODUCER
 from streams.kafka.topics import create_topics
+from tests.builders import dumps, finding
 from tests.kafka_io import WorkerRun, read_until, values
 from tests.worker.test_worker_kafka import FIXTURES, INCIDENT, all_decided, by_position
 
@@ -137,4 +138,46 @@ def test_a_dead_letter_topic_that_refuses_the_record_costs_that_record_only(run:
     log = (run.workdir / "worker-1.log").read_text(errors="replace")
     assert f"{t['deadletter']} refused a record as too large" in log
     assert "'flapguard-line': '1'" in log
+    run.assert_alive()
+
+
+def test_transactional_input_is_decided_once_committed_and_never_when_aborted(
+        run: WorkerRun, unique_name: str) -> None:
+    """The incident written as Kafka Connect or Flink write with exactly-once: one
+    transaction per record (each leaves a commit marker, an offset with no record), and
+    an aborted transaction in the middle holding a failing finding that would alert."""
+    t = run.topics
+    asyncio.run(create_topics(run.bootstrap, {t["findings"]: 1}))
+    lines = INCIDENT.read_bytes().splitlines()
+    aborted = dumps(finding("aborted", resource="arn:aws:rds:ap-northeast-1:123456789012:cluster:x",
+                            created="2025-09-30T10:00:00.000Z", updated="2025-09-30T10:00:00.000Z"))
+
+    async def go() -> None:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(bootstrap_servers=run.bootstrap, transactional_id=unique_name,
+                                    enable_idempotence=True, compression_type="zstd")
+        await producer.start()
+        try:
+            for line, value in enumerate(lines, start=1):
+                async with producer.transaction():
+                    await producer.send(t["findings"], value, partition=0, headers=[
+                        (HEADER_INPUT, b"incident"), (HEADER_LINE, str(line).encode())])
+                if line == 4:
+                    await producer.begin_transaction()
+                    await producer.send(t["findings"], aborted, partition=0, headers=[
+                        (HEADER_INPUT, b"incident"), (HEADER_LINE, b"99")])
+                    await producer.abort_transaction()
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
+    run.start()
+    decisions, _ = incident_decided(run, first_line=1, dead_letters=1)
+    assert (99, 0) not in decisions
+    alerts = values(read_until(run.bootstrap, [t["alerts"]], lambda got: len(got[t["alerts"]]) >= 2,
+                               timeout=60, alive=run.assert_alive)[t["alerts"]])
+    assert "aborted" not in {a["finding_id"].rsplit("/", 1)[-1] for a in alerts}
+    log = (run.workdir / "worker-1.log").read_text(errors="replace")
+    assert "skipped" not in log and "never reached the agent" not in log, log[-2000:]
     run.assert_alive()
