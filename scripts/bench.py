@@ -113,6 +113,27 @@ async def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes | No
         await producer.stop()
 
 
+async def produce_transactional(bootstrap: str, topic: str,
+                                records: Sequence[tuple[bytes | None, bytes, int]], per_transaction: int
+                                ) -> None:
+    """The same records in transactions of `per_transaction` records each, as Kafka Connect
+    or Flink write with exactly-once delivery: each transaction leaves a commit marker on
+    every partition it wrote, an offset with no record."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=512 * 1024,
+                                max_request_size=16 * 1024 * 1024, enable_idempotence=True,
+                                transactional_id=f"bench-{uuid.uuid4().hex[:8]}")
+    await producer.start()
+    try:
+        for start in range(0, len(records), per_transaction):
+            async with producer.transaction():
+                for key, value, p in records[start:start + per_transaction]:
+                    await producer.send(topic, value, key=key, partition=p)
+    finally:
+        await producer.stop()
+
+
 async def limit_rate(bootstrap: str, topic: str, partitions: int, expected: int,
                      parse: Callable[..., list[Parsed]] = parse_general) -> float:
     """Read, parse, decide: the ceiling for one Python process on this broker."""
@@ -208,12 +229,14 @@ async def progress(bootstrap: str, app_id: str, ends: dict[int, int], timeout: f
     return (max(through.values()) - first) / 1000, sum(ends[p] - started[p] for p in ends)
 
 
-def worker_rate(bootstrap: str, run: WorkerRun, count: int) -> float:
+def worker_rate(bootstrap: str, run: WorkerRun, count: int, transactional: bool = False) -> float:
     """Findings/s of the worker, from its first batch's state write to its last: start-up
     and group join are not throughput, and neither is the idle flush of what stays held
-    at the end of the input (in wall-clock time; the limit never waits for it)."""
-    ends = {p: end for p, end in asyncio.run(end_offsets(bootstrap, run.topics["findings"])).items()
-            if end > 0}
+    at the end of the input (in wall-clock time; the limit never waits for it). A
+    transactional topic's last offset on each partition is a commit marker: the worker's
+    state reaches the offset before it with the last record."""
+    ends = {p: end - (1 if transactional else 0)
+            for p, end in asyncio.run(end_offsets(bootstrap, run.topics["findings"])).items() if end > 0}
     run.start()
     try:
         seconds, records = asyncio.run(progress(bootstrap, run.app_id, ends, 1800))
@@ -230,18 +253,30 @@ class Rates:
     limit_fast: list[float] = field(default_factory=list)
     worker: list[float] = field(default_factory=list)
     audited: list[float] = field(default_factory=list)
+    transactional: list[float] = field(default_factory=list)
 
 
 def measure(bootstrap: str, layout: str, records: Sequence[tuple[bytes | None, bytes, int]],
-            count: int, partitions: int, workdir: Path, repeat: int) -> Rates:
+            count: int, partitions: int, workdir: Path, repeat: int, transactions: int = 0) -> Rates:
     """`repeat` times, on one findings topic: the limit, the limit parsing as the worker
     does, the worker as deployed by default, and the worker writing every decision to
-    `--decisions-topic` too (the audit trail: one more record per finding)."""
+    `--decisions-topic` too (the audit trail: one more record per finding). With
+    `transactions`, also the worker on the same records written in transactions."""
     topic = f"bench-{layout}-{uuid.uuid4().hex[:6]}.findings"
     asyncio.run(create_topics(bootstrap, {topic: partitions}))
     asyncio.run(produce(bootstrap, topic, records))
+    txn_topic = f"bench-{layout}-txn-{uuid.uuid4().hex[:6]}.findings"
+    if transactions:
+        asyncio.run(create_topics(bootstrap, {txn_topic: partitions}))
+        asyncio.run(produce_transactional(bootstrap, txn_topic, records, transactions))
     rates = Rates()
     for _ in range(repeat):
+        if transactions:
+            run = WorkerRun(bootstrap, f"bench-{layout}-txn-{uuid.uuid4().hex[:6]}",
+                            workdir / f"{layout}-txn-{uuid.uuid4().hex[:6]}", partitions=partitions,
+                            decisions=False, findings_topic=txn_topic)
+            run.workdir.mkdir(parents=True)
+            rates.transactional.append(worker_rate(bootstrap, run, count, transactional=True))
         rates.limit.append(asyncio.run(limit_rate(bootstrap, topic, partitions, count)))
         rates.limit_fast.append(asyncio.run(limit_rate(bootstrap, topic, partitions, count, parse_message)))
         for decisions, into in ((False, rates.worker), (True, rates.audited)):
@@ -320,6 +355,9 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
                         help="where the broker keeps its logs and the workers their state "
                              "(default: /dev/shm, in memory, where there is one)")
+    parser.add_argument("--transactions", type=int, default=0, metavar="N",
+                        help="also run the worker on the same findings written in transactions of "
+                             "N records (a transactional producer), runs interleaved with the plain ones")
     parser.add_argument("--latency-rate", type=float, default=200.0,
                         help="findings/s of the paced latency run (0 to skip)")
     args = parser.parse_args()
@@ -342,7 +380,7 @@ def main() -> int:
         for layout in layouts:
             records = LAYOUTS[layout](findings, args.partitions)
             rates = measure(bootstrap, layout, records, len(findings), args.partitions, Path(tmp),
-                            args.repeat)
+                            args.repeat, args.transactions)
             results[layout] = rates
             print(f"{layout}: limit {spread(rates.limit)} findings/s, parsing as the worker does "
                   f"{spread(rates.limit_fast)}; worker {spread(rates.worker)} findings/s, with "
@@ -350,6 +388,10 @@ def main() -> int:
             if args.repeat > 1:
                 pairs = zip(rates.worker, rates.limit, strict=True)
                 print(f"{layout}: ratio of each run: " + " ".join(f"{w / lim:.2f}" for w, lim in pairs))
+            if rates.transactional:
+                print(f"{layout}: in transactions of {args.transactions} records: worker "
+                      f"{spread(rates.transactional)} findings/s; transactional/plain ratio "
+                      f"{statistics.median(rates.transactional) / statistics.median(rates.worker):.2f}")
         if args.latency_rate > 0:
             sample = findings[: int(args.latency_rate * 20)]
             warm_up = findings[-args.partitions * 4:]

@@ -1,5 +1,7 @@
-"""The core's `Store` over Faust tables: a changelogged mapping and a RocksDB partition
-whose writes reach the changelog only once the outputs are acknowledged."""
+"""The core's `Store` over Faust tables: a changelogged mapping and a RocksDB partition.
+Writes reach the changelog only once the outputs are acknowledged, and a RocksDB
+database only once the changelog has them: local state is never ahead of the changelog
+(docs/operations.md, "Stores")."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ class ChangelogMapping(MutableMapping[str, bytes]):
     def __init__(self, table: Any) -> None:
         self.table = table
         self._writes: list[tuple[str, bytes | None]] = []
+        # RocksDB writes waiting for their changelog writes, by partition.
+        self._local: dict[int, list[tuple[str, bytes | None]]] = {}
 
     def partition(self, partition: int) -> MutableMapping[str, bytes]:
         """The view the engine of `partition` reads and writes through."""
@@ -34,9 +38,10 @@ class ChangelogMapping(MutableMapping[str, bytes]):
         return self
 
     def persisted(self, sent: Iterable[Delivered]) -> None:
-        """Tell a RocksDB store the changelog offsets its databases now reflect, so that
-        a restart replays the changelog from there rather than from the last recovery
-        (a memory store keeps nothing across a restart: a no-op)."""
+        """The changelog has the writes `sent`: write them to the RocksDB databases, then
+        tell the store the changelog offsets its databases now reflect, so that a restart
+        replays the changelog from there (a crash before this replays the writes from the
+        changelog; a memory store keeps nothing across a restart: a no-op)."""
         store = self.table.data
         if not hasattr(store, "_db_for_partition"):
             return
@@ -46,6 +51,14 @@ class ChangelogMapping(MutableMapping[str, bytes]):
             if batch.topic == name:
                 last[batch.partition] = max(batch.last_offset, last.get(batch.partition, -1))
         for partition, offset in last.items():
+            # Only the partitions whose changelog writes these were: another partition's
+            # may still be on their way.
+            db = store._db_for_partition(partition)
+            for key, value in self._local.pop(partition, ()):
+                if value is None:
+                    db.delete(store._encode_key(key))
+                else:
+                    db.put(store._encode_key(key), value)
             store.set_persisted_offset(TP(name, partition), offset)
 
     def __getitem__(self, key: str) -> bytes:
@@ -87,7 +100,9 @@ class RocksPartition(MutableMapping[str, bytes]):
     partition's database. The store itself picks the database from `current_event()`,
     which a `take_events` batch body does not have (its writes assert on it) or which
     names another record's partition; keys and values are stored as the changelog
-    carries them, as the store's recovery writes them."""
+    carries them, as the store's recovery writes them. A write reaches the database only
+    once its changelog write is acknowledged (`ChangelogMapping.persisted`): reads in
+    between come from the core's staged writes, never from here."""
 
     def __init__(self, parent: ChangelogMapping, partition: int) -> None:
         self.parent = parent
@@ -112,12 +127,12 @@ class RocksPartition(MutableMapping[str, bytes]):
         return isinstance(key, str) and self.db.get(self.store._encode_key(key)) is not None
 
     def __setitem__(self, key: str, value: bytes) -> None:
-        self.db.put(self.store._encode_key(key), value)
         self.parent._writes.append((key, value))
+        self.parent._local.setdefault(self.partition, []).append((key, value))
 
     def __delitem__(self, key: str) -> None:
-        self.db.delete(self.store._encode_key(key))
         self.parent._writes.append((key, None))
+        self.parent._local.setdefault(self.partition, []).append((key, None))
 
     def __iter__(self) -> Iterator[str]:
         offset_key = self.store.offset_key
