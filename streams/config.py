@@ -38,6 +38,8 @@ def parse_duration_ms(text: str) -> int:
     """`90s`, `5m`, `24h`, `7d` (a bare number means seconds) -> milliseconds."""
     match = _DURATION.match(text)
     if not match:
+        if text.strip().startswith("-") and _DURATION.match(text.strip()[1:]):
+            raise ConfigError(f"a duration cannot be negative: {text.strip()!r}")
         raise ConfigError(f"not a duration: {text!r} (write it like 90s, 5m, 24h or 7d)")
     number, unit = match.groups()
     return round(float(number) * UNIT_MS[unit or "s"])

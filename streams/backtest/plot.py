@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from streams.backtest.run import GAP_BIN_S, SweepRow
-from streams.config import format_duration, require_extra
+from streams.config import ConfigError, format_duration, require_extra
 
 HOUR_MS = 3_600_000
 
@@ -14,6 +14,20 @@ HOUR_MS = 3_600_000
 def _hours(ms: int) -> str:
     """`24h` rather than `1d`: operators compare windows with gaps in hours."""
     return f"{ms // HOUR_MS}h" if ms % HOUR_MS == 0 else format_duration(ms)
+
+
+def check_plot_path(path: Path) -> None:
+    """Refuse, in one line and before any work, a picture that could not be written."""
+    require_extra("matplotlib", "plot", "--plot")
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise ConfigError(f"--plot {path}: not a picture format matplotlib writes "
+                          f"(give a file ending in one of .{', .'.join(sorted(formats))})")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--plot {path}: no such folder: {path.parent}")
 
 
 def plot_backtest(path: Path, rows: Sequence[SweepRow], gaps_by_minute: Mapping[int, int], *,

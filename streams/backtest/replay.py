@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.backtest.run import open_input
 from streams.core.files import split_lines
 from streams.core.findings import Finding, parse_message
 from streams.core.policy import Policy
@@ -33,7 +34,7 @@ def replay_records(paths: Iterable[Path], *, now_ms: int | None = None) -> Itera
     policy = Policy()
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     for path in paths:
-        with path.open("rb") as handle:
+        with open_input(path) as handle:
             for unit in split_lines(handle):
                 keys = {item.partition_key for item in parse_message(unit.data, policy=policy, now_ms=now)
                         if isinstance(item, Finding)}

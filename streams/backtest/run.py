@@ -14,6 +14,7 @@ missed and false alerts and the precision and recall of suppressions.
 from __future__ import annotations
 
 import gzip
+import os
 import sys
 import time
 from collections import Counter
@@ -87,8 +88,14 @@ class Progress:
             sys.stderr.write("\n")
 
 
+# `--input -`: standard input, read once.
+STDIN = Path("-")
+
+
 def open_input(path: Path) -> IO[bytes]:
-    """A findings file; `.gz` is read through gzip."""
+    """A findings file (`-`: standard input); `.gz` is read through gzip."""
+    if path == STDIN:
+        return os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=READ_BUFFER)
     if path.name.endswith(".gz"):
         return gzip.GzipFile(path, "rb")  # type: ignore[return-value]
     # A buffer of many lines: the default 8 KiB is refilled every few ~2 KiB findings,
@@ -100,7 +107,14 @@ def _position(handle: IO[bytes]) -> Callable[[], int]:
     """How far into its file a handle has read: the byte offset, or for gzip the
     position in the compressed file (the progress total is the files' sizes)."""
     raw = getattr(handle, "fileobj", None)
+    if raw is None and not handle.seekable():
+        return lambda: 0  # standard input or a pipe: no position, no total
     return raw.tell if raw is not None else handle.tell
+
+
+def input_size(path: Path) -> int:
+    """Bytes of a regular file; 0 (unknown) for standard input and pipes."""
+    return path.stat().st_size if path != STDIN and path.is_file() else 0
 
 
 def read_occurrences(
@@ -545,7 +559,7 @@ def backtest_files(
 ) -> Report:
     """One backtest over files, scored against ground-truth labels when there are any."""
     label_paths = label_files(paths, labels)
-    bar = Progress(sum(p.stat().st_size for p in paths), enabled=progress)
+    bar = Progress(sum(input_size(p) for p in paths), enabled=progress)
     try:
         return _run(
             _read(paths, policy=policy, now_ms=now_ms, progress=bar),

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from streams import __version__
 from streams.cli import backtest, demo, forward, generate, notify, replay, worker
-from streams.cli.options import EXIT_FAILURE, CliError, Parser, Subparsers
+from streams.cli.options import EXIT_FAILURE, CliError, Parser, Subparsers, raise_env_errors
 from streams.config import ConfigError
 
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    raise_env_errors(args)
     try:
         return COMMANDS[args.command].run(args)
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from streams.cli.options import (
     Subparsers,
     add_broker,
     add_policy,
+    check_inputs,
     durations,
     option,
     policy_from,
@@ -29,7 +30,8 @@ def add(sub: Subparsers) -> None:
                               description="Run the worker's decision code over files of findings "
                               "(JSON Lines, or one JSON document) and report.")
     backtest.add_argument("--input", nargs="+", required=True, type=Path, metavar="PATH",
-                          help="findings files: JSON Lines or one JSON document each")
+                          help="findings files: JSON Lines or one JSON document each (.gz "
+                          "compressed; '-': standard input)")
     add_policy(backtest)
     option(backtest, "--partitions", default="1", convert=positive_int,
            help="reproduce a worker with this many keyed partitions")
@@ -57,9 +59,12 @@ def run(args: argparse.Namespace) -> int:
     from streams.backtest.run import LabelChoice, LabelError, backtest_files, sweep
     from streams.core.records import decision_record
 
-    for path in args.input:
-        if not path.is_file():
-            raise CliError(f"input not found: {path}")
+    rereads = [flag for flag, on in (("--sweep", args.sweep), ("--via-kafka", args.via_kafka)) if on]
+    check_inputs(args.input, read_once=not rereads, why=" and ".join(rereads))
+    if args.plot:
+        from streams.backtest.plot import check_plot_path
+
+        check_plot_path(args.plot)  # before the work, not after it
     if args.labels is not None and not args.labels.is_file():
         raise CliError(f"labels not found: {args.labels}")
     if args.labels is not None and len(args.input) != 1:

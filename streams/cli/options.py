@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
 from streams.config import ConfigError, env_name, format_duration, format_size, parse_duration_ms, parse_size
@@ -30,8 +33,32 @@ class CliError(Exception):
 class Parser(argparse.ArgumentParser):
     """A usage error is one line and exit 2."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # `--window -5h` is a value (refused for being negative), not an unknown option.
+        self._negative_number_matcher = re.compile(r"^-\d+(\.\d+)?[a-zA-Z]*$")
+
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class EnvValueError(Exception):
+    """A `FLAPGUARD_*` variable that does not convert. Every command that has the option
+    reads the variable when the parsers are built; only the command that runs reports it
+    (`raise_env_errors`), under its own name."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+def raise_env_errors(args: argparse.Namespace) -> None:
+    """Report, as a usage error of the command that runs, a bad environment value it
+    would use (a flag on the command line replaces it)."""
+    for value in vars(args).values():
+        if isinstance(value, EnvValueError):
+            sys.stderr.write(f"{value.prog}: error: {value} (see --help)\n")
+            raise SystemExit(EXIT_USAGE)
 
 
 def option(
@@ -46,30 +73,36 @@ def option(
 ) -> None:
     """An option whose default comes from its environment variable, then `default`."""
     names = [env_name(flag), *env_fallbacks]
-    raw = next((os.environ[n] for n in names if os.environ.get(n)), default)
+    found = next((n for n in names if os.environ.get(n)), None)
+    raw = os.environ[found] if found is not None else default
     where = " or ".join(names)
     shown = f" (default {default})" if default is not None else ""
+    value: Any
     try:
-        value = None if raw is None else _typed(convert, where)(raw)
+        value = None if raw is None else _typed(convert)(raw)
     except argparse.ArgumentTypeError as exc:
-        parser.error(str(exc))
+        if found is None:
+            raise  # a default of the code's own that does not convert: a bug, not input
+        value = EnvValueError(parser.prog, f"{found}: {exc}")
     parser.add_argument(
         flag,
-        type=_typed(convert, flag),
+        type=_typed(convert),
         default=value,
         help=f"{help}{shown}; env {where}",
         **kwargs,
     )
 
 
-def _typed(convert: Callable[[str], Any], label: str) -> Callable[[str], Any]:
+def _typed(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`convert` with its errors as argparse's: "argument --window: not a duration: ..."."""
+
     def parse(text: str) -> Any:
         try:
             return convert(text)
         except (ConfigError, ValueError) as exc:
-            raise argparse.ArgumentTypeError(f"{label}: {exc}") from None
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-    parse.__name__ = label
+    parse.__name__ = getattr(convert, "__name__", "value")
     return parse
 
 
@@ -247,3 +280,23 @@ def add_producer(parser: argparse.ArgumentParser) -> None:
 def producer_from(args: argparse.Namespace) -> ProducerSettings:
     return ProducerSettings(compression=args.compression, max_request_size=args.max_request_size,
                             replication=Replication(args.replication_factor, args.min_insync_replicas))
+
+
+def check_inputs(paths: list[Path], *, read_once: bool, why: str = "") -> None:
+    """Inputs that can be read, said in one line when they cannot: standard input (`-`)
+    and pipes (process substitution) only where each input is read once."""
+    from streams.backtest.run import STDIN
+
+    if paths.count(STDIN) > 1:
+        raise CliError("--input -: standard input can be given once")
+    for path in paths:
+        if path == STDIN:
+            if not read_once:
+                raise CliError(f"--input -: standard input is read once, and {why} reads its input again")
+            continue
+        if path.is_dir():
+            raise CliError(f"input is a directory, not a file: {path}")
+        if not path.exists():
+            raise CliError(f"input not found: {path}")
+        if not path.is_file() and not read_once:
+            raise CliError(f"input is not a regular file (a pipe?): {path}; {why} reads its input again")

@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 
 from streams.cli.options import (
-    CliError,
     Subparsers,
     add_broker,
     add_producer,
+    check_inputs,
     option,
     positive_int,
     producer_from,
@@ -23,7 +23,7 @@ def add(sub: Subparsers) -> None:
                             description="Produce every line (or the document) of findings files "
                             "to a topic, with the file and line in record headers.")
     replay.add_argument("--input", nargs="+", required=True, type=Path, metavar="PATH",
-                        help="findings files")
+                        help="findings files ('-': standard input)")
     add_broker(replay)
     add_producer(replay)
     option(replay, "--topic", default=Topics().findings, help="topic to write to")
@@ -35,9 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from streams.backtest.replay import replay_files
 
     security = security_from(args)
-    for path in args.input:
-        if not path.is_file():
-            raise CliError(f"input not found: {path}")
+    check_inputs(args.input, read_once=True)
     count = replay_files(args.input, bootstrap=args.bootstrap_servers, topic=args.topic,
                          partitions=args.partitions, security=security,
                          writes=producer_from(args))

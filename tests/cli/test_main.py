@@ -3,6 +3,11 @@ a bad setting is one line on stderr and exit 1, before any work starts."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from streams.cli import COMMANDS, build_parser, main
@@ -27,3 +32,60 @@ def test_a_bad_store_from_the_environment_is_refused_alike(
     monkeypatch.setenv("FLAPGUARD_STORE", "rocks")
     assert main(["worker", "--bootstrap-servers", "127.0.0.1:1"]) == 1
     assert "unknown --store 'rocks'" in capsys.readouterr().err
+
+
+INCIDENT = Path(__file__).parents[1] / "fixtures" / "incident-rds45.jsonl"
+
+
+def flapguard(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streams", *args],
+                          input=stdin.decode() if stdin is not None else None, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_a_bad_environment_value_is_reported_by_the_command_that_runs() -> None:
+    done = flapguard("backtest", "--input", str(INCIDENT), env={"FLAPGUARD_WINDOW": "abc"})
+    assert done.returncode == 2
+    assert done.stderr.startswith("flapguard backtest: error: FLAPGUARD_WINDOW: not a duration: 'abc'")
+    # The flag replaces the variable: nothing to report.
+    assert flapguard("backtest", "--input", str(INCIDENT), "--window", "2h",
+                     env={"FLAPGUARD_WINDOW": "abc"}).returncode == 0
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("30x", "argument --window: not a duration: '30x' (write it like 90s, 5m, 24h or 7d)"),
+    ("-5h", "argument --window: a duration cannot be negative: '-5h'"),
+])
+def test_a_bad_duration_is_named_once_and_said_plainly(
+        value: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["backtest", "--input", str(INCIDENT), "--window", value])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"flapguard backtest: error: {message} (see --help)\n"
+
+
+def test_standard_input_is_backtested_as_the_file_is() -> None:
+    from_file = flapguard("backtest", "--input", str(INCIDENT), "--no-labels")
+    from_stdin = flapguard("backtest", "--input", "-", "--no-labels", stdin=INCIDENT.read_bytes())
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    assert from_stdin.stdout.splitlines()[:-1] == from_file.stdout.splitlines()[:-1]  # all but the rate
+    assert "alerts 2  suppressed 1" in from_stdin.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--input", "-", "--sweep", "1h,2h"], "--input -: standard input is read once, and --sweep reads"),
+    (["--input", "/dev/stdin", "--via-kafka"], "input is not a regular file (a pipe?): /dev/stdin; "
+                                               "--via-kafka reads its input again"),
+    (["--input", "-", "-"], "--input -: standard input can be given once"),
+    (["--input", str(INCIDENT.parent)], f"input is a directory, not a file: {INCIDENT.parent}"),
+    (["--input", str(INCIDENT), "--plot", "sweep.txt"], "--plot sweep.txt: not a picture format"),
+    (["--input", str(INCIDENT), "--plot", "/no/such/folder/sweep.png"], "no such folder: /no/such/folder"),
+])
+def test_inputs_and_outputs_that_cannot_work_are_refused_before_any_work(
+        args: list[str], message: str) -> None:
+    done = flapguard("backtest", *args, stdin=b"")
+    assert done.returncode == 1
+    assert done.stdout == ""  # no report: nothing was decided
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("flapguard backtest: error: ") and message in line
