@@ -13,6 +13,7 @@ from streams.cli.options import (
     Parser,
     Subparsers,
     add_broker,
+    add_logging,
     add_metrics_address,
     add_producer,
     option,
@@ -40,6 +41,7 @@ def add(sub: Subparsers) -> None:
     for parser in (hub, sqs):
         add_broker(parser)
         add_producer(parser)
+        add_logging(parser)
         option(parser, "--topic", default=Topics().findings, help="findings topic to write to")
         option(parser, "--partitions", default="8", convert=positive_int,
                help="partitions if a topic must be created")
@@ -127,9 +129,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.region and not getattr(args, "regions", None):
         raise CliError("no AWS Region: give --region (or AWS_REGION)")
     security = security_from(args)
-    import logging
+    from streams import logs
 
-    logging.basicConfig(level=logging.WARNING, format="flapguard forward: %(levelname)s %(message)s")
+    logs.setup(args.log_level, args.log_format)
     from streams.ingest.metrics import REGISTRY
 
     serve_metrics(args.metrics_address, REGISTRY)

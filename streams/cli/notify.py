@@ -10,6 +10,7 @@ from streams.cli.options import (
     CliError,
     Subparsers,
     add_broker,
+    add_logging,
     add_metrics_address,
     add_producer,
     option,
@@ -69,7 +70,7 @@ def add(sub: Subparsers) -> None:
     option(notify, "--session-timeout", default=format_duration(d.session_timeout_ms),
            convert=parse_duration_ms, help="Kafka consumer group session timeout")
     switch(notify, "--exit-when-idle", "exit 0 once every alert on the topic is delivered")
-    option(notify, "--log-level", default="WARNING", help="log level")
+    add_logging(notify)
     add_metrics_address(notify, "127.0.0.1:9465")
 
 
@@ -90,13 +91,12 @@ def _rate(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
 
+    from streams import logs
     from streams.notify.routing import Routes, check_configured, load_routes
     from streams.notify.service import NotifySettings, RetryPolicy, notify
 
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     settings = NotifySettings(
         bootstrap_servers=args.bootstrap_servers, security=security_from(args),
         writes=producer_from(args),

@@ -300,3 +300,12 @@ def check_inputs(paths: list[Path], *, read_once: bool, why: str = "") -> None:
             raise CliError(f"input not found: {path}")
         if not path.is_file() and not read_once:
             raise CliError(f"input is not a regular file (a pipe?): {path}; {why} reads its input again")
+
+
+def add_logging(parser: argparse.ArgumentParser, level: str = "INFO") -> None:
+    from streams.logs import FORMATS
+
+    option(parser, "--log-level", default=level,
+           help="log level of flapguard's own lines (the libraries log from WARNING, or DEBUG)")
+    option(parser, "--log-format", default="plain", choices=list(FORMATS),
+           help="plain lines, or one JSON object a line (time, level, logger, message)")

@@ -7,6 +7,7 @@ import argparse
 from streams.cli.options import (
     Subparsers,
     add_broker,
+    add_logging,
     add_metrics_address,
     add_policy,
     add_producer,
@@ -57,7 +58,7 @@ def _add_worker_options(parser: argparse.ArgumentParser) -> None:
            "pass with no new record: the consumer has handed over what it fetched)")
     option(parser, "--session-timeout", default=format_duration(int(d.session_timeout_s * 1000)),
            convert=parse_duration_ms, help="Kafka consumer group session timeout")
-    option(parser, "--log-level", default=d.log_level, help="log level")
+    add_logging(parser, d.log_level)
     add_metrics_address(parser, d.metrics_address)
     parser.add_argument("--metrics-account-label", action="store_true",
                         default=env_flag("--metrics-account-label"),
@@ -89,6 +90,7 @@ def worker_settings_from(args: argparse.Namespace) -> WorkerSettings:
         session_timeout_s=session_s,
         heartbeat_interval_s=max(0.1, session_s / 10),
         log_level=args.log_level.upper(),
+        log_format=args.log_format,
         metrics_address=args.metrics_address,
         metrics_account_label=args.metrics_account_label,
     )

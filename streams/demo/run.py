@@ -28,7 +28,7 @@ from streams.core.policy import Policy
 from streams.core.records import HEADER_REASON
 from streams.demo.brokers import TansuBroker
 from streams.kafka.security import PLAINTEXT, BrokerSecurity
-from streams.kafka.topics import create_topics
+from streams.kafka.topics import BROKER_DEFAULTS, Replication, create_topics
 from streams.worker.process import worker_process
 
 BUNDLED_INCIDENT = "incident-rds45.jsonl"
@@ -138,7 +138,10 @@ def run_demo(*, bootstrap: str | None, input_path: Path | None, timeout_s: float
               f"replaying {expected} finding occurrences from {incident.name}")
         # One findings partition keeps the input order, so the worker decides exactly
         # as `flapguard backtest` does.
-        asyncio.run(create_topics(servers, {topics["findings"]: 1}, security=security))
+        # The local broker is one Tansu node, which does not say its defaults.
+        replication = Replication(factor=1) if local else BROKER_DEFAULTS
+        asyncio.run(create_topics(servers, {topics["findings"]: 1}, replication=replication,
+                                  security=security))
         session = "2s" if local else "10s"
         args = ["--bootstrap-servers", servers, "--app-id", app_id,
                 "--findings-topic", topics["findings"], "--alerts-topic", topics["alerts"],
@@ -146,7 +149,8 @@ def run_demo(*, bootstrap: str | None, input_path: Path | None, timeout_s: float
                 "--deadletter-topic", topics["deadletter"],
                 "--decisions-topic", topics["decisions"], "--partitions", "4",
                 "--idle-flush", "1s", "--session-timeout", session,
-                "--data-dir", str(Path(tmp) / "data"), "--metrics-address", "127.0.0.1:0"]
+                "--data-dir", str(Path(tmp) / "data"), "--metrics-address", "127.0.0.1:0",
+                *(["--replication-factor", "1"] if local else [])]
         log_path = Path(tmp) / "worker.log"
         with worker_process(args, log_path, env=security.to_env()) as proc:
             deadline = time.monotonic() + timeout_s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ class Topics:
 
 
 _TOPIC_ALREADY_EXISTS = 36
+
+log = logging.getLogger("flapguard.kafka")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +89,22 @@ async def replication_factor(admin: Any, replication: Replication) -> int:
     `default.replication.factor` (aiokafka's CreateTopics cannot ask for "the broker's
     default"), checked against the brokers the cluster has."""
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+    from aiokafka.errors import KafkaError
 
     brokers = sorted(b.nodeId for b in admin._client.cluster.brokers())
     factor = replication.factor
     if factor is None:
         name = "default.replication.factor"
-        responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.BROKER, str(brokers[0]), {name: None})])
+        try:
+            responses = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.BROKER, str(brokers[0]), {name: None})])
+        except KafkaError as exc:
+            # Kafka-protocol brokers that are not Apache Kafka (the demo's Tansu) may not
+            # answer: Kafka's own recommendation, as many replicas as there are, up to 3.
+            factor = min(3, len(brokers))
+            log.warning("the broker did not give its default.replication.factor (%s); creating "
+                        "topics with %s replicas (set --replication-factor)", type(exc).__name__, factor)
+            return factor
         entries = {e[0]: e[1] for r in responses for res in r.resources for e in res[4]}
         factor = int(entries.get(name) or 1)
     if factor > len(brokers):
@@ -121,11 +133,15 @@ async def create_topics(
         return {}
     deadline = time.monotonic() + timeout
     async with admin_client(bootstrap, security, timeout) as admin:
+        existing = set(await admin.list_topics())
+        missing = {name: partitions for name, partitions in topics.items() if name not in existing}
+        if not missing:
+            return await _wait_for_leaders(admin, topics, deadline)
         factor = await replication_factor(admin, replication)
         configs = {**replication.topic_config(), **(config or {})}
         response = await admin.create_topics(
             [NewTopic(name, partitions, factor, topic_configs=configs)
-             for name, partitions in topics.items()],
+             for name, partitions in missing.items()],
             timeout_ms=int(timeout * 1000),
         )
         for entry in response.topic_errors:

@@ -301,6 +301,15 @@ class Worker:
         if partition is not None:
             await self.persist([partition])
 
+    def describe_assignment(self, seconds: float) -> str:
+        """The partitions this worker decides and how long start-up and state recovery
+        took, for the "ready" line."""
+        actives = self.app.assignor.assigned_actives()
+        keyed = sorted(tp.partition for tp in actives if tp.topic == self.keyed.get_topic_name())
+        source = sorted(tp.partition for tp in actives if tp.topic == self.source.get_topic_name())
+        return (f"keyed partitions {keyed or 'none'}, findings partitions {source or 'none'} of "
+                f"{self.source.get_topic_name()}; started and state restored in {seconds:.1f} s")
+
     def still_ours(self, messages: list[Any], assigned: set[TP]) -> list[Any]:
         """Records of partitions this worker still owns (`assigned`). A batch taken
         before a rebalance may hold records of partitions now owned by another worker;
@@ -606,14 +615,32 @@ def fatal(message: str, *args: Any) -> None:
 
 
 def run_worker(settings: WorkerSettings) -> None:
-    """Run until SIGTERM/SIGINT."""
+    """Run until SIGTERM/SIGINT; say when it is ready and when it stopped."""
     from faust.worker import Worker as FaustWorker
 
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from streams import logs
+
+    started = time.monotonic()
+    logs.setup(settings.log_level, settings.log_format)
     worker = Worker(settings)
     metrics.start(worker)
     # A broker that is not up yet is waited for (with backoff), not a crash.
     asyncio.run(retry_while_unavailable(worker.declare_topics, servers=settings.bootstrap_servers,
                                         what="creating or checking the topics"))
-    FaustWorker(worker.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+
+    class Announced(FaustWorker):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # Faust's progress spinner writes terminal escape codes to any stdout.
+            self.spinner = None
+
+        async def on_startup_finished(self) -> None:
+            await super().on_startup_finished()
+            log.info("ready: %s", worker.describe_assignment(time.monotonic() - started))
+
+    # Faust's own logging set-up (colours, a second format) is not used: one format.
+    try:
+        Announced(worker.app, loglevel=settings.log_level, quiet=True,
+                  override_logging=False).execute_from_commandline()
+    finally:
+        log.info("stopped")

@@ -9,6 +9,7 @@ from streams.config import UNIT_MS, ConfigError, require_extra
 from streams.core.policy import Policy
 from streams.kafka.producer import ProducerSettings
 from streams.kafka.topics import Topics
+from streams.logs import FORMATS
 
 if TYPE_CHECKING:
     from streams.kafka.security import BrokerSecurity
@@ -51,7 +52,9 @@ class WorkerSettings:
     batch_wait_ms: int = 50
     session_timeout_s: float = 30.0
     heartbeat_interval_s: float = 3.0
-    log_level: str = "WARNING"
+    # flapguard's own lines from INFO (ready, stopped, recoveries); the libraries' from WARNING.
+    log_level: str = "INFO"
+    log_format: str = "plain"
     # Prometheus endpoint `host:port` (port 0: any free port); None: no endpoint.
     metrics_address: str | None = "127.0.0.1:9464"
     # Label decisions by AWS account too (one series per account and decision).
@@ -60,5 +63,7 @@ class WorkerSettings:
     def __post_init__(self) -> None:
         if self.store not in STORES:
             raise ConfigError(f"unknown --store {self.store!r} (one of {', '.join(STORES)})")
+        if self.log_format not in FORMATS:
+            raise ConfigError(f"unknown --log-format {self.log_format!r} (one of {', '.join(FORMATS)})")
         if self.store == "rocksdb://":
             require_extra("rocksdict", "rocksdb", "--store rocksdb://")

@@ -128,3 +128,19 @@ def wait_for_topic(bootstrap: str, topic: str, run: WorkerRun, timeout: float = 
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def test_a_broker_that_does_not_say_its_default_gets_topics_all_the_same(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Tansu (the demo's broker) answers no DescribeConfigs: as many replicas as there
+    are brokers, up to 3, and a warning that says which flag decides; a topic that
+    exists already asks nothing."""
+    from streams.demo.brokers import TansuBroker
+
+    with TansuBroker() as broker:
+        assert asyncio.run(create_topics(broker.bootstrap_servers, {"t": 2})) == {"t": 2}
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert "creating topics with 1 replicas (set --replication-factor)" in warning
+        caplog.clear()
+        assert asyncio.run(create_topics(broker.bootstrap_servers, {"t": 2})) == {"t": 2}
+        assert [r for r in caplog.records if r.levelname == "WARNING"] == []
