@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "streams"
 # (murmur2 of many keys at once), itself, and how configuration is written.
 CORE_STDLIB = frozenset({
     "__future__", "bisect", "collections", "dataclasses", "datetime", "enum", "functools",
-    "hashlib", "heapq", "itertools", "math", "operator", "re", "struct", "typing",
+    "hashlib", "heapq", "itertools", "json", "math", "operator", "re", "struct", "typing",
 })
 CORE_THIRD_PARTY = frozenset({"msgspec", "numpy", "orjson"})
 CORE_OWN = ("streams.core", "streams.config")

@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
             report = backtest_files(args.input, policy=policy, partitions=args.partitions,
                                     now_ms=now_ms, on_decision=write if out else None, labels=labels)
         summary = report.to_json()
+        if not summary["findings"]:
+            raise CliError("the input holds nothing to decide (is it empty?)")
         if args.sweep:
             rows, widest = sweep(args.input, args.sweep, policy=policy, partitions=args.partitions,
                                  now_ms=now_ms, labels=labels)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from streams.cli.options import (
+    CliError,
     Subparsers,
     add_broker,
     add_producer,
@@ -39,5 +40,7 @@ def run(args: argparse.Namespace) -> int:
     count = replay_files(args.input, bootstrap=args.bootstrap_servers, topic=args.topic,
                          partitions=args.partitions, security=security,
                          writes=producer_from(args))
+    if not count:
+        raise CliError("the input holds nothing to replay (is it empty?)")
     print(f"replayed {count} records to {args.topic}")
     return 0

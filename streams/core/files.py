@@ -1,9 +1,10 @@
-"""Findings files split into JSON units: JSON Lines, or one JSON document (pretty-printed
-or not), each unit with its 1-based line. Pure."""
+"""Findings files split into JSON units: JSON Lines, one JSON document (pretty-printed or
+not), or several documents one after another, each unit with its 1-based line. Pure."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import operator
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ class FileUnit:
 
 
 def split_lines(lines: Iterable[bytes]) -> Iterator[FileUnit]:
-    """One JSON document if the whole input parses as one, else JSON Lines.
+    """One JSON document if the whole input parses as one; else documents one after
+    another (pretty-printed ones concatenated, as `jq` without `-c` writes them) if the
+    whole input is such documents; else JSON Lines.
 
     Streams: a JSON Lines input whose first line parses is never held whole in
     memory (one whose first line is broken is read whole once, to try it as a
@@ -48,6 +51,9 @@ def numbered_units(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
         whole = b"".join(rest)
         if _parses(whole):
             return iter([(1, whole)])
+        documents = _documents(whole)
+        if documents is not None:
+            return iter(documents)
         iterator = iter(rest[first_number - 1 :])
     else:
         iterator = itertools.chain([head[-1]], iterator)
@@ -62,3 +68,29 @@ def _parses(data: bytes) -> bool:
     except orjson.JSONDecodeError:
         return False
     return True
+
+
+def _documents(whole: bytes) -> list[tuple[int, bytes]] | None:
+    """Two or more JSON documents one after another, each with the line it starts on;
+    None unless the whole input is such documents."""
+    try:
+        text = whole.decode()
+    except UnicodeDecodeError:
+        return None
+    decoder = json.JSONDecoder()
+    found: list[tuple[int, bytes]] = []
+    position, line, counted = 0, 1, 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position == len(text):
+            break
+        try:
+            _, end = decoder.raw_decode(text, position)
+        except ValueError:
+            return None
+        line += text.count("\n", counted, position)
+        counted = position
+        found.append((line, text[position:end].encode()))
+        position = end
+    return found if len(found) > 1 else None

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from streams.cli import COMMANDS, build_parser, main
@@ -89,3 +90,25 @@ def test_inputs_and_outputs_that_cannot_work_are_refused_before_any_work(
     assert done.stdout == ""  # no report: nothing was decided
     (line,) = done.stderr.splitlines()
     assert line.startswith("flapguard backtest: error: ") and message in line
+
+
+def test_an_empty_input_is_an_error_not_a_silent_zero(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"\n \n")
+    done = flapguard("backtest", "--input", str(empty))
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == "flapguard backtest: error: the input holds nothing to decide (is it empty?)\n"
+    done = flapguard("backtest", "--input", "-", stdin=b"")
+    assert done.returncode == 1 and "nothing to decide" in done.stderr
+
+
+def test_concatenated_pretty_printed_documents_are_backtested_as_documents(tmp_path: Path) -> None:
+    """Two pretty-printed documents one after another (what `jq .` writes): two units,
+    not dozens of unparseable lines."""
+    lines = INCIDENT.read_bytes().splitlines()
+    both = tmp_path / "both.json"
+    both.write_bytes(b"\n".join(orjson.dumps(orjson.loads(line), option=orjson.OPT_INDENT_2)
+                                for line in lines[:2]) + b"\n")
+    done = flapguard("backtest", "--input", str(both), "--no-labels")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("findings 2  alerts 1  suppressed 0  resolved 0  dead letters 0")
