@@ -29,13 +29,18 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
+# What aiokafka logs at ERROR while the metadata catches up with topics just created
+# (Faust's changelogs at every first start): retried by aiokafka, and no error.
+STARTUP_NOISE = (("aiokafka.cluster", "not found in cluster metadata"),
+                 ("aiokafka.consumer.fetcher", "NotLeaderForPartitionError"))
+
+
 class StartupNoise(logging.Filter):
-    """aiokafka logs `Topic X not found in cluster metadata` at ERROR while metadata
-    catches up with topics just created (Faust's changelogs at every first start): an
-    ERROR-based alert would fire at every deployment. Kept as DEBUG."""
+    """Keeps aiokafka's start-up noise (`STARTUP_NOISE`) as DEBUG: an ERROR-based log
+    alert would fire at every deployment."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "aiokafka.cluster" and "not found in cluster metadata" in record.getMessage():
+        if any(record.name == name and text in record.getMessage() for name, text in STARTUP_NOISE):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True

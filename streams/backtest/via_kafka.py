@@ -25,6 +25,7 @@ from streams.backtest.run import LabelChoice, Report, label_files, read_labels, 
 from streams.config import format_duration, format_size
 from streams.core.policy import Policy
 from streams.kafka.security import PLAINTEXT, BrokerSecurity
+from streams.kafka.topics import delete_topics
 from streams.worker.process import worker_process
 
 SESSION_TIMEOUT = "10s"
@@ -101,8 +102,9 @@ def kafka_backtest(
         ok = True
         return report
     finally:
-        if ok:
+        if ok:  # on failure both stay, for a look at what went wrong
             shutil.rmtree(workdir, ignore_errors=True)
+            asyncio.run(delete_topics(bootstrap, app_id, security=security))
 
 
 def report_from_records(

@@ -22,8 +22,10 @@ def add(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from streams import logs
     from streams.demo.run import DemoError, run_demo
 
+    logs.setup("WARNING")  # the demo's output is its report; warnings only besides it
     try:
         return run_demo(bootstrap=args.bootstrap_servers, input_path=args.input,
                         timeout_s=args.timeout / 1000, security=security_from(args))

@@ -28,7 +28,7 @@ from streams.core.policy import Policy
 from streams.core.records import HEADER_REASON
 from streams.demo.brokers import TansuBroker
 from streams.kafka.security import PLAINTEXT, BrokerSecurity
-from streams.kafka.topics import BROKER_DEFAULTS, Replication, create_topics
+from streams.kafka.topics import BROKER_DEFAULTS, Replication, create_topics, delete_topics
 from streams.worker.process import worker_process
 
 BUNDLED_INCIDENT = "incident-rds45.jsonl"
@@ -152,16 +152,20 @@ def run_demo(*, bootstrap: str | None, input_path: Path | None, timeout_s: float
                 "--data-dir", str(Path(tmp) / "data"), "--metrics-address", "127.0.0.1:0",
                 *(["--replication-factor", "1"] if local else [])]
         log_path = Path(tmp) / "worker.log"
-        with worker_process(args, log_path, env=security.to_env()) as proc:
-            deadline = time.monotonic() + timeout_s
-            asyncio.run(replay_async([incident], bootstrap=servers, topic=topics["findings"],
-                                     partitions=1, security=security))
-            try:
-                got = asyncio.run(collect(servers, {k: v for k, v in topics.items()
-                                                    if k != "findings"}, expected, deadline, proc,
-                                          security))
-            except DemoError as exc:
-                tail = log_path.read_text(errors="replace").splitlines()[-15:]
-                raise DemoError(f"{exc}; worker log tail:\n" + "\n".join(tail)) from None
+        try:
+            with worker_process(args, log_path, env=security.to_env()) as proc:
+                deadline = time.monotonic() + timeout_s
+                asyncio.run(replay_async([incident], bootstrap=servers, topic=topics["findings"],
+                                         partitions=1, security=security))
+                try:
+                    got = asyncio.run(collect(servers, {k: v for k, v in topics.items()
+                                                        if k != "findings"}, expected, deadline, proc,
+                                              security))
+                except DemoError as exc:
+                    tail = log_path.read_text(errors="replace").splitlines()[-15:]
+                    raise DemoError(f"{exc}; worker log tail:\n" + "\n".join(tail)) from None
+        finally:
+            if not local:  # the local broker goes with everything on it
+                asyncio.run(delete_topics(servers, app_id, security=security))
         print(render(got))
     return 0

@@ -174,6 +174,20 @@ async def _wait_for_leaders(admin: Any, topics: Mapping[str, int], deadline: flo
         await asyncio.sleep(0.05)
 
 
+async def delete_topics(bootstrap: str, prefix: str, *, security: BrokerSecurity | None = None,
+                        timeout: float = 30.0) -> list[str]:
+    """Delete every topic whose name starts with `prefix` (the topics a demo or a
+    `--via-kafka` run created under its own app id: its inputs, outputs, keyed topic and
+    Faust's changelogs); the names deleted."""
+    if not prefix:
+        raise ValueError("refusing to delete topics without a prefix")
+    async with admin_client(bootstrap, security, timeout) as admin:
+        names = sorted(name for name in await admin.list_topics() if name.startswith(prefix))
+        if names:
+            await admin.delete_topics(names, timeout_ms=int(timeout * 1000))
+    return names
+
+
 def create_topics_sync(
     bootstrap: str,
     topics: Mapping[str, int],

@@ -1,0 +1,57 @@
+"""`flapguard demo`, as a user runs it: on its own Tansu broker, and on a real Apache Kafka
+broker given with --bootstrap-servers, where it leaves no topic behind and prints its
+report and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+
+from streams.kafka.topics import admin_client
+
+REPORT = [
+    "ALERTS (2)",
+    "SUPPRESSED (1)",
+    "  recreated_after_archive    finding …7e1d93a0f456 paired with …0d8f4e2b7c11, re-created 12.51 h "
+    "after archive",
+    "DEAD LETTERS (1)",
+]
+
+
+def demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streams", "demo", *args], capture_output=True,
+                          text=True, timeout=180)
+
+
+def topics(bootstrap: str) -> set[str]:
+    async def go() -> set[str]:
+        async with admin_client(bootstrap, None, 30.0) as admin:
+            return set(await admin.list_topics())
+
+    return asyncio.run(go())
+
+
+def assert_report(done: subprocess.CompletedProcess[str]) -> None:
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert all(line in lines for line in REPORT), done.stdout
+    assert sum(line.startswith("  new ") for line in lines) == 2
+
+
+def test_the_demo_on_its_own_broker_prints_the_incidents_report() -> None:
+    done = demo()
+    assert_report(done)
+    assert "(local Tansu, started for the demo)" in done.stdout
+    assert done.stderr == ""
+
+
+@pytest.mark.kafka
+def test_the_demo_on_a_real_broker_leaves_no_topic_behind_and_no_noise(kafka_bootstrap: str) -> None:
+    before = topics(kafka_bootstrap)
+    done = demo("--bootstrap-servers", kafka_bootstrap)
+    assert_report(done)
+    assert done.stderr == ""  # no "not found in cluster metadata", no NotLeaderForPartitionError
+    assert {t for t in topics(kafka_bootstrap) - before if t.startswith("flapguard-demo-")} == set()
