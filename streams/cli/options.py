@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
@@ -47,9 +46,9 @@ class EnvValueError(Exception):
     reads the variable when the parsers are built; only the command that runs reports it
     (`raise_env_errors`), under its own name."""
 
-    def __init__(self, prog: str, message: str) -> None:
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
         super().__init__(message)
-        self.prog = prog
+        self.parser = parser
 
 
 def raise_env_errors(args: argparse.Namespace) -> None:
@@ -57,8 +56,7 @@ def raise_env_errors(args: argparse.Namespace) -> None:
     would use (a flag on the command line replaces it)."""
     for value in vars(args).values():
         if isinstance(value, EnvValueError):
-            sys.stderr.write(f"{value.prog}: error: {value} (see --help)\n")
-            raise SystemExit(EXIT_USAGE)
+            value.parser.error(str(value))
 
 
 def option(
@@ -83,7 +81,7 @@ def option(
     except argparse.ArgumentTypeError as exc:
         if found is None:
             raise  # a default of the code's own that does not convert: a bug, not input
-        value = EnvValueError(parser.prog, f"{found}: {exc}")
+        value = EnvValueError(parser, f"{found}: {exc}")
     parser.add_argument(
         flag,
         type=_typed(convert),

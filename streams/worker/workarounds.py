@@ -7,6 +7,7 @@ tracking, `Outbox._track`, answer two defects of their own; docs/operations.md l
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 READ_COMMITTED = "read_committed"
@@ -26,6 +27,7 @@ def read_committed_consumer() -> None:
     if getattr(original, "flapguard_read_committed", False):
         return
 
+    @functools.wraps(original)
     def create(self: Any, transport: Any) -> Any:
         consumer = original(self, transport)
         consumer._isolation_level = READ_COMMITTED

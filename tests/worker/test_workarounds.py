@@ -13,12 +13,8 @@ from streams.worker import workarounds
 
 
 def test_faust_creates_its_consumer_read_uncommitted_unless_exactly_once() -> None:
-    original = driver.AIOKafkaConsumerThread._create_worker_consumer
-    source = inspect.getsource(getattr(original, "__wrapped__", original))
-    if getattr(original, "flapguard_read_committed", False):
-        # Installed by an earlier test's worker: the closure holds Faust's own.
-        (cell,) = [c.cell_contents for c in original.__closure__ or () if callable(c.cell_contents)]
-        source = inspect.getsource(cell)
+    # Faust's own, whether or not an earlier test's worker has installed the patch.
+    source = inspect.getsource(inspect.unwrap(driver.AIOKafkaConsumerThread._create_worker_consumer))
     assert 'isolation_level: str = "read_uncommitted"' in source
     assert "isolation_level=isolation_level" in source
 
@@ -34,6 +30,7 @@ def test_the_patch_makes_faust_s_consumer_read_committed_and_is_installed_once()
     workarounds.read_committed_consumer()
     assert driver.AIOKafkaConsumerThread._create_worker_consumer is first
     assert first.flapguard_read_committed is True
+    assert inspect.unwrap(first) is not first  # Faust's own is kept, and called
 
 
 def test_the_last_stable_offset_is_where_the_workaround_reads_it() -> None:
