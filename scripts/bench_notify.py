@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO))
 from streams.demo.brokers import KafkaBroker, default_kafka_libs  # noqa: E402
 from streams.kafka.topics import create_topics  # noqa: E402
 from streams.notify.sinks import alert_from_record, pagerduty_event, slack_message, sns_message  # noqa: E402
+from tests.notify.test_sinks import FINDING_ID, record  # noqa: E402
 from tests.notify_servers import Reply, http_recorder  # noqa: E402
-from tests.test_sinks import FINDING_ID, record  # noqa: E402
 
 
 def alerts(count: int) -> list[dict[str, Any]]:

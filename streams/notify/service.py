@@ -1,10 +1,17 @@
 """`flapguard notify`: deliver the alerts topic to Slack, PagerDuty, SNS and stdout.
 
-At-least-once: a fetched batch is delivered (every record to every sink its route
-names, with retries), records that still fail go to the notification dead-letter topic
-with the error in headers, and only then are the batch's offsets committed. A notifier
-killed mid-batch re-delivers that batch on restart; a repeat carries the same
-`dedup_key` (PagerDuty folds it into the same incident).
+Each sink drains on its own: a lane per sink (and one for the Security Hub write-back),
+each with its own consumer group `<group-id>.<sink>`, whose committed offsets are exactly
+what that sink delivered or dead-lettered, and whose lag is that sink's backlog. A slow
+or failing sink holds back only itself. Within a lane a partition's records go in order,
+one at a time; records that fail for good go to the notification dead-letter topic with
+the error in headers before their offsets are committed.
+
+At least once: a notifier killed (SIGKILL) re-delivers what it had not committed, at
+most about a second's deliveries per sink; a repeat carries the same `dedup_key`
+(PagerDuty folds it into the same incident). Asked to stop (SIGTERM, SIGINT), it starts
+nothing new, gives an attempt already in flight a few seconds, abandons rate-limit
+waits and retry pauses, and commits exactly what was delivered or dead-lettered.
 
 Secrets (webhook URLs, routing keys) never reach a log line, an error or a header:
 errors are written from status codes and exception types, and the secret values are
@@ -25,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -128,8 +135,58 @@ def http_error(status: int, retry_after: str | None) -> DeliveryError | None:
 
 class Sender(Protocol):
     name: str
+    # Waited on before each attempt (nothing is sent while waiting); None: no limit.
+    limiter: RateLimiter | None
 
     async def send(self, alert: Alert) -> None: ...
+
+
+# ------------------------------------------------------------------------ stopping
+
+# How long an attempt already in flight when the notifier is asked to stop may still take:
+# it may have reached the sink, so it is waited for (briefly) rather than abandoned.
+STOP_GRACE_S = 5.0
+
+T = TypeVar("T")
+
+
+class Interrupted(Exception):
+    """Asked to stop before a delivery had an outcome: it is neither committed nor
+    dead-lettered, and a restarted notifier delivers it."""
+
+
+async def pause(seconds: float, stop: asyncio.Event | None) -> None:
+    """Sleep, unless asked to stop first (then Interrupted)."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return
+    raise Interrupted
+
+
+async def finish_or_stop(work: Awaitable[T], stop: asyncio.Event | None,
+                         grace_s: float = STOP_GRACE_S) -> T:
+    """`work`'s result; once asked to stop, `work` gets `grace_s` more, then Interrupted."""
+    if stop is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            await asyncio.wait({task}, timeout=grace_s)
+        if task.done():
+            return task.result()
+        raise Interrupted
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 class RateLimiter:
@@ -141,12 +198,13 @@ class RateLimiter:
         self.next_at = 0.0
         self.lock = asyncio.Lock()
 
-    async def wait(self) -> None:
+    async def wait(self, stop: asyncio.Event | None = None) -> None:
+        """Wait for this sender's next slot (Interrupted, slot unused, when asked to stop)."""
         async with self.lock:
             now = time.monotonic()
             if self.next_at > now:
-                await asyncio.sleep(self.next_at - now)
-            self.next_at = max(now, self.next_at) + self.interval
+                await pause(self.next_at - now, stop)
+            self.next_at = max(time.monotonic(), self.next_at) + self.interval
 
     def defer(self, seconds: float) -> None:
         self.next_at = max(self.next_at, time.monotonic() + seconds)
@@ -171,8 +229,6 @@ class HttpSender:
         import aiohttp
 
         payload = orjson.dumps(self.body(alert))
-        if self.limiter is not None:
-            await self.limiter.wait()
         try:
             async with self.session.post(
                 self.url, data=payload, headers={"Content-Type": "application/json"},
@@ -207,6 +263,7 @@ class PagerDutySender(HttpSender):
 
 class SnsSender:
     name = "sns"
+    limiter: RateLimiter | None = None
 
     def __init__(self, topic_arn: str, client: Any) -> None:
         self.topic_arn = topic_arn
@@ -225,6 +282,7 @@ class SnsSender:
 
 class StdoutSender:
     name = "stdout"
+    limiter: RateLimiter | None = None
 
     async def send(self, alert: Alert) -> None:
         sys.stdout.buffer.write(stdout_line(alert))
@@ -257,8 +315,10 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
 
 async def with_retries(
     attempt_once: Callable[[], Awaitable[None]], policy: RetryPolicy, rng: random.Random, what: str,
+    stop: asyncio.Event | None = None,
 ) -> tuple[str | None, int]:
-    """None when delivered, else the last error; and the attempts made."""
+    """None when delivered, else the last error; and the attempts made. Interrupted when
+    asked to stop during a pause between attempts."""
     for attempt in range(1, policy.attempts + 1):
         try:
             await attempt_once()
@@ -267,10 +327,10 @@ async def with_retries(
             if not exc.retryable or attempt == policy.attempts:
                 log.warning("%s failed for good after %d attempt(s): %s", what, attempt, exc)
                 return str(exc), attempt
-            pause = policy.delay(attempt, exc.retry_after, rng)
+            delay = policy.delay(attempt, exc.retry_after, rng)
             log.info("%s failed (attempt %d/%d, retry in %.2fs): %s",
-                     what, attempt, policy.attempts, pause, exc)
-            await asyncio.sleep(pause)
+                     what, attempt, policy.attempts, delay, exc)
+            await pause(delay, stop)
     raise AssertionError("unreachable")
 
 
@@ -296,7 +356,6 @@ class NotifySettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     http_timeout_s: float = 10.0
     batch_size: int = 100
-    concurrency: int = 16
     exit_when_idle: bool = False
     session_timeout_ms: int = 10_000
 
@@ -311,6 +370,10 @@ class NotifySettings:
         if self.sns_topic_arn:
             sinks.append("sns")
         return sinks
+
+    def lane_group(self, lane: str) -> str:
+        """The consumer group of one sink: its committed offsets are that sink's progress."""
+        return f"{self.group_id}.{lane}"
 
 
 @dataclass(slots=True)
@@ -342,91 +405,166 @@ def deadletter_headers(failure: Failure) -> list[tuple[str, bytes]]:
     ]
 
 
-class Notifier:
-    """Delivers one fetched batch at a time; see the module docstring."""
+# A batch of fetched records by partition (aiokafka's TopicPartition, or any key), and
+# where a lane writes what it gives up on (acknowledged before the lane reports it done).
+Batch = dict[Any, list[Any]]
+DeadLetter = Callable[[list[Failure]], Awaitable[None]]
 
-    def __init__(self, settings: NotifySettings, senders: dict[str, Sender],
-                 securityhub: Any = None, rng: random.Random | None = None) -> None:
-        self.settings = settings
-        self.senders = senders
-        self.securityhub = securityhub
-        self.rng = rng or random.Random()
-        self.gate = asyncio.Semaphore(settings.concurrency)
-        self.counts = Counts()
 
-    async def deliver_batch(self, records: list[Any]) -> list[Failure]:
-        alerts = [r for r in records if r.topic == self.settings.alerts_topic]
-        results = await asyncio.gather(*(self._deliver(r) for r in alerts))
-        failures = [f for fs in results for f in fs]
-        if self.securityhub is not None:
-            failures.extend(await self._write_back(records))
-        self.counts.records += len(records)
-        self.counts.dead_lettered += len(failures)
-        for failure in failures:
-            notify_metrics.dead_lettered(failure.sink)
-        return failures
+class Lane(Protocol):
+    """One sink's share of the work: what it reads, and how it delivers a batch. Its progress
+    is, per partition, the offset after the last record it delivered or dead-lettered:
+    exactly what may be committed."""
 
-    async def _deliver(self, record: Any) -> list[Failure]:
+    name: str
+    topics: list[str]
+
+    async def deliver(self, batch: Batch, dead_letter: DeadLetter, done: dict[Any, int]) -> None:
+        """Deliver `batch`, setting `done[partition]` as each record is delivered or
+        dead-lettered (read while it runs: progress is committed as it is made)."""
+
+
+@dataclass(slots=True)
+class LaneContext:
+    """What every lane of one notifier shares."""
+
+    settings: NotifySettings
+    counts: Counts
+    rng: random.Random
+    stop: asyncio.Event | None
+    configured: list[str]
+
+
+class SinkLane:
+    """Delivers to one sink. A partition's records go in order, one at a time (a `resolved`
+    never overtakes its trigger, and a stop leaves nothing delivered beyond what is
+    committed); partitions go side by side. The primary lane also counts the records and
+    dead-letters those that are not alerts (once, whichever sinks there are)."""
+
+    def __init__(self, sender: Sender, context: LaneContext, *, primary: bool) -> None:
+        self.sender = sender
+        self.name = sender.name
+        self.context = context
+        self.primary = primary
+        self.topics = [context.settings.alerts_topic]
+
+    async def deliver(self, batch: Batch, dead_letter: DeadLetter, done: dict[Any, int]) -> None:
+        async def partition(key: Any, records: list[Any]) -> None:
+            for record in records:
+                if self.context.stop is not None and self.context.stop.is_set():
+                    return
+                try:
+                    failures = await self.deliver_one(record)
+                except Interrupted:
+                    return
+                if failures:
+                    await dead_letter(failures)
+                done[key] = record.offset + 1
+
+        await asyncio.gather(*(partition(key, records) for key, records in batch.items() if records))
+
+    async def deliver_one(self, record: Any) -> list[Failure]:
         try:
             alert = parse_alert(record.value or b"")
         except AlertError as exc:
+            if not self.primary:
+                return []
+            self.context.counts.records += 1
             notify_metrics.consumed(None)
             return [Failure(record, "parse", str(exc), 0)]
-        notify_metrics.consumed(alert)
-        sinks = self.settings.routes.sinks_for(alert, list(self.senders))
-        async with self.gate:
-            outcomes = await asyncio.gather(*(self._send(self.senders[s], alert) for s in sinks))
-        failures = [Failure(record, sink, error, attempts)
-                    for sink, (error, attempts) in zip(sinks, outcomes, strict=True) if error is not None]
-        self.counts.delivered += len(sinks) - len(failures)
-        return failures
+        if self.primary:
+            self.context.counts.records += 1
+            notify_metrics.consumed(alert)
+        if self.name not in self.context.settings.routes.sinks_for(alert, self.context.configured):
+            return []
+        error, attempts = await self._send(alert)
+        if error is not None:
+            return [Failure(record, self.name, error, attempts)]
+        self.context.counts.delivered += 1
+        return []
 
-    async def _send(self, sender: Sender, alert: Alert) -> tuple[str | None, int]:
-        def attempt() -> Awaitable[None]:
+    async def _send(self, alert: Alert) -> tuple[str | None, int]:
+        sender, stop = self.sender, self.context.stop
+
+        async def attempt() -> None:
+            if sender.limiter is not None:
+                await sender.limiter.wait(stop)
             notify_metrics.attempted(sender.name)
-            return sender.send(alert)
+            await finish_or_stop(sender.send(alert), stop)
 
         started = time.monotonic()
-        error, attempts = await with_retries(attempt, self.settings.retry, self.rng,
-                                             f"{sender.name} delivery of {alert.dedup_key}")
+        error, attempts = await with_retries(attempt, self.context.settings.retry, self.context.rng,
+                                             f"{sender.name} delivery of {alert.dedup_key}", stop)
         notify_metrics.delivery_done(sender.name, delivered=error is None, attempts=attempts,
                                      seconds=time.monotonic() - started)
         return error, attempts
 
-    async def _write_back(self, records: list[Any]) -> list[Failure]:
+
+class WriteBackLane:
+    """Security Hub write-back (`--write-back`): a whole batch at a time, up to 100 findings
+    per BatchUpdateFindings call. A batch interrupted by a stop is not committed; doing it
+    again is harmless (the same values)."""
+
+    name = "securityhub"
+
+    def __init__(self, securityhub: Any, context: LaneContext, *, primary: bool) -> None:
+        self.securityhub = securityhub
+        self.context = context
+        self.primary = primary
+        settings = context.settings
+        self.topics = [settings.alerts_topic, settings.suppressed_topic]
+
+    async def deliver(self, batch: Batch, dead_letter: DeadLetter, done: dict[Any, int]) -> None:
+        records = [r for rs in batch.values() for r in rs]
+        try:
+            failures = await self.write_back(records)
+        except Interrupted:
+            return
+        if failures:
+            await dead_letter(failures)
+        done.update({key: rs[-1].offset + 1 for key, rs in batch.items() if rs})
+
+    async def write_back(self, records: list[Any]) -> list[Failure]:
         items: list[tuple[Any, WriteBackItem]] = []
         failures: list[Failure] = []
-        workflows = await self._predecessor_workflows(records)
+        workflows = await finish_or_stop(self._predecessor_workflows(records), self.context.stop)
+        if self.primary:
+            self.context.counts.records += len(records)
         for r in records:
             try:
                 item = self._write_back_item(r, workflows)
+            except AlertError as exc:
+                if self.primary:
+                    notify_metrics.consumed(None)
+                    failures.append(Failure(r, "parse", str(exc), 0))
+                continue
             except WriteBackError as exc:
                 failures.append(Failure(r, "securityhub", str(exc), 0))
                 continue
             if item is not None:
                 items.append((r, item))
+        settings = self.context.settings
         for request, members in update_requests(items):
             error, attempts = await with_retries(
-                functools.partial(self._update, request), self.settings.retry, self.rng,
-                f"BatchUpdateFindings of {len(members)} finding(s)")
+                functools.partial(self._update, request), settings.retry, self.context.rng,
+                f"BatchUpdateFindings of {len(members)} finding(s)", self.context.stop)
             if error is None:
-                self.counts.written_back += len(members)
+                self.context.counts.written_back += len(members)
                 notify_metrics.written_back(len(members))
             else:
                 failures.extend(Failure(r, "securityhub", error, attempts) for r in members)
         return failures
 
     def _write_back_item(self, record: Any, workflows: dict[str, str]) -> WriteBackItem | None:
-        if record.topic == self.settings.suppressed_topic:
+        if record.topic == self.context.settings.suppressed_topic:
             try:
                 value = orjson.loads(record.value or b"")
             except orjson.JSONDecodeError as exc:
                 raise WriteBackError(f"not JSON: {exc}") from None
             return suppressed_item(value, workflows)
-        try:
-            alert = parse_alert(record.value or b"")
-        except AlertError:
-            return None  # already dead-lettered once, by the delivery
+        alert = parse_alert(record.value or b"")  # AlertError: not an alert
+        if self.primary:
+            notify_metrics.consumed(alert)
         return None if alert.kind is Kind.RESOLVED else alerted_item(alert)
 
     async def _predecessor_workflows(self, records: list[Any]) -> dict[str, str]:
@@ -435,7 +573,7 @@ class Notifier:
         then says "we told someone", never hides more than the predecessor did."""
         values = []
         for record in records:
-            if record.topic == self.settings.suppressed_topic:
+            if record.topic == self.context.settings.suppressed_topic:
                 with contextlib.suppress(orjson.JSONDecodeError):
                     values.append(orjson.loads(record.value or b""))
         wanted = set(predecessor_ids(values))
@@ -457,7 +595,10 @@ class Notifier:
 
     async def _update(self, request: dict[str, Any]) -> None:
         try:
-            response = await asyncio.to_thread(self.securityhub.batch_update_findings, **request)
+            response = await finish_or_stop(
+                asyncio.to_thread(self.securityhub.batch_update_findings, **request), self.context.stop)
+        except Interrupted:
+            raise
         except Exception as exc:
             raise aws_error(exc) from None
         unprocessed = response.get("UnprocessedFindings") or []
@@ -468,39 +609,65 @@ class Notifier:
                                 f"{str(first.get('ErrorMessage', ''))[:200]}", retryable=True)
 
 
+class Notifier:
+    """The lanes of one notifier: one per configured sink, and one for the write-back."""
+
+    def __init__(self, settings: NotifySettings, senders: dict[str, Sender],
+                 securityhub: Any = None, rng: random.Random | None = None,
+                 stop: asyncio.Event | None = None) -> None:
+        self.settings = settings
+        self.counts = Counts()
+        context = LaneContext(settings, self.counts, rng or random.Random(), stop, list(senders))
+        self.lanes: list[Lane] = [SinkLane(sender, context, primary=i == 0)
+                                  for i, sender in enumerate(senders.values())]
+        if securityhub is not None:
+            self.lanes.append(WriteBackLane(securityhub, context, primary=not senders))
+
+    async def dead_letter_counted(self, failures: list[Failure]) -> None:
+        self.counts.dead_lettered += len(failures)
+        for failure in failures:
+            notify_metrics.dead_lettered(failure.sink)
+
+    async def deliver_batch(self, records: list[Any]) -> list[Failure]:
+        """Every lane's delivery of `records`, side by side; what failed for good."""
+        failures: list[Failure] = []
+
+        async def collect(more: list[Failure]) -> None:
+            failures.extend(more)
+            await self.dead_letter_counted(more)
+
+        async def one(lane: Lane) -> None:
+            batch: Batch = {}
+            for r in records:
+                if r.topic in lane.topics:
+                    batch.setdefault((r.topic, r.partition), []).append(r)
+            await lane.deliver(batch, collect, {})
+
+        await asyncio.gather(*(one(lane) for lane in self.lanes))
+        return failures
+
+
 async def run_notify(settings: NotifySettings, senders: dict[str, Sender] | None = None,
                      securityhub: Any = None) -> Counts:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-    from aiokafka.errors import CommitFailedError
+    """Run every lane until stopped (SIGTERM, SIGINT) or, with `exit_when_idle`, until each
+    has caught up."""
+    from aiokafka import AIOKafkaProducer
 
-    auth = settings.security.aiokafka_kwargs()
-    await create_topics(settings.bootstrap_servers, {settings.deadletter_topic: 1},
-                        replication=settings.writes.replication, security=settings.security)
-    topics = [settings.alerts_topic] + ([settings.suppressed_topic] if settings.write_back else [])
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id,
-        enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=settings.batch_size,
-        session_timeout_ms=settings.session_timeout_ms,
-        heartbeat_interval_ms=max(100, settings.session_timeout_ms // 10),
-        # Slack at 1 message/s makes a batch slow; the group must not evict us meanwhile.
-        max_poll_interval_ms=3_600_000, metadata_max_age_ms=5_000, **auth,
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
-                                **settings.writes.aiokafka_kwargs(), **auth)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    await create_topics(settings.bootstrap_servers, {settings.deadletter_topic: 1},
+                        replication=settings.writes.replication, security=settings.security)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
+                                **settings.writes.aiokafka_kwargs(), **settings.security.aiokafka_kwargs())
     async with contextlib.AsyncExitStack() as stack:
         if senders is None:
             senders = await stack.enter_async_context(open_senders(settings))
-        notifier = Notifier(settings, senders, securityhub)
-        stack.push_async_callback(producer.stop)
-        await producer.start()
-        stack.push_async_callback(consumer.stop)
-        await consumer.start()
-        known = await consumer.topics()
+        notifier = Notifier(settings, senders, securityhub, stop=stop)
+        topics = sorted({t for lane in notifier.lanes for t in lane.topics})
+        known, legacy = await _topics_and_legacy_offsets(settings)
         missing = [t for t in topics if t not in known]
         if missing and settings.exit_when_idle:
             log.warning("topic %s does not exist: nothing to deliver", missing[0])
@@ -508,29 +675,113 @@ async def run_notify(settings: NotifySettings, senders: dict[str, Sender] | None
         if missing:
             raise ConfigError(f"topic {missing[0]} does not exist (start the worker first, or "
                               "check --alerts-topic / --suppressed-topic)")
-        consumer.subscribe(topics)
-        while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=500, max_records=settings.batch_size)
-            records = [r for rs in batches.values() for r in rs]
-            if not records:
-                if settings.exit_when_idle and await _caught_up(consumer):
-                    break
-                continue
-            failures = await notifier.deliver_batch(records)
+        stack.push_async_callback(producer.stop)
+        await producer.start()
+
+        async def dead_letter(failures: list[Failure]) -> None:
             await asyncio.gather(*[
                 producer.send_and_wait(settings.deadletter_topic, f.record.value, key=f.record.key,
                                        headers=deadletter_headers(f)) for f in failures])
-            offsets = {TopicPartition(tp.topic, tp.partition): rs[-1].offset + 1
-                       for tp, rs in batches.items() if rs}
+            await notifier.dead_letter_counted(failures)
+
+        async def lane_or_stop_all(lane: Lane) -> None:
             try:
-                await consumer.commit(offsets)
-                notify_metrics.committed(time.time())
-            except CommitFailedError as exc:
-                # Partitions moved to another member mid-batch: it re-delivers them
-                # (at-least-once; the repeats carry the same dedup_key).
-                log.warning("commit failed after a rebalance: %s", exc)
+                await run_lane(lane, settings, dead_letter, stop, legacy)
+            except BaseException:
+                stop.set()  # the other lanes stop too, committing what they delivered
+                raise
+
+        results = await asyncio.gather(*(lane_or_stop_all(lane) for lane in notifier.lanes),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return notifier.counts
     raise AssertionError("unreachable")
+
+
+async def _topics_and_legacy_offsets(settings: NotifySettings) -> tuple[set[str], dict[Any, int]]:
+    """The broker's topics, and the offsets committed by `--group-id` itself: the one group
+    every sink shared before each sink had its own. A sink's group with no offset yet starts
+    there, so an upgrade neither repeats what was delivered nor skips what was not."""
+    from streams.kafka.topics import admin_client
+
+    async with admin_client(settings.bootstrap_servers, settings.security, timeout=30) as admin:
+        known = set(await admin.list_topics())
+        offsets = await admin.list_consumer_group_offsets(settings.group_id)
+    return known, {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+
+async def run_lane(lane: Lane, settings: NotifySettings, dead_letter: DeadLetter,
+                   stop: asyncio.Event, legacy: dict[Any, int]) -> None:
+    """One lane's consumer group: fetch, deliver, commit exactly what was delivered or
+    dead-lettered; until stopped, or caught up with `exit_when_idle`."""
+    from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, group_id=settings.lane_group(lane.name),
+        enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=settings.batch_size,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=max(100, settings.session_timeout_ms // 10),
+        # Slack at 1 message/s makes a batch slow; the group must not evict us meanwhile.
+        max_poll_interval_ms=3_600_000, metadata_max_age_ms=5_000,
+        **settings.security.aiokafka_kwargs(),
+    )
+
+    class StartWhereTheSharedGroupWas(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            pass
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            for tp in assigned:
+                if tp in legacy and await consumer.committed(tp) is None:
+                    consumer.seek(tp, legacy[tp])
+
+    await consumer.start()
+    try:
+        consumer.subscribe(lane.topics, listener=StartWhereTheSharedGroupWas())
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=500, max_records=settings.batch_size)
+            if not any(batch.values()):
+                if settings.exit_when_idle and await _caught_up(consumer):
+                    break
+                continue
+            done: dict[Any, int] = {}
+            delivering = asyncio.ensure_future(lane.deliver(batch, dead_letter, done))
+            committed: dict[Any, int] = {}
+            while not delivering.done():
+                # A slow sink's batch takes long: commit its progress as it goes, so that a
+                # crash (SIGKILL) repeats at most the last second's deliveries.
+                await asyncio.wait({delivering}, timeout=COMMIT_EVERY_S)
+                committed = await _commit(consumer, lane.name, done, committed)
+            delivering.result()
+    finally:
+        await consumer.stop()
+
+
+# How often a lane commits the progress of a batch still being delivered.
+COMMIT_EVERY_S = 1.0
+
+
+async def _commit(consumer: Any, lane: str, done: dict[Any, int], committed: dict[Any, int]
+                  ) -> dict[Any, int]:
+    """Commit what moved since `committed`; what is committed now."""
+    from aiokafka import TopicPartition
+    from aiokafka.errors import CommitFailedError
+
+    snapshot = dict(done)  # deliveries go on while the commit is in flight
+    moved = {TopicPartition(tp.topic, tp.partition): offset for tp, offset in snapshot.items()
+             if committed.get(tp) != offset}
+    if not moved:
+        return committed
+    try:
+        await consumer.commit(moved)
+        notify_metrics.committed(time.time())
+    except CommitFailedError as exc:
+        # Partitions moved to another member mid-batch: it delivers them again
+        # (at-least-once; the repeats carry the same dedup_key).
+        log.warning("%s: commit failed after a rebalance: %s", lane, exc)
+    return snapshot
 
 
 async def _caught_up(consumer: Any) -> bool:

@@ -140,7 +140,7 @@ def test_a_4xx_is_not_retried_and_is_reported(slack: Recorder) -> None:
 def test_after_the_configured_attempts_the_alert_fails_and_others_still_go(slack: Recorder) -> None:
     slack.plan = [Reply(500)] * 4  # the first alert's four attempts
     records = [consumer_record(record(dedup_key="first")), consumer_record(record(dedup_key="second"), 1)]
-    config = settings(slack_webhook_url=slack.url, concurrency=1)
+    config = settings(slack_webhook_url=slack.url)
     failures = deliver(config, records)
     assert [(f.record.offset, f.sink, f.error, f.attempts) for f in failures] == [(0, "slack", "HTTP 500", 4)]
     assert slack.wait_answered(5) == [500, 500, 500, 500, 200]
@@ -233,8 +233,7 @@ def test_parse_rate() -> None:
 def test_pagerduty_gets_trigger_then_resolve_with_the_same_dedup_key(pagerduty: Recorder) -> None:
     records = [consumer_record(record(severity="CRITICAL")),
                consumer_record(record(kind="resolved", compliance_status="PASSED"), 1)]
-    failures = deliver(settings(pagerduty_routing_key="rk-1", pagerduty_url=pagerduty.url,
-                                concurrency=1), records)
+    failures = deliver(settings(pagerduty_routing_key="rk-1", pagerduty_url=pagerduty.url), records)
     assert failures == []
     trigger, resolve = pagerduty.bodies()
     assert trigger["event_action"] == "trigger" and trigger["payload"]["severity"] == "critical"
@@ -248,7 +247,7 @@ def test_routes_pick_the_sinks(slack: Recorder, pagerduty: Recorder) -> None:
         {"match": {}, "sinks": ["slack"], "notify_resolved": False},
     ]})
     config = settings(slack_webhook_url=slack.url, pagerduty_routing_key="rk",
-                      pagerduty_url=pagerduty.url, routes=routes, concurrency=1)
+                      pagerduty_url=pagerduty.url, routes=routes)
     records = [consumer_record(record(dedup_key="high", severity="HIGH")),
                consumer_record(record(dedup_key="low", severity="LOW"), 1),
                consumer_record(record(dedup_key="low", severity="LOW", kind="resolved"), 2)]

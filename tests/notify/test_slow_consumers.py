@@ -69,7 +69,7 @@ def test_a_stalled_then_slow_sink_delays_no_worker_output_and_loses_or_precommit
     wanted = pagerduty_events(expected_alerts)
     assert len(expected_alerts) > 40
     create_topics_sync(kafka_bootstrap, {t["alerts"]: run.partitions})
-    group = f"{unique_name}-notify"
+    group = f"{unique_name}-notify.pagerduty"
 
     gate = threading.Event()
     with http_recorder("/v2/enqueue") as pagerduty:

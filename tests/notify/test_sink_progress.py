@@ -1,0 +1,198 @@
+"""Each sink drains on its own: a consumer group per sink (`<group-id>.<sink>`), whose
+committed offsets are exactly what that sink delivered or dead-lettered. A stalled,
+slow or failing Slack never holds back a page, and a stop and restart neither lose nor
+repeat a delivery on any sink. `flapguard notify` as a child process on the session's
+real Apache Kafka, real HTTP servers standing in for Slack and PagerDuty."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streams.kafka.topics import create_topics_sync
+from streams.notify.sinks import pagerduty_dedup_key
+from tests.kafka_io import end_offsets, read_all
+from tests.notify.test_service_kafka import alerts, clean_env, notify_args, produce_alerts, slack_titles
+from tests.notify.test_slow_consumers import ACCEPTED, committed, wait_until
+from tests.notify_servers import Reply, http_recorder
+
+TIMEOUT = 120
+# CRITICAL pages and goes to Slack too; everything goes to Slack.
+ROUTES = """
+[[route]]
+name = "pages"
+match = { min_severity = "CRITICAL" }
+sinks = ["pagerduty"]
+continue = true
+
+[[route]]
+name = "chat"
+sinks = ["slack"]
+"""
+
+
+def burst(count: int) -> list[dict[str, Any]]:
+    """`count` alerts, every fourth CRITICAL."""
+    made = alerts(count)
+    for i, alert in enumerate(made):
+        if i % 4 == 0:
+            alert["severity"] = "CRITICAL"
+    return made
+
+
+def critical_keys(made: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(pagerduty_dedup_key(a["dedup_key"]) for a in made if a["severity"] == "CRITICAL")
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
+                                start_new_session=True)
+
+
+def alive(proc: subprocess.Popen[bytes], log: Path) -> Any:
+    def check() -> None:
+        if proc.poll() is not None:
+            raise AssertionError(f"notifier exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+    return check
+
+
+def ends(bootstrap: str, topic: str) -> dict[tuple[str, int], int]:
+    return {(topic, p): n for p, n in asyncio.run(end_offsets(bootstrap, topic)).items() if n}
+
+
+def test_a_stalled_slack_never_delays_a_page_and_a_stop_mid_backlog_neither_loses_nor_repeats(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path,
+) -> None:
+    topic = f"{unique_name}.alerts"
+    create_topics_sync(kafka_bootstrap, {topic: 2})
+    made = burst(48)
+    produce_alerts(kafka_bootstrap, topic, made)
+    routes = tmp_path / "routes.toml"
+    routes.write_text(ROUTES)
+    group = f"{unique_name}-notify"
+    gate = threading.Event()
+    with http_recorder("/services/T0/B0/x") as slack, http_recorder("/v2/enqueue") as pagerduty:
+        slack.default = Reply(200, gate=gate)  # Slack holds every reply until the gate opens
+        pagerduty.default = Reply(202, ACCEPTED)
+        args = notify_args(kafka_bootstrap, unique_name, "--routes", str(routes),
+                           "--slack-webhook-url", slack.url, "--slack-rate", "4/s",
+                           "--pagerduty-routing-key", "rk", "--pagerduty-url", pagerduty.url,
+                           "--http-timeout", "300s", "--batch-size", "10")
+        log = tmp_path / "first.log"
+        proc = start(args, log)
+        try:
+            wait_until(lambda: len(pagerduty.requests) >= 12, timeout=TIMEOUT,
+                       what="every page delivered", alive=alive(proc, log))
+            # Every page is out while Slack has not answered once.
+            assert slack.requests and not slack.answered
+            assert Counter(b["dedup_key"] for b in pagerduty.bodies()) == critical_keys(made)
+            # PagerDuty's progress is the whole topic (alerts routed elsewhere included);
+            # Slack's is nothing.
+            everything = ends(kafka_bootstrap, topic)
+            wait_until(lambda: committed(kafka_bootstrap, f"{group}.pagerduty") == everything,
+                       timeout=TIMEOUT, what="PagerDuty's progress committed", alive=alive(proc, log))
+            assert committed(kafka_bootstrap, f"{group}.slack") == {}
+
+            gate.set()  # Slack drains at 4 messages/s: stop it in the middle
+            slack.wait_answered(6, timeout=TIMEOUT)
+            os.killpg(proc.pid, signal.SIGTERM)
+            code = proc.wait(timeout=60)
+        finally:
+            gate.set()
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert code == 0, log.read_text()[-3000:]
+        stopped_after = len(slack.requests)
+        assert stopped_after < 48, "Slack had no backlog left when stopped: nothing was tested"
+        assert sum(committed(kafka_bootstrap, f"{group}.slack").values()) == stopped_after
+
+        done = subprocess.run([*args, "--exit-when-idle"], capture_output=True, text=True,
+                              timeout=TIMEOUT, env=clean_env())
+        assert done.returncode == 0, done.stderr[-3000:]
+        # Each alert reached Slack exactly once, each page PagerDuty exactly once.
+        assert Counter(slack_titles(slack)) == Counter(a["title"] for a in made)
+        assert Counter(b["dedup_key"] for b in pagerduty.bodies()) == critical_keys(made)
+
+
+def test_a_failing_slack_dead_letters_its_own_deliveries_and_pages_still_go_out(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path,
+) -> None:
+    topic = f"{unique_name}.alerts"
+    create_topics_sync(kafka_bootstrap, {topic: 1})
+    made = burst(16)
+    produce_alerts(kafka_bootstrap, topic, made)
+    routes = tmp_path / "routes.toml"
+    routes.write_text(ROUTES)
+    gate = threading.Event()
+    with http_recorder("/services/T0/B0/x") as slack, http_recorder("/v2/enqueue") as pagerduty:
+        slack.default = Reply(503, gate=gate)
+        pagerduty.default = Reply(202, ACCEPTED)
+        args = notify_args(kafka_bootstrap, unique_name, "--routes", str(routes),
+                           "--slack-webhook-url", slack.url, "--slack-rate", "100/s",
+                           "--pagerduty-routing-key", "rk", "--pagerduty-url", pagerduty.url,
+                           "--max-attempts", "2", "--exit-when-idle")
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=clean_env(), start_new_session=True)
+        try:
+            pagerduty.wait_for(4, timeout=TIMEOUT)
+            assert not slack.answered  # every page out while Slack's first attempt hangs
+            gate.set()
+            _, stderr = proc.communicate(timeout=TIMEOUT)
+        finally:
+            gate.set()
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert Counter(b["dedup_key"] for b in pagerduty.bodies()) == critical_keys(made)
+    assert len(slack.requests) == 2 * 16
+    dead = read_all(kafka_bootstrap, f"{unique_name}.notify-deadletter")
+    assert [(dict(r.headers)["flapguard-sink"], orjson.loads(r.value)["title"]) for r in dead] == [
+        (b"slack", a["title"]) for a in made]
+    assert "dead-lettered 16" in stderr
+
+
+def test_each_sink_starts_where_the_shared_group_left_off(
+    kafka_bootstrap: str, unique_name: str,
+) -> None:
+    """A notifier that committed under `--group-id` alone (one group for every sink) is
+    upgraded: each sink's new group starts at that group's offsets, repeating nothing."""
+    topic = f"{unique_name}.alerts"
+    create_topics_sync(kafka_bootstrap, {topic: 1})
+    made = alerts(10)
+    produce_alerts(kafka_bootstrap, topic, made)
+    shared_commit(kafka_bootstrap, f"{unique_name}-notify", topic, 6)
+    with http_recorder("/services/T0/B0/x") as slack:
+        done = subprocess.run(notify_args(kafka_bootstrap, unique_name, "--stdout",
+                                          "--slack-webhook-url", slack.url, "--slack-rate", "100/s",
+                                          "--exit-when-idle"),
+                              capture_output=True, text=True, timeout=TIMEOUT, env=clean_env())
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert slack_titles(slack) == [a["title"] for a in made[6:]]
+    assert [orjson.loads(line)["title"] for line in done.stdout.splitlines()] == [
+        a["title"] for a in made[6:]]
+
+
+def shared_commit(bootstrap: str, group: str, topic: str, offset: int) -> None:
+    async def run() -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tp = TopicPartition(topic, 0)
+            consumer.assign([tp])
+            await consumer.commit({tp: offset})
+        finally:
+            await consumer.stop()
+
+    asyncio.run(run())
