@@ -21,7 +21,9 @@ from aiokafka.structs import ConsumerRecord
 from streams.notify.routing import parse_routes
 from streams.notify.service import (
     RETRY_AFTER_CAP_S,
+    DeliveryError,
     Failure,
+    Interrupted,
     Notifier,
     NotifySettings,
     RateLimiter,
@@ -30,9 +32,11 @@ from streams.notify.service import (
     SnsSender,
     aws_client,
     deadletter_headers,
+    finish_or_stop,
     open_senders,
     parse_rate,
     retry_after_seconds,
+    with_retries,
 )
 from tests.aws import moto_server_fixture  # noqa: F401  (the session's moto server)
 from tests.notify.test_sinks import FINDING_ID, record
@@ -388,3 +392,74 @@ def test_write_back_dead_letters_each_bad_record_once(aws_env: None) -> None:
                            securityhub=securityhub_client(hub.url))
         assert hub.requests == []
     assert [(f.record.topic, f.sink) for f in failures] == [(ALERTS, "parse"), (SUPPRESSED, "securityhub")]
+
+
+# ------------------------------------------------------------------- stopping
+
+def run_until_stopped(work: Any, stop_after: Any) -> BaseException | None:
+    """Run `work(stop)`, set `stop` once `stop_after()` holds; what it raised (a generous
+    bound guards against a hang: the assertion is about what it raised)."""
+    async def run() -> BaseException | None:
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(work(stop))
+        while not stop_after():
+            await asyncio.sleep(0.01)
+        stop.set()
+        try:
+            await asyncio.wait_for(task, timeout=30)
+        except Exception as exc:
+            return exc
+        return None
+
+    return asyncio.run(run())
+
+
+def test_a_retry_pause_ends_when_asked_to_stop_and_nothing_more_is_sent() -> None:
+    attempts: list[int] = []
+
+    async def refused() -> None:
+        attempts.append(1)
+        raise DeliveryError("ClientConnectorError: refused", retryable=True)
+
+    policy = RetryPolicy(attempts=10, base_s=600.0, max_s=600.0)  # ten-minute pauses
+    raised = run_until_stopped(lambda stop: with_retries(refused, policy, random.Random(1), "t", stop),
+                               lambda: bool(attempts))
+    assert isinstance(raised, Interrupted)
+    assert len(attempts) == 1
+
+
+def test_a_rate_limit_wait_ends_when_asked_to_stop_without_taking_the_slot() -> None:
+    limiter = RateLimiter(rate=1 / 600)  # one send per ten minutes
+    limiter.next_at = time.monotonic() + 600
+    before = limiter.next_at
+    raised = run_until_stopped(limiter.wait, lambda: limiter.lock.locked())
+    assert isinstance(raised, Interrupted)
+    assert limiter.next_at == before
+
+
+def test_a_request_in_flight_gets_the_grace_then_is_abandoned() -> None:
+    started: list[bool] = []
+
+    async def never_answered() -> None:
+        started.append(True)
+        await asyncio.Event().wait()
+
+    raised = run_until_stopped(lambda stop: finish_or_stop(never_answered(), stop, grace_s=0.05),
+                               lambda: bool(started))
+    assert isinstance(raised, Interrupted)
+
+
+def test_a_request_in_flight_that_is_answered_within_the_grace_counts() -> None:
+    answered = asyncio.Event()
+
+    async def answered_soon() -> str:
+        await answered.wait()
+        return "delivered"
+
+    async def run() -> str:
+        stop = asyncio.Event()
+        stop.set()  # asked to stop while the request is out
+        asyncio.get_running_loop().call_soon(answered.set)
+        return await finish_or_stop(answered_soon(), stop, grace_s=30)
+
+    assert asyncio.run(run()) == "delivered"

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
+from streams.demo.brokers import free_port
 from streams.kafka.topics import create_topics_sync
 from streams.notify.sinks import pagerduty_dedup_key
 from tests.kafka_io import end_offsets, read_all
@@ -196,3 +198,82 @@ def shared_commit(bootstrap: str, group: str, topic: str, offset: int) -> None:
             await consumer.stop()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_it_while_a_refused_webhook_waits_to_retry_and_a_restart_delivers_each_once(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, sig: signal.Signals,
+) -> None:
+    topic = f"{unique_name}.alerts"
+    create_topics_sync(kafka_bootstrap, {topic: 2})
+    made = burst(20)
+    produce_alerts(kafka_bootstrap, topic, made)
+    routes = tmp_path / "routes.toml"
+    routes.write_text(ROUTES)
+    group = f"{unique_name}-notify"
+    refusing = f"http://127.0.0.1:{free_port()}/services/T0/B0/x"  # nothing listens there
+    with http_recorder("/v2/enqueue") as pagerduty:
+        pagerduty.default = Reply(202, ACCEPTED)
+        pages = ["--pagerduty-routing-key", "rk", "--pagerduty-url", pagerduty.url]
+        # Minutes of backoff between attempts: only a stop that cuts the pause is prompt.
+        args = notify_args(kafka_bootstrap, unique_name, "--routes", str(routes), *pages,
+                           "--slack-webhook-url", refusing, "--retry-base", "60s",
+                           "--retry-max", "5m", "--max-attempts", "10")
+        log = tmp_path / "first.log"
+        proc = start(args, log)
+        try:
+            everything = ends(kafka_bootstrap, topic)
+            wait_until(lambda: committed(kafka_bootstrap, f"{group}.pagerduty") == everything
+                       and "retry in" in log.read_text(), timeout=TIMEOUT,
+                       what="pages delivered and Slack waiting to retry", alive=alive(proc, log))
+            os.killpg(proc.pid, sig)
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert code == 0, log.read_text()[-3000:]
+        assert committed(kafka_bootstrap, f"{group}.slack") == {}  # nothing delivered, nothing committed
+        assert read_all(kafka_bootstrap, f"{unique_name}.notify-deadletter") == []
+
+        with http_recorder("/services/T0/B0/x") as slack:
+            done = subprocess.run(notify_args(kafka_bootstrap, unique_name, "--routes", str(routes), *pages,
+                                              "--slack-webhook-url", slack.url, "--slack-rate", "100/s",
+                                              "--exit-when-idle"),
+                                  capture_output=True, text=True, timeout=TIMEOUT, env=clean_env())
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert Counter(slack_titles(slack)) == Counter(a["title"] for a in made)
+        assert Counter(b["dedup_key"] for b in pagerduty.bodies()) == critical_keys(made)
+
+
+def test_a_webhook_that_never_answers_does_not_hold_up_a_stop(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path,
+) -> None:
+    topic = f"{unique_name}.alerts"
+    create_topics_sync(kafka_bootstrap, {topic: 1})
+    made = alerts(5)
+    produce_alerts(kafka_bootstrap, topic, made)
+    never = threading.Event()
+    with http_recorder("/services/T0/B0/x") as slack:
+        slack.default = Reply(200, gate=never)
+        args = notify_args(kafka_bootstrap, unique_name, "--slack-webhook-url", slack.url,
+                           "--http-timeout", "10m")
+        log = tmp_path / "first.log"
+        proc = start(args, log)
+        try:
+            slack.wait_for(1, timeout=TIMEOUT)
+            os.killpg(proc.pid, signal.SIGTERM)
+            code = proc.wait(timeout=60)
+        finally:
+            never.set()
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert code == 0, log.read_text()[-3000:]
+        assert committed(kafka_bootstrap, f"{unique_name}-notify.slack") == {}
+        slack.default = Reply(200)
+        done = subprocess.run([*args, "--exit-when-idle"], capture_output=True, text=True,
+                              timeout=TIMEOUT, env=clean_env())
+        assert done.returncode == 0, done.stderr[-3000:]
+        # The abandoned request is sent again (the sink may have had it); nothing is lost.
+        assert slack_titles(slack) == [made[0]["title"]] + [a["title"] for a in made]
