@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streams.cli.options import (
     CliError,
@@ -22,6 +23,12 @@ from streams.cli.options import (
 )
 from streams.config import format_duration, parse_duration_ms
 
+if TYPE_CHECKING:
+    from streams.notify.service import NotifySettings
+
+# `--exit-when-idle` ran to the end, but some notifications went to the dead-letter topic.
+EXIT_DEAD_LETTERED = 3
+
 
 def add(sub: Subparsers) -> None:
     from streams.notify.service import NotifySettings, RetryPolicy
@@ -31,12 +38,14 @@ def add(sub: Subparsers) -> None:
     notify = sub.add_parser("notify", help="deliver alerts to Slack, PagerDuty, SNS, stdout",
                             description="Consume the alerts topic and deliver each alert to the "
                             "sinks its route names (--routes), at least once: retries with backoff, "
-                            "then a notification dead-letter topic; offsets are committed only "
-                            "after delivery or dead-lettering.")
+                            "then a notification dead-letter topic. Each sink has its own consumer "
+                            "group (GROUP_ID.SINK), committed only after delivery or dead-lettering; "
+                            "SIGTERM/SIGINT stop it within seconds, committing what was delivered.")
     add_broker(notify)
     add_producer(notify)
     option(notify, "--alerts-topic", default=d.alerts_topic, help="topic of alerts to deliver")
-    option(notify, "--group-id", default=d.group_id, help="Kafka consumer group")
+    option(notify, "--group-id", default=d.group_id,
+           help="Kafka consumer groups: GROUP_ID.SINK for each sink (its lag is that sink's backlog)")
     option(notify, "--deadletter-topic", default=d.deadletter_topic,
            help="where alerts go that could not be delivered (error in headers)")
     option(notify, "--routes", default=None, convert=Path,
@@ -69,7 +78,12 @@ def add(sub: Subparsers) -> None:
            help="alerts fetched, delivered and committed together")
     option(notify, "--session-timeout", default=format_duration(d.session_timeout_ms),
            convert=parse_duration_ms, help="Kafka consumer group session timeout")
-    switch(notify, "--exit-when-idle", "exit 0 once every alert on the topic is delivered")
+    switch(notify, "--exit-when-idle", "exit once every alert on the topic is delivered or "
+           f"dead-lettered: 0, or {EXIT_DEAD_LETTERED} if anything was dead-lettered")
+    switch(notify, "--check", "check each configured sink (reachable, accepted), send nothing and "
+           "exit: 0 when every sink is usable, 1 naming each one that is not")
+    switch(notify, "--test-message", "with --check: send one test message to each sink (a "
+           "PagerDuty test event is resolved at once)")
     add_logging(notify)
     add_metrics_address(notify, "127.0.0.1:9465")
 
@@ -115,11 +129,32 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("no sink configured: give --slack-webhook-url, --pagerduty-routing-key, "
                        "--sns-topic-arn, --stdout or --write-back")
     check_configured(settings.routes, settings.configured_sinks())
+    if args.test_message and not args.check:
+        raise CliError("--test-message goes with --check")
+    if args.check:
+        return _check(settings, test_message=args.test_message)
     from streams.notify.metrics import REGISTRY
 
     serve_metrics(args.metrics_address, REGISTRY)
     counts = notify(settings)
-    print(f"delivered {counts.delivered} notifications for {counts.records} records; "
-          f"dead-lettered {counts.dead_lettered}; written back {counts.written_back}",
-          file=sys.stderr)
+    summary = (f"delivered {counts.delivered} notifications for {counts.records} records; "
+               f"dead-lettered {counts.dead_lettered}; written back {counts.written_back}")
+    if settings.exit_when_idle and counts.dead_lettered:
+        sinks = ", ".join(f"{sink} {n}" for sink, n in sorted(counts.dead_lettered_by_sink.items()))
+        print(f"flapguard notify: error: {counts.dead_lettered} notification(s) dead-lettered to "
+              f"{settings.deadletter_topic} ({sinks}); {summary}", file=sys.stderr)
+        return EXIT_DEAD_LETTERED
+    print(summary, file=sys.stderr)
+    return 0
+
+
+def _check(settings: NotifySettings, *, test_message: bool) -> int:
+    from streams.notify.check import check
+
+    results = check(settings, test_message=test_message)
+    problems = [c.line() for c in results if c.problem is not None]
+    if problems:
+        raise CliError("; ".join(problems))
+    sent = "one test message each" if test_message else "nothing sent"
+    print(f"every sink is usable ({', '.join(c.sink for c in results)}; {sent})", file=sys.stderr)
     return 0

@@ -392,6 +392,7 @@ class Counts:
     delivered: int = 0
     dead_lettered: int = 0
     written_back: int = 0
+    dead_lettered_by_sink: dict[str, int] = field(default_factory=dict)
 
 
 def deadletter_headers(failure: Failure) -> list[tuple[str, bytes]]:
@@ -626,6 +627,8 @@ class Notifier:
     async def dead_letter_counted(self, failures: list[Failure]) -> None:
         self.counts.dead_lettered += len(failures)
         for failure in failures:
+            by_sink = self.counts.dead_lettered_by_sink
+            by_sink[failure.sink] = by_sink.get(failure.sink, 0) + 1
             notify_metrics.dead_lettered(failure.sink)
 
     async def deliver_batch(self, records: list[Any]) -> list[Failure]:

@@ -97,10 +97,16 @@ def test_failed_alerts_go_to_the_dead_letter_topic_and_the_consumer_moves_on(
     with http_recorder() as slack:
         # The first alert's two attempts fail; everything after succeeds.
         slack.plan = [Reply(503), Reply(503)]
-        run_notify(notify_args(kafka_bootstrap, unique_name, "--slack-webhook-url", slack.url,
-                               "--slack-rate", "50/s", "--max-attempts", "2", "--exit-when-idle",
-                               "--batch-size", "1"))
+        done = subprocess.run(notify_args(kafka_bootstrap, unique_name, "--slack-webhook-url", slack.url,
+                                          "--slack-rate", "50/s", "--max-attempts", "2",
+                                          "--exit-when-idle", "--batch-size", "1"),
+                              capture_output=True, text=True, timeout=TIMEOUT, env=clean_env())
         assert slack_titles(slack) == ["alert 0", "alert 0", "alert 1", "alert 2"]
+    # Failure is not reported as success: exit 3 and one line that says what went where.
+    assert done.returncode == 3
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"flapguard notify: error: 2 notification(s) dead-lettered to {unique_name}.notify-deadletter "
+        "(parse 1, slack 1); delivered 2 notifications for 4 records; dead-lettered 2; written back 0")
     dead = read_all(kafka_bootstrap, f"{unique_name}.notify-deadletter")
     assert [r.value for r in dead] == [orjson.dumps(good[0]), b"{broken"]
     headers = [dict(r.headers) for r in dead]

@@ -160,7 +160,10 @@ def test_a_failing_slack_dead_letters_its_own_deliveries_and_pages_still_go_out(
     dead = read_all(kafka_bootstrap, f"{unique_name}.notify-deadletter")
     assert [(dict(r.headers)["flapguard-sink"], orjson.loads(r.value)["title"]) for r in dead] == [
         (b"slack", a["title"]) for a in made]
-    assert "dead-lettered 16" in stderr
+    assert proc.returncode == 3
+    assert stderr.strip().splitlines()[-1].startswith(
+        f"flapguard notify: error: 16 notification(s) dead-lettered to {unique_name}.notify-deadletter "
+        "(slack 16); delivered 4 notifications for 16 records")
 
 
 def test_each_sink_starts_where_the_shared_group_left_off(
