@@ -46,6 +46,16 @@ DEAD_LETTERS = Counter(
 WRITTEN_BACK = Counter(
     "flapguard_notify_written_back", "Findings set to NOTIFIED in Security Hub (--write-back)",
     registry=REGISTRY)
+# From seconds (a page) to hours (a Slack backlog at one message a second).
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
+ALERT_LATENCY = Histogram(
+    "flapguard_notify_alert_latency_seconds", "From the alert record's Kafka timestamp (when the "
+    "worker wrote it) to its delivery to one sink: queueing behind the sink's backlog, rate "
+    "limiting and retries included", ["sink"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
+BACKLOG = Gauge(
+    "flapguard_notify_backlog", "Alerts-topic records a sink has not yet delivered or "
+    "dead-lettered (its consumer group's lag on the partitions this notifier holds; "
+    "`securityhub`: the write-back)", ["sink"], registry=REGISTRY)
 LAST_COMMIT = Gauge(
     "flapguard_notify_last_commit_timestamp_seconds", "Wall-clock time the notifier last "
     "committed a delivered batch", registry=REGISTRY)
@@ -55,6 +65,7 @@ for _kind in [*(k.value for k in Kind), OTHER]:
     for _severity in [*(s.name for s in Severity), OTHER]:
         ALERTS_CONSUMED.labels(kind=_kind, severity=_severity)
 for _sink in DELIVERY_SINKS:
+    ALERT_LATENCY.labels(sink=_sink)
     ATTEMPTS.labels(sink=_sink)
     DELIVERY_SECONDS.labels(sink=_sink)
     for _outcome in OUTCOMES:
@@ -97,3 +108,12 @@ def written_back(count: int) -> None:
 
 def committed(now: float) -> None:
     LAST_COMMIT.set(now)
+
+
+def alert_delivered(sink: str, seconds: float) -> None:
+    """An alert reached `sink`, `seconds` after the worker wrote it."""
+    ALERT_LATENCY.labels(sink=sink_label(sink)).observe(max(0.0, seconds))
+
+
+def backlog(sink: str, records: int) -> None:
+    BACKLOG.labels(sink=sink_label(sink)).set(records)

@@ -482,6 +482,8 @@ class SinkLane:
         if error is not None:
             return [Failure(record, self.name, error, attempts)]
         self.context.counts.delivered += 1
+        # From the alert record's Kafka timestamp (when the worker wrote it) to delivery.
+        notify_metrics.alert_delivered(self.name, time.time() - record.timestamp / 1000)
         return []
 
     async def _send(self, alert: Alert) -> tuple[str | None, int]:
@@ -731,14 +733,22 @@ async def run_lane(lane: Lane, settings: NotifySettings, dead_letter: DeadLetter
         **settings.security.aiokafka_kwargs(),
     )
 
+    progress = LaneProgress(lane.name)
+
     class StartWhereTheSharedGroupWas(ConsumerRebalanceListener):  # type: ignore[misc]
         async def on_partitions_revoked(self, revoked: Any) -> None:
-            pass
+            for tp in revoked:
+                progress.committed.pop(tp, None)
 
         async def on_partitions_assigned(self, assigned: Any) -> None:
             for tp in assigned:
-                if tp in legacy and await consumer.committed(tp) is None:
+                committed = await consumer.committed(tp)
+                if committed is None and tp in legacy:
                     consumer.seek(tp, legacy[tp])
+                    committed = legacy[tp]
+                if committed is None:
+                    committed = (await consumer.beginning_offsets([tp]))[tp]
+                progress.committed[tp] = committed
 
     await consumer.start()
     try:
@@ -746,45 +756,66 @@ async def run_lane(lane: Lane, settings: NotifySettings, dead_letter: DeadLetter
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=500, max_records=settings.batch_size)
             if not any(batch.values()):
+                await progress.report_backlog(consumer)
                 if settings.exit_when_idle and await _caught_up(consumer):
                     break
                 continue
             done: dict[Any, int] = {}
             delivering = asyncio.ensure_future(lane.deliver(batch, dead_letter, done))
-            committed: dict[Any, int] = {}
             while not delivering.done():
                 # A slow sink's batch takes long: commit its progress as it goes, so that a
                 # crash (SIGKILL) repeats at most the last second's deliveries.
                 await asyncio.wait({delivering}, timeout=COMMIT_EVERY_S)
-                committed = await _commit(consumer, lane.name, done, committed)
+                await progress.commit(consumer, done)
+                await progress.report_backlog(consumer)
             delivering.result()
     finally:
         await consumer.stop()
 
 
-# How often a lane commits the progress of a batch still being delivered.
+# How often a lane commits the progress of a batch still being delivered, and reports
+# its backlog.
 COMMIT_EVERY_S = 1.0
+BACKLOG_EVERY_S = 5.0
 
 
-async def _commit(consumer: Any, lane: str, done: dict[Any, int], committed: dict[Any, int]
-                  ) -> dict[Any, int]:
-    """Commit what moved since `committed`; what is committed now."""
-    from aiokafka import TopicPartition
-    from aiokafka.errors import CommitFailedError
+@dataclass(slots=True)
+class LaneProgress:
+    """What a lane has committed, per assigned partition, and the backlog that leaves."""
 
-    snapshot = dict(done)  # deliveries go on while the commit is in flight
-    moved = {TopicPartition(tp.topic, tp.partition): offset for tp, offset in snapshot.items()
-             if committed.get(tp) != offset}
-    if not moved:
-        return committed
-    try:
-        await consumer.commit(moved)
-        notify_metrics.committed(time.time())
-    except CommitFailedError as exc:
-        # Partitions moved to another member mid-batch: it delivers them again
-        # (at-least-once; the repeats carry the same dedup_key).
-        log.warning("%s: commit failed after a rebalance: %s", lane, exc)
-    return snapshot
+    lane: str
+    committed: dict[Any, int] = field(default_factory=dict)
+    reported_at: float = float("-inf")
+
+    async def commit(self, consumer: Any, done: dict[Any, int]) -> None:
+        """Commit what moved in `done` (offsets after what was delivered or dead-lettered)."""
+        from aiokafka import TopicPartition
+        from aiokafka.errors import CommitFailedError
+
+        moved = {TopicPartition(tp.topic, tp.partition): offset for tp, offset in list(done.items())
+                 if self.committed.get(tp) != offset}
+        if not moved:
+            return
+        try:
+            await consumer.commit(moved)
+            notify_metrics.committed(time.time())
+        except CommitFailedError as exc:
+            # Partitions moved to another member mid-batch: it delivers them again
+            # (at-least-once; the repeats carry the same dedup_key).
+            log.warning("%s: commit failed after a rebalance: %s", self.lane, exc)
+            return
+        self.committed.update(moved)
+
+    async def report_backlog(self, consumer: Any) -> None:
+        """Records on the assigned partitions this lane has not committed yet (at most
+        every few seconds: it costs a request to the broker)."""
+        now = time.monotonic()
+        if now - self.reported_at < BACKLOG_EVERY_S:
+            return
+        self.reported_at = now
+        assigned = [tp for tp in consumer.assignment() if tp in self.committed]
+        ends = await consumer.end_offsets(assigned) if assigned else {}
+        notify_metrics.backlog(self.lane, sum(max(0, ends[tp] - self.committed[tp]) for tp in assigned))
 
 
 async def _caught_up(consumer: Any) -> bool:

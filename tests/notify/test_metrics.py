@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import orjson
@@ -15,7 +16,7 @@ from streams.kafka.topics import create_topics_sync
 from tests.kafka_io import read_all
 from tests.notify.test_service_kafka import alerts, clean_env, notify_args, produce
 from tests.notify_servers import Reply, http_recorder
-from tests.scrape import scrape_until, value
+from tests.scrape import Samples, scrape_until, value
 
 SECRET = "/services/T0/B0/METRICSSECRET"
 
@@ -71,3 +72,46 @@ def test_notifier_metrics_count_deliveries_retries_and_dead_letters_by_sink(
     # The metrics match the dead-letter topic, and never show the webhook's secret path.
     assert len(read_all(kafka_bootstrap, f"{unique_name}.notify-deadletter")) == 2
     assert "METRICSSECRET" not in text and "flapguard_decisions_total" not in text
+
+
+def test_backlog_and_alert_latency_per_sink_show_a_stalled_sink_and_its_recovery(
+        kafka_bootstrap: str, unique_name: str, tmp_path: Path) -> None:
+    topic = f"{unique_name}.alerts"
+    create_topics_sync(kafka_bootstrap, {topic: 2})
+    made = alerts(12)
+    produce(kafka_bootstrap, topic, [orjson.dumps(a) for a in made], [a["dedup_key"].encode() for a in made])
+    port = free_port()
+    log = tmp_path / "notify.log"
+    gate = threading.Event()
+    with http_recorder(SECRET) as slack:
+        slack.default = Reply(200, gate=gate)  # Slack is stalled; stdout is not
+        args = notify_args(kafka_bootstrap, unique_name, "--slack-webhook-url", slack.url,
+                           "--stdout", "--slack-rate", "50/s", "--http-timeout", "300s",
+                           "--metrics-address", f"127.0.0.1:{port}")
+        url = f"http://127.0.0.1:{port}/metrics"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
+                                    start_new_session=True)
+        try:
+            def latencies(s: Samples, sink: str) -> float:
+                return value(s, "flapguard_notify_alert_latency_seconds_count", sink=sink)
+
+            # stdout has delivered everything; all twelve wait for Slack.
+            _, stalled = scrape_until(
+                url, lambda s: value(s, "flapguard_notify_backlog", sink="stdout") == 0
+                and value(s, "flapguard_notify_backlog", sink="slack") == 12
+                and latencies(s, "stdout") == 12, proc)
+            assert latencies(stalled, "slack") == 0
+            gate.set()
+            _, drained = scrape_until(
+                url, lambda s: value(s, "flapguard_notify_backlog", sink="slack") == 0
+                and latencies(s, "slack") == 12, proc)
+        finally:
+            gate.set()
+            os.killpg(proc.pid, signal.SIGTERM)
+            code = proc.wait(timeout=60)
+    assert code == 0, log.read_text()[-3000:]
+    # Every delivery is in a bucket, none below zero; the sink without deliveries has none.
+    assert value(drained, "flapguard_notify_alert_latency_seconds_bucket", sink="slack", le="+Inf") == 12
+    assert value(drained, "flapguard_notify_alert_latency_seconds_count", sink="pagerduty") == 0
+    assert value(drained, "flapguard_notify_deliveries_total", sink="slack", outcome="delivered") == 12
