@@ -5,6 +5,10 @@
     POSTs each alert's PagerDuty event to a loopback HTTP server, 16 in flight.
 (c) `flapguard notify` end to end (a child process, from start to exit with
     --exit-when-idle), PagerDuty and Slack (unlimited rate) to loopback servers.
+(d) Pages behind a Slack backlog: a running notifier, Slack at 1 message/s, 48 alerts
+    (12 CRITICAL) written at once; how long after its record was written each page
+    reached PagerDuty, how much of Slack's share was out by then, and how long SIGTERM
+    takes in the middle of Slack's backlog.
 Prints rates and `end-to-end/limit ratio: R`. Slack's real rate (1 message/s per
 webhook) bounds production far below either; this measures our overhead only.
 A benchmark, not a test: figures vary with the machine's load.
@@ -17,6 +21,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -105,6 +110,70 @@ def end_to_end(bootstrap: str, topic: str, pd_url: str, slack_url: str, count: i
     return count / (time.perf_counter() - started)
 
 
+PAGES_AND_CHAT = """
+[[route]]
+match = { min_severity = "CRITICAL" }
+sinks = ["pagerduty"]
+continue = true
+
+[[route]]
+sinks = ["slack"]
+"""
+
+
+async def produce_timed(bootstrap: str, topic: str, values: list[dict[str, Any]]) -> dict[str, float]:
+    """Write one record at a time; when each was handed to the producer, by dedup_key."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    written: dict[str, float] = {}
+    try:
+        for v in values:
+            written[v["dedup_key"]] = time.monotonic()
+            await producer.send_and_wait(topic, orjson.dumps(v), key=v["dedup_key"].encode())
+    finally:
+        await producer.stop()
+    return written
+
+
+def pages_behind_slack(bootstrap: str, tmp: Path) -> None:
+    topic = f"bench-pages-{uuid.uuid4().hex[:8]}"
+    asyncio.run(create_topics(bootstrap, {topic: 8}))
+    made = alerts(48)
+    for a in made[::4]:
+        a["severity"] = "CRITICAL"
+    routes = tmp / "routes.toml"
+    routes.write_text(PAGES_AND_CHAT)
+    with http_recorder("/hook") as slack, http_recorder("/v2/enqueue") as pd:
+        pd.default = Reply(202, b'{"status":"success"}')
+        args = [sys.executable, "-m", "streams", "notify", "--bootstrap-servers", bootstrap,
+                "--alerts-topic", topic, "--group-id", f"bench-{uuid.uuid4().hex[:6]}",
+                "--deadletter-topic", f"{topic}.dl", "--routes", str(routes),
+                "--pagerduty-routing-key", "rk", "--pagerduty-url", pd.url,
+                "--slack-webhook-url", slack.url, "--slack-rate", "1/s", "--session-timeout", "6s",
+                "--metrics-address", "off"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLAPGUARD_")}
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(8)  # both sinks' groups joined (a benchmark, not a test)
+            written = asyncio.run(produce_timed(bootstrap, topic, made))
+            pd.wait_for(12, timeout=120)
+            waits = sorted(r.at - written[r.json()["dedup_key"]] for r in pd.requests)
+            last_page = max(r.at for r in pd.requests)
+            chat = sum(1 for r in slack.requests if r.at <= last_page)
+            began = time.monotonic()
+            proc.terminate()
+            code = proc.wait(timeout=60)
+            stopped = time.monotonic() - began
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    print(f"pages behind a Slack backlog: 12 pages {waits[0]:.3f}-{waits[-1]:.3f}s after their records, "
+          f"Slack {chat}/48 out by then; SIGTERM mid-backlog: exit {code} in {stopped:.2f}s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alerts", type=int, default=5000)
@@ -125,6 +194,8 @@ def main() -> None:
             print(f"flapguard notify end to end (PagerDuty + Slack, incl. start-up) {rate:>8,.0f} "
                   f"alerts/s ({delivered} PagerDuty, {len(slack.requests)} Slack requests)")
             print(f"end-to-end/limit ratio: {rate / ceiling:.2f}")
+        with tempfile.TemporaryDirectory() as tmp:
+            pages_behind_slack(bootstrap, Path(tmp))
     finally:
         if broker is not None:
             broker.__exit__(None, None, None)
