@@ -412,6 +412,16 @@ Batch = dict[Any, list[Any]]
 DeadLetter = Callable[[list[Failure]], Awaitable[None]]
 
 
+@dataclass(slots=True)
+class BatchProgress:
+    """How far a lane got with a batch, read while it runs: per partition, the offset after
+    the last record delivered or dead-lettered (what may be committed); and the partitions
+    revoked meanwhile, which another member delivers now (the lane stops on them)."""
+
+    done: dict[Any, int] = field(default_factory=dict)
+    revoked: set[Any] = field(default_factory=set)
+
+
 class Lane(Protocol):
     """One sink's share of the work: what it reads, and how it delivers a batch. Its progress
     is, per partition, the offset after the last record it delivered or dead-lettered:
@@ -420,9 +430,9 @@ class Lane(Protocol):
     name: str
     topics: list[str]
 
-    async def deliver(self, batch: Batch, dead_letter: DeadLetter, done: dict[Any, int]) -> None:
-        """Deliver `batch`, setting `done[partition]` as each record is delivered or
-        dead-lettered (read while it runs: progress is committed as it is made)."""
+    async def deliver(self, batch: Batch, dead_letter: DeadLetter, progress: BatchProgress) -> None:
+        """Deliver `batch`, moving `progress.done` as each record is delivered or
+        dead-lettered (progress is committed as it is made)."""
 
 
 @dataclass(slots=True)
@@ -449,10 +459,11 @@ class SinkLane:
         self.primary = primary
         self.topics = [context.settings.alerts_topic]
 
-    async def deliver(self, batch: Batch, dead_letter: DeadLetter, done: dict[Any, int]) -> None:
+    async def deliver(self, batch: Batch, dead_letter: DeadLetter, progress: BatchProgress) -> None:
         async def partition(key: Any, records: list[Any]) -> None:
             for record in records:
-                if self.context.stop is not None and self.context.stop.is_set():
+                stopping = self.context.stop is not None and self.context.stop.is_set()
+                if stopping or key in progress.revoked:
                     return
                 try:
                     failures = await self.deliver_one(record)
@@ -460,7 +471,7 @@ class SinkLane:
                     return
                 if failures:
                     await dead_letter(failures)
-                done[key] = record.offset + 1
+                progress.done[key] = record.offset + 1
 
         await asyncio.gather(*(partition(key, records) for key, records in batch.items() if records))
 
@@ -517,7 +528,7 @@ class WriteBackLane:
         settings = context.settings
         self.topics = [settings.alerts_topic, settings.suppressed_topic]
 
-    async def deliver(self, batch: Batch, dead_letter: DeadLetter, done: dict[Any, int]) -> None:
+    async def deliver(self, batch: Batch, dead_letter: DeadLetter, progress: BatchProgress) -> None:
         records = [r for rs in batch.values() for r in rs]
         try:
             failures = await self.write_back(records)
@@ -525,7 +536,7 @@ class WriteBackLane:
             return
         if failures:
             await dead_letter(failures)
-        done.update({key: rs[-1].offset + 1 for key, rs in batch.items() if rs})
+        progress.done.update({key: rs[-1].offset + 1 for key, rs in batch.items() if rs})
 
     async def write_back(self, records: list[Any]) -> list[Failure]:
         items: list[tuple[Any, WriteBackItem]] = []
@@ -646,7 +657,7 @@ class Notifier:
             for r in records:
                 if r.topic in lane.topics:
                     batch.setdefault((r.topic, r.partition), []).append(r)
-            await lane.deliver(batch, collect, {})
+            await lane.deliver(batch, collect, BatchProgress())
 
         await asyncio.gather(*(one(lane) for lane in self.lanes))
         return failures
@@ -737,6 +748,11 @@ async def run_lane(lane: Lane, settings: NotifySettings, dead_letter: DeadLetter
 
     class StartWhereTheSharedGroupWas(ConsumerRebalanceListener):  # type: ignore[misc]
         async def on_partitions_revoked(self, revoked: Any) -> None:
+            # Still ours until this returns: commit what was delivered on them, and stop
+            # delivering them (their new owner starts after the commit).
+            log.debug("%s: revoked %s; done %s", lane.name, revoked, progress.batch.done)
+            progress.batch.revoked.update(revoked)
+            await progress.commit(consumer, progress.batch.done)
             for tp in revoked:
                 progress.committed.pop(tp, None)
 
@@ -760,13 +776,16 @@ async def run_lane(lane: Lane, settings: NotifySettings, dead_letter: DeadLetter
                 if settings.exit_when_idle and await _caught_up(consumer):
                     break
                 continue
-            done: dict[Any, int] = {}
-            delivering = asyncio.ensure_future(lane.deliver(batch, dead_letter, done))
-            while not delivering.done():
+            progress.batch = BatchProgress()
+            delivering = asyncio.ensure_future(lane.deliver(batch, dead_letter, progress.batch))
+            finished = False
+            while not finished:
                 # A slow sink's batch takes long: commit its progress as it goes, so that a
-                # crash (SIGKILL) repeats at most the last second's deliveries.
+                # crash (SIGKILL) repeats at most the last second's deliveries. Checked
+                # before the commit: the batch may finish while a commit is in flight.
                 await asyncio.wait({delivering}, timeout=COMMIT_EVERY_S)
-                await progress.commit(consumer, done)
+                finished = delivering.done()
+                await progress.commit(consumer, progress.batch.done)
                 await progress.report_backlog(consumer)
             delivering.result()
     finally:
@@ -781,27 +800,31 @@ BACKLOG_EVERY_S = 5.0
 
 @dataclass(slots=True)
 class LaneProgress:
-    """What a lane has committed, per assigned partition, and the backlog that leaves."""
+    """What a lane has committed, per assigned partition, and the backlog that leaves; the
+    batch it is delivering."""
 
     lane: str
     committed: dict[Any, int] = field(default_factory=dict)
+    batch: BatchProgress = field(default_factory=BatchProgress)
     reported_at: float = float("-inf")
 
     async def commit(self, consumer: Any, done: dict[Any, int]) -> None:
         """Commit what moved in `done` (offsets after what was delivered or dead-lettered)."""
         from aiokafka import TopicPartition
-        from aiokafka.errors import CommitFailedError
+        from aiokafka.errors import CommitFailedError, IllegalStateError
 
+        # A partition revoked mid-batch is another member's now: it delivers again what
+        # this one did not commit (at least once; the repeats carry the same dedup_key).
+        assigned = consumer.assignment()
         moved = {TopicPartition(tp.topic, tp.partition): offset for tp, offset in list(done.items())
-                 if self.committed.get(tp) != offset}
+                 if tp in assigned and self.committed.get(tp) != offset}
         if not moved:
             return
         try:
             await consumer.commit(moved)
+            log.debug("%s: committed %s", self.lane, moved)
             notify_metrics.committed(time.time())
-        except CommitFailedError as exc:
-            # Partitions moved to another member mid-batch: it delivers them again
-            # (at-least-once; the repeats carry the same dedup_key).
+        except (CommitFailedError, IllegalStateError) as exc:
             log.warning("%s: commit failed after a rebalance: %s", self.lane, exc)
             return
         self.committed.update(moved)

@@ -280,3 +280,53 @@ def test_a_webhook_that_never_answers_does_not_hold_up_a_stop(
         assert done.returncode == 0, done.stderr[-3000:]
         # The abandoned request is sent again (the sink may have had it); nothing is lost.
         assert slack_titles(slack) == [made[0]["title"]] + [a["title"] for a in made]
+
+
+def test_a_second_notifier_takes_over_partitions_mid_batch_and_nothing_is_lost(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path,
+) -> None:
+    """Two notifiers share each sink's group: the partitions a rebalance moves are committed
+    as far as delivered, and the first stops delivering them; the second goes on from there."""
+    topic = f"{unique_name}.alerts"
+    create_topics_sync(kafka_bootstrap, {topic: 2})
+    made = alerts(40)
+    produce_alerts(kafka_bootstrap, topic, made)
+    with http_recorder("/services/T0/B0/first") as first, http_recorder("/services/T0/B0/second") as second:
+        def notifier(slack_url: str, log: Path) -> subprocess.Popen[bytes]:
+            return start(notify_args(kafka_bootstrap, unique_name, "--slack-webhook-url", slack_url,
+                                     "--slack-rate", "4/s", "--batch-size", "40"), log)
+
+        logs = [tmp_path / "first.log", tmp_path / "second.log"]
+        procs = [notifier(first.url, logs[0])]
+        try:
+            first.wait_for(3, timeout=TIMEOUT)
+            procs.append(notifier(second.url, logs[1]))
+            everything = ends(kafka_bootstrap, topic)
+
+            seen: list[Any] = []
+
+            def all_delivered_and_committed() -> bool:
+                titles = set(slack_titles(first)) | set(slack_titles(second))
+                progress = committed(kafka_bootstrap, f"{unique_name}-notify.slack")
+                seen[:] = [len(titles), progress, everything]
+                return len(titles) == len(made) and progress == everything
+
+            try:
+                wait_until(all_delivered_and_committed, timeout=TIMEOUT, what="every alert delivered",
+                           alive=lambda: [alive(p, log)() for p, log in zip(procs, logs, strict=True)])
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; titles, committed, end offsets: {seen}") from None
+            for proc in procs:
+                os.killpg(proc.pid, signal.SIGTERM)
+            codes = [proc.wait(timeout=60) for proc in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
+        assert second.requests, "the second notifier took no partition: no rebalance was tested"
+        delivered = Counter(slack_titles(first)) + Counter(slack_titles(second))
+        assert set(delivered) == {a["title"] for a in made}
+        # A rebalance repeats at most the request in flight on each moved partition.
+        assert sum(delivered.values()) <= len(made) + 2
