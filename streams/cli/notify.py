@@ -75,7 +75,7 @@ def add(sub: Subparsers) -> None:
     option(notify, "--http-timeout", default=format_duration(int(d.http_timeout_s * 1000)),
            convert=parse_duration_ms, help="timeout of one delivery attempt")
     option(notify, "--batch-size", default=str(d.batch_size), convert=positive_int,
-           help="alerts fetched, delivered and committed together")
+           help="alerts each sink fetches at once (its progress is committed every second)")
     option(notify, "--session-timeout", default=format_duration(d.session_timeout_ms),
            convert=parse_duration_ms, help="Kafka consumer group session timeout")
     switch(notify, "--exit-when-idle", "exit once every alert on the topic is delivered or "

@@ -623,6 +623,9 @@ class WriteBackLane:
                                 f"{str(first.get('ErrorMessage', ''))[:200]}", retryable=True)
 
 
+PRIMARY_PREFERENCE = ("stdout", "pagerduty", "sns", "slack")
+
+
 class Notifier:
     """The lanes of one notifier: one per configured sink, and one for the write-back."""
 
@@ -632,8 +635,12 @@ class Notifier:
         self.settings = settings
         self.counts = Counts()
         context = LaneContext(settings, self.counts, rng or random.Random(), stop, list(senders))
-        self.lanes: list[Lane] = [SinkLane(sender, context, primary=i == 0)
-                                  for i, sender in enumerate(senders.values())]
+        # The primary lane counts what is read and dead-letters what is not an alert: the
+        # one least likely to lag (Slack, rate-limited, only when it is the only sink).
+        primary = min(senders, default=None, key=lambda name: PRIMARY_PREFERENCE.index(name)
+                      if name in PRIMARY_PREFERENCE else len(PRIMARY_PREFERENCE))
+        self.lanes: list[Lane] = [SinkLane(sender, context, primary=name == primary)
+                                  for name, sender in senders.items()]
         if securityhub is not None:
             self.lanes.append(WriteBackLane(securityhub, context, primary=not senders))
 
