@@ -59,7 +59,12 @@ from streams.worker.offsets import OffsetGuard
 from streams.worker.outbox import Delivered, Outbox, refused_record
 from streams.worker.settings import BATCH_QUIET_S, WorkerSettings
 from streams.worker.tables import ChangelogMapping, RocksPartition
-from streams.worker.workarounds import last_stable_offset, read_committed_consumer
+from streams.worker.workarounds import (
+    aiokafka_producer,
+    last_stable_offset,
+    read_committed_consumer,
+    started_producer,
+)
 
 log = logging.getLogger("flapguard.worker")
 
@@ -262,6 +267,15 @@ class Worker:
         counts = await create_topics(s.bootstrap_servers, dict.fromkeys(names, s.partitions),
                                      replication=Replication(factor, s.producer.replication.min_insync),
                                      security=s.security)
+        # The changelogs too, before the worker joins its group: Faust creates them once
+        # it runs, and a worker that joins while they are missing is assigned no
+        # partition of them and restores nothing from them (it re-decides what their
+        # state already holds, with part of that state missing).
+        changelogs = [mapping.table.changelog_topic.get_topic_name() for mapping in self.tables.values()]
+        await create_topics(s.bootstrap_servers, dict.fromkeys(changelogs, s.partitions),
+                            {"cleanup.policy": "compact"},
+                            replication=Replication(factor, s.producer.replication.min_insync),
+                            security=s.security)
         found = counts.get(self.source.get_topic_name(), 0)
         self.direct = found == self.settings.partitions
         if self.direct:
@@ -689,13 +703,12 @@ class Worker:
     def producer(self) -> Any:
         """The app's aiokafka producer: records go to it as whole batches (Faust's
         `Topic.send` does more work per record than deciding it)."""
-        producer: Any = self.app.producer
-        return producer._ensure_producer()
+        return aiokafka_producer(self.app)
 
     async def probe_broker(self) -> None:
         """Ask the broker for cluster metadata with the producer's own client (and so
         its security settings); raises when no broker answers."""
-        producer = getattr(self.app.producer, "_producer", None)
+        producer = started_producer(self.app)
         if producer is not None:
             await producer.client.fetch_all_metadata()
 

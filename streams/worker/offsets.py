@@ -11,6 +11,7 @@ from typing import Any
 from faust.types import TP
 
 from streams.kafka.security import PLAINTEXT, BrokerSecurity
+from streams.worker.workarounds import committed_offset, count_as_done
 
 log = logging.getLogger("flapguard.worker")
 
@@ -42,8 +43,7 @@ class OffsetGuard:
         """`expected` by topic partition."""
         if (tp.topic, tp.partition) in self.next:
             return self.next[(tp.topic, tp.partition)]
-        committed = self.app.consumer._committed_offset.get(tp)
-        return int(committed) if committed is not None else None
+        return committed_offset(self.app, tp)
 
     def done(self, message: Any) -> None:
         self.next[(message.topic, message.partition)] = message.offset + 1
@@ -58,10 +58,7 @@ class OffsetGuard:
         """The records from `start` to `end` (excluded), read directly, and counted as
         done by Faust (which may deliver them later: below `expected`, then skipped)."""
         records = await self._read(tp.topic, tp.partition, start, end)
-        # Faust's own record of skipped offsets ("gaps") counts them as done: now they are.
-        gaps = self.app.consumer._gap[tp]
-        gaps.addi(start, end)
-        gaps.merge_overlaps()
+        count_as_done(self.app, tp, start, end)
         return records
 
     async def missing(self, message: Any, expected: int | None) -> list[Any] | None:
