@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from faust.types import TP
 
+from streams.kafka.availability import retry_while_unavailable
 from streams.kafka.security import PLAINTEXT, BrokerSecurity
 from streams.worker.workarounds import committed_offset, count_as_done
 
 log = logging.getLogger("flapguard.worker")
+
+T = TypeVar("T")
 
 
 class OffsetGuard:
@@ -99,22 +102,34 @@ class OffsetGuard:
         # the agent waits for the answer.
         from aiokafka import TopicPartition
 
-        async with self._consumer() as consumer:
-            found = await consumer.beginning_offsets([TopicPartition(t.topic, t.partition) for t in tps])
-        return {TP(t.topic, t.partition): int(offset) for t, offset in found.items()}
+        async def ask() -> dict[TP, int]:
+            async with self._consumer() as consumer:
+                found = await consumer.beginning_offsets([TopicPartition(t.topic, t.partition) for t in tps])
+            return {TP(t.topic, t.partition): int(offset) for t, offset in found.items()}
+
+        return await self._while_unavailable(ask, "asking for a partition's first offset")
 
     async def _read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
         from aiokafka import TopicPartition
 
         tp = TopicPartition(topic, partition)
-        async with self._consumer() as consumer:
-            consumer.assign([tp])
-            consumer.seek(tp, start)
-            records: list[Any] = []
-            while await consumer.position(tp) < end:
-                batch = await consumer.getmany(tp, timeout_ms=1000)
-                records.extend(r for r in batch.get(tp, ()) if r.offset < end)
-            return records
+
+        async def read() -> list[Any]:
+            async with self._consumer() as consumer:
+                consumer.assign([tp])
+                consumer.seek(tp, start)
+                records: list[Any] = []
+                while await consumer.position(tp) < end:
+                    batch = await consumer.getmany(tp, timeout_ms=1000)
+                    records.extend(r for r in batch.get(tp, ()) if r.offset < end)
+                return records
+
+        return await self._while_unavailable(read, "reading skipped records directly")
+
+    async def _while_unavailable(self, action: Callable[[], Awaitable[T]], what: str) -> T:
+        """A broker that is down is waited for, as the agent's own outputs wait for it,
+        rather than stopping the worker."""
+        return await retry_while_unavailable(action, servers=self.bootstrap_servers, what=what)
 
     @contextlib.asynccontextmanager
     async def _consumer(self) -> AsyncIterator[Any]:
