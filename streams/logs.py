@@ -29,10 +29,12 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
-# What aiokafka logs at ERROR while the metadata catches up with topics just created
-# (Faust's changelogs at every first start): retried by aiokafka, and no error.
+# What aiokafka logs at ERROR or WARNING while the metadata catches up with topics just
+# created (Faust's changelogs at every first start, a replay's topic): retried by
+# aiokafka, and no error.
 STARTUP_NOISE = (("aiokafka.cluster", "not found in cluster metadata"),
-                 ("aiokafka.consumer.fetcher", "NotLeaderForPartitionError"))
+                 ("aiokafka.consumer.fetcher", "NotLeaderForPartitionError"),
+                 ("aiokafka.producer.sender", "NotLeaderForPartitionError"))
 
 
 class StartupNoise(logging.Filter):

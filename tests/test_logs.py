@@ -35,6 +35,11 @@ def test_aiokafkas_start_up_metadata_error_is_debug_not_error() -> None:
     assert noise.levelname == "DEBUG"
     other = record("aiokafka.cluster", logging.ERROR, "something else")
     assert logs.StartupNoise().filter(other) is True and other.levelname == "ERROR"
+    # A producer's first write to a topic just created.
+    retried = record("aiokafka.producer.sender", logging.WARNING,
+                     "Got error produce response on topic-partition TopicPartition(topic='t', partition=0), "
+                     "retrying. Error: <class 'aiokafka.errors.NotLeaderForPartitionError'>")
+    assert logs.StartupNoise().filter(retried) is False
     logs.setup("DEBUG")
     assert logs.StartupNoise().filter(
         record("aiokafka.cluster", logging.ERROR, "Topic x not found in cluster metadata")) is True

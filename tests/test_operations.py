@@ -199,7 +199,7 @@ class Prometheus:
 @pytest.fixture
 def worker(kafka_bootstrap: str, unique_name: str, tmp_path: Path) -> Iterator[WorkerRun]:
     run = WorkerRun(kafka_bootstrap, unique_name, tmp_path,
-                    extra=["--metrics-address", f"127.0.0.1:{free_port()}"])
+                    extra=["--metrics-address", f"127.0.0.1:{free_port()}", "--metrics-account-label"])
     run.create_source(partitions=1)
     yield run
     run.stop()
@@ -227,6 +227,11 @@ def grafana_to_promql(expr: str) -> str:
 
 def alert_rules() -> list[dict[str, Any]]:
     return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+
+
+def expected_account() -> str:
+    account: str = orjson.loads(INCIDENT.read_bytes().splitlines()[0])["AwsAccountId"]
+    return account
 
 
 def test_prometheus_scrapes_the_worker_and_every_panel_and_alert_rule_runs(
@@ -261,6 +266,11 @@ def test_prometheus_scrapes_the_worker_and_every_panel_and_alert_rule_runs(
     gap = prometheus.value("sum(flapguard_recreate_gap_seconds_sum)")
     assert gap is not None and abs(gap - (12 * 3600 + 30 * 60 + 18)) < 60
     assert prometheus.value("sum(flapguard_findings_consumed_total)") == len(expected)
+    # The incident's account was heard from just now: silent for seconds, not 26 h.
+    silence = prometheus.query("time() - max by (account) (max_over_time("
+                               "flapguard_account_last_finding_timestamp_seconds[7d]))")
+    assert [(r["metric"]["account"], float(r["value"][1]) < 600) for r in silence] == [
+        (expected_account(), True)]
 
     # Every panel query is valid PromQL; the core panels show data once the slower
     # series (table sizes every 5 s, Faust's commits) have been scraped.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from streams.cli.options import (
@@ -30,17 +31,28 @@ def add(sub: Subparsers) -> None:
     option(replay, "--topic", default=Topics().findings, help="topic to write to")
     option(replay, "--partitions", default="8", convert=positive_int,
            help="partitions if the topic must be created")
+    replay.add_argument("--allow-unparseable", action="store_true",
+                        help="replay an input whose first records mostly hold no finding that "
+                        "parses (refused otherwise, before anything is written)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from streams.backtest.replay import replay_files
+    from streams import logs
+    from streams.backtest.replay import MostlyUnparseable, replay_files
 
+    logs.setup("WARNING")  # its output is one line; warnings only besides it
     security = security_from(args)
     check_inputs(args.input, read_once=True)
-    count = replay_files(args.input, bootstrap=args.bootstrap_servers, topic=args.topic,
-                         partitions=args.partitions, security=security,
-                         writes=producer_from(args))
-    if not count:
+    try:
+        done = replay_files(args.input, bootstrap=args.bootstrap_servers, topic=args.topic,
+                            partitions=args.partitions, security=security,
+                            writes=producer_from(args), allow_unparseable=args.allow_unparseable)
+    except MostlyUnparseable as exc:
+        raise CliError(f"{exc}; nothing was written") from None
+    if not done.records:
         raise CliError("the input holds nothing to replay (is it empty?)")
-    print(f"replayed {count} records to {args.topic}")
+    print(f"replayed {done.records} records to {args.topic}")
+    if done.without_finding:
+        print(f"warning: {done.without_finding} of them hold no finding that parses; the worker "
+              "dead-letters them", file=sys.stderr)
     return 0

@@ -62,8 +62,8 @@ def _add_worker_options(parser: argparse.ArgumentParser) -> None:
     add_metrics_address(parser, d.metrics_address)
     parser.add_argument("--metrics-account-label", action="store_true",
                         default=env_flag("--metrics-account-label"),
-                        help="also count decisions per AWS account (one series per account); "
-                        "env FLAPGUARD_METRICS_ACCOUNT_LABEL=1")
+                        help="also count decisions per AWS account and show when each account "
+                        "last sent a finding (series per account); env FLAPGUARD_METRICS_ACCOUNT_LABEL=1")
 
 
 def worker_settings_from(args: argparse.Namespace) -> WorkerSettings:

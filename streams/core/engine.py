@@ -8,6 +8,7 @@ a partition idle for the hold in wall-clock time).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from heapq import heapify, heappop, heappush
 
 from streams.core.decide import Decider, Outcome, pairing_horizon
@@ -119,29 +120,42 @@ class PartitionEngine:
         """Decide everything held, whatever the watermark."""
         return self._release(None)
 
+    def release_arrived(self, arrived: Callable[[int], bool]) -> list[Outcome]:
+        """Decide the held arrivals whose arrival number `arrived` selects, whatever the
+        watermark, in (UpdatedAt, Id, arrival) order; the others stay held. An idle
+        partition releases what had arrived when its release was asked for, so that a
+        replay of the request releases the same arrivals (docs/design.md §2)."""
+        chosen = sorted(entry for entry in self._heap if arrived(entry[2]))
+        if not chosen:
+            return []
+        self._heap = [entry for entry in self._heap if not arrived(entry[2])]
+        heapify(self._heap)
+        out = [self._decide_held(entry) for entry in chosen]
+        self._maybe_sweep()
+        return out
+
     def _release(self, up_to: int | None) -> list[Outcome]:
         out: list[Outcome] = []
         heap = self._heap
-        buffer = self.store.buffer
-        decide = self.decider.decide
-        expiry = self._expiry
-        tracked = self._tracked
-        durable = self.durable
         while heap and (up_to is None or heap[0][0] <= up_to):
-            # A durable engine's heap and buffer hold the same arrivals: only `accept`
-            # adds to both, only this takes from both.
-            _, _, seq, origin, finding = heappop(heap)
-            if durable:
-                buffer.delete(f"{self._prefix}{seq}")
-            outcome = decide(finding, origin)
-            outcome.seq = seq
-            out.append(outcome)
-            if expiry is not None and finding.id not in tracked:
-                # Its state's `updated_at` is at least this (it only grows).
-                tracked.add(finding.id)
-                heappush(expiry, (finding.updated_at, finding.id))
+            out.append(self._decide_held(heappop(heap)))
         self._maybe_sweep()
         return out
+
+    def _decide_held(self, entry: tuple[int, str, int, Origin, Finding]) -> Outcome:
+        """Decide one arrival taken from the heap."""
+        _, _, seq, origin, finding = entry
+        # A durable engine's heap and buffer hold the same arrivals: only `accept` adds
+        # to both, only the releases take from both.
+        if self.durable:
+            self.store.buffer.delete(f"{self._prefix}{seq}")
+        outcome = self.decider.decide(finding, origin)
+        outcome.seq = seq
+        if self._expiry is not None and finding.id not in self._tracked:
+            # Its state's `updated_at` is at least this (it only grows).
+            self._tracked.add(finding.id)
+            heappush(self._expiry, (finding.updated_at, finding.id))
+        return outcome
 
     def _maybe_sweep(self) -> None:
         meta = self.meta

@@ -16,9 +16,11 @@ the partition that owns the key. Every decision's outputs are acknowledged by th
 broker before its state change is written, so a crash at any point re-decides the
 event the same way (same `dedup_key`) rather than losing it.
 
-Idle partitions: a timer sends a tick record to each assigned keyed partition; the
-tick is processed in order with the findings, and releases the partition's holds when
-it has seen no finding for `idle_flush` of wall-clock time.
+Idle partitions: when a partition holds findings and has had none for `idle_flush` of
+wall-clock time, a timer sends a tick record to its keyed partition naming what had
+arrived then; processed in order with the findings, it releases those arrivals. The
+decision to release is taken when the tick is sent and is written in it, so a replay
+after a crash releases the same arrivals (docs/design.md §2).
 """
 
 from __future__ import annotations
@@ -57,7 +59,12 @@ from streams.worker.offsets import OffsetGuard
 from streams.worker.outbox import Delivered, Outbox, refused_record
 from streams.worker.settings import BATCH_QUIET_S, WorkerSettings
 from streams.worker.tables import ChangelogMapping, RocksPartition
-from streams.worker.workarounds import last_stable_offset, read_committed_consumer
+from streams.worker.workarounds import (
+    aiokafka_producer,
+    last_stable_offset,
+    read_committed_consumer,
+    started_producer,
+)
 
 log = logging.getLogger("flapguard.worker")
 
@@ -85,6 +92,52 @@ def direct_seq(offset: int, index: int) -> int | None:
     if index >> _INDEX_BITS or offset >> (61 - _INDEX_BITS):
         return None
     return DIRECT_SEQ | offset << _INDEX_BITS | index
+
+
+class Tick(NamedTuple):
+    """What a tick record asks of its keyed partition (docs/design.md §2).
+
+    `check`: a findings partition to check for records the agent never got (see
+    `Worker.catch_up`). `release`: decide the held arrivals that had arrived when the
+    tick was sent: keyed records below offset `keyed_before`, findings records decided
+    in place below offset `source_before` (None: none of that kind). A tick asking
+    nothing loads the partition's engine."""
+
+    check: int | None = None
+    release: bool = False
+    keyed_before: int | None = None
+    source_before: int | None = None
+
+    def encode(self) -> bytes:
+        if self.release:
+            return orjson.dumps({"release": {"keyed": self.keyed_before, "source": self.source_before}})
+        return b"" if self.check is None else str(self.check).encode()
+
+    @staticmethod
+    def decode(value: bytes | None) -> Tick:
+        """Only this worker writes ticks; anything else asks nothing."""
+        if value and value.startswith(b"{"):
+            try:
+                release = orjson.loads(value)["release"]
+                keyed, source = release["keyed"], release["source"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                return Tick()
+            if all(v is None or type(v) is int for v in (keyed, source)):
+                return Tick(release=True, keyed_before=keyed, source_before=source)
+            return Tick()
+        try:
+            return Tick(check=int(value or b""))
+        except ValueError:
+            return Tick()
+
+    def arrived(self) -> Callable[[int], bool]:
+        """Whether an arrival number (a keyed offset or a `direct_seq`) is one this
+        tick releases."""
+        keyed = self.keyed_before if self.keyed_before is not None else 0
+        source = DIRECT_SEQ
+        if self.source_before is not None:
+            source = direct_seq(self.source_before, 0) or 1 << 63
+        return lambda seq: seq < source if seq >= DIRECT_SEQ else seq < keyed
 
 
 def now_ms() -> int:
@@ -178,6 +231,8 @@ class Worker:
         self.engines: dict[int, PartitionEngine] = {}
         self.staged: dict[int, Callable[[], None]] = {}
         self.last_arrival: dict[int, float] = {}
+        self.release_sent: dict[int, Tick] = {}  # the last release tick, per keyed partition
+        self.ticks_sent: dict[int, int] = {}  # ticks sent and not processed yet, per partition
         self.last_source: dict[int, float] = {}  # findings record last taken, per partition
         # Whether the findings topic has as many partitions as the keyed topic (known
         # once the topics are declared): then Faust assigns findings partition p with
@@ -212,6 +267,15 @@ class Worker:
         counts = await create_topics(s.bootstrap_servers, dict.fromkeys(names, s.partitions),
                                      replication=Replication(factor, s.producer.replication.min_insync),
                                      security=s.security)
+        # The changelogs too, before the worker joins its group: Faust creates them once
+        # it runs, and a worker that joins while they are missing is assigned no
+        # partition of them and restores nothing from them (it re-decides what their
+        # state already holds, with part of that state missing).
+        changelogs = [mapping.table.changelog_topic.get_topic_name() for mapping in self.tables.values()]
+        await create_topics(s.bootstrap_servers, dict.fromkeys(changelogs, s.partitions),
+                            {"cleanup.policy": "compact"},
+                            replication=Replication(factor, s.producer.replication.min_insync),
+                            security=s.security)
         found = counts.get(self.source.get_topic_name(), 0)
         self.direct = found == self.settings.partitions
         if self.direct:
@@ -286,6 +350,7 @@ class Worker:
                     assert engine is not None
                     if record.key == TICK_KEY:
                         outcomes.extend(await self.catch_up(record, assigned, out))
+                        outcomes.extend(await self.read_ahead(record, engine, assigned, out))
                     outcomes.extend(self.decide_keyed(engine, record, out))
                 else:
                     ahead = read.get(record.offset) if record is message else None
@@ -398,7 +463,7 @@ class Worker:
             on_disk = any(isinstance(view, RocksPartition) for view in views.values())
             engine = PartitionEngine(store, self.settings.policy, partition, expiry_index=not on_disk)
             self.engines[partition] = engine
-            self.last_arrival.setdefault(partition, time.monotonic())
+            self.last_arrival[partition] = time.monotonic()
             log.info("partition %s: engine loaded, %s held, watermark %s", partition,
                      engine.pending, engine.watermark)
         return engine
@@ -445,9 +510,8 @@ class Worker:
         an idle tick names, read directly. A partition decided in place is named by the
         tick of the keyed partition of its number (whose engine decides them); any
         other by a tick of any keyed partition here (its findings are forwarded)."""
-        try:
-            partition = int(tick.value)
-        except (TypeError, ValueError):  # a plain idle tick
+        partition = Tick.decode(tick.value).check
+        if partition is None:
             return []
         tp = TP(self.source.get_topic_name(), partition)
         behind = self.source_behind(partition)
@@ -461,6 +525,32 @@ class Worker:
             expected = await self.source_guard.first_offset_at(tp)
             if expected >= end:
                 return []
+        return await self.read_source(tp, engine, expected, end, out)
+
+    async def read_ahead(self, tick: Any, engine: PartitionEngine, assigned: set[TP],
+                         out: Outbox) -> list[Outcome]:
+        """Before a release tick is applied, the findings records it counts as arrived
+        that its engine has not had yet, read directly: after a crash the agent may get
+        the tick before them (two topics have no common order), and the tick must
+        release what it released the first time."""
+        until = Tick.decode(tick.value).source_before
+        tp = TP(self.source.get_topic_name(), engine.p)
+        if until is None or self.source_engine(engine.p, assigned) is not engine or tp not in assigned:
+            return []
+        expected = engine.next_source
+        if expected is None:
+            expected = self.source_guard.expected_at(tp)
+        if expected is None:
+            expected = await self.source_guard.first_offset_at(tp)
+        if expected >= until:
+            return []
+        return await self.read_source(tp, engine, expected, until, out, lost=False)
+
+    async def read_source(self, tp: TP, engine: PartitionEngine | None, expected: int, end: int,
+                          out: Outbox, *, lost: bool = True) -> list[Outcome]:
+        """Process the findings records from `expected` to `end` (excluded) of `tp`, read
+        directly, as the agent would have; `lost`: the agent never got them (a warning)."""
+        partition = tp.partition
         outcomes: list[Outcome] = []
         found = 0
         # A chunk of offsets at a time: the records in memory stay bounded however far
@@ -477,9 +567,12 @@ class Worker:
         self.source_guard.passed(tp, end)
         if engine is not None:
             engine.passed_source(end - 1)
-        if found:
+        if found and lost:
             log.warning("%s[%s]: %s records between offsets %s and %s never reached the agent; "
                         "read them directly", tp.topic, partition, found, expected, end - 1)
+        elif found:
+            log.info("%s[%s]: read %s records up to offset %s ahead of a replayed idle release",
+                     tp.topic, partition, found, end - 1)
         return outcomes
 
     def decide_keyed(self, engine: PartitionEngine, message: Any, out: Outbox) -> list[Outcome]:
@@ -488,9 +581,10 @@ class Worker:
         partition = message.partition
         outcomes: list[Outcome] = []
         if message.key == TICK_KEY:
-            idle = time.monotonic() - self.last_arrival[partition] >= self.settings.idle_flush_ms / 1000
-            if idle:
-                outcomes = engine.flush()
+            self.ticks_sent[partition] = max(0, self.ticks_sent.get(partition, 0) - 1)
+            tick = Tick.decode(message.value)
+            if tick.release:
+                outcomes = engine.release_arrived(tick.arrived())
             if outcomes:
                 log.info("partition %s idle: released %s held findings", partition, len(outcomes))
         else:
@@ -551,10 +645,15 @@ class Worker:
         keyed = sorted(tp.partition for tp in actives if tp.topic == self.keyed.get_topic_name())
         for partition in keyed:
             engine = self.engines.get(partition)
-            # A partition with no engine yet (after a restart or rebalance) gets one
-            # tick so that its engine reloads what the buffer table holds.
-            if engine is None or (engine.pending and now - self.last_arrival[partition] >= idle_s):
-                await self.send_tick(partition, b"")
+            if engine is None:
+                # No engine yet (after a restart or rebalance): a tick loads it, with
+                # what the buffer table holds.
+                await self.send_tick(partition, Tick())
+            elif engine.pending and now - self.last_arrival[partition] >= idle_s:
+                tick = await self.release_tick(engine, actives)
+                if tick is not None and self.release_sent.get(partition) != tick:
+                    self.release_sent[partition] = tick
+                    await self.send_tick(partition, tick)
         for tp in actives:
             if tp.topic != self.source.get_topic_name():
                 continue
@@ -563,12 +662,37 @@ class Worker:
             if keyed and self.source_behind(tp.partition) is not None:
                 # Decided in place: its own keyed partition's tick; else any here.
                 target = tp.partition if self.direct and tp.partition in keyed else keyed[0]
-                await self.send_tick(target, str(tp.partition).encode())
+                await self.send_tick(target, Tick(check=tp.partition))
 
-    async def send_tick(self, partition: int, value: bytes) -> None:
-        """A tick record on keyed partition `partition`; `value` names a findings
-        partition to check for records that never reached the agent (see `catch_up`)."""
-        await self.app.producer.send(self.keyed.get_topic_name(), TICK_KEY, value, partition,
+    async def release_tick(self, engine: PartitionEngine, assigned: set[TP]) -> Tick | None:
+        """The tick that releases what an idle engine holds: everything that has arrived.
+        None while its findings partition, decided in place, has records the engine has
+        not had (a partition behind is not idle: a stall after a rebalance, a backlog)."""
+        keyed = TP(self.keyed.get_topic_name(), engine.p)
+        keyed_end = self.app.consumer.highwater(keyed)
+        keyed_next = engine.next_seq
+        if keyed_next is None:
+            keyed_next = self.keyed_guard.expected_at(keyed) or 0
+        if keyed_end is None or keyed_end - keyed_next > self.ticks_sent.get(engine.p, 0):
+            return None  # keyed records (not only ticks of this worker) are still to come
+        source_before = None
+        tp = TP(self.source.get_topic_name(), engine.p)
+        if self.direct and tp in assigned:
+            end = self.readable_end(tp)
+            expected = engine.next_source
+            if expected is None:
+                expected = self.source_guard.expected_at(tp)
+            if expected is None:
+                expected = await self.source_guard.first_offset_at(tp)
+            if end is None or end > expected:
+                return None
+            source_before = engine.next_source
+        return Tick(release=True, keyed_before=engine.next_seq, source_before=source_before)
+
+    async def send_tick(self, partition: int, tick: Tick) -> None:
+        """A tick record on keyed partition `partition`."""
+        self.ticks_sent[partition] = self.ticks_sent.get(partition, 0) + 1
+        await self.app.producer.send(self.keyed.get_topic_name(), TICK_KEY, tick.encode(), partition,
                                      None, None)
 
     @staticmethod
@@ -579,18 +703,19 @@ class Worker:
     def producer(self) -> Any:
         """The app's aiokafka producer: records go to it as whole batches (Faust's
         `Topic.send` does more work per record than deciding it)."""
-        producer: Any = self.app.producer
-        return producer._ensure_producer()
+        return aiokafka_producer(self.app)
 
     async def probe_broker(self) -> None:
         """Ask the broker for cluster metadata with the producer's own client (and so
         its security settings); raises when no broker answers."""
-        producer = getattr(self.app.producer, "_producer", None)
+        producer = started_producer(self.app)
         if producer is not None:
             await producer.client.fetch_all_metadata()
 
     async def on_recover(self) -> None:
         self.engines.clear()
+        self.release_sent.clear()
+        self.ticks_sent.clear()
         # A findings partition is waited on for `STALL_S` from its (re)assignment.
         self.last_source.clear()
         self.source_guard.reset()

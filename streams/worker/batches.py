@@ -17,8 +17,9 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from mode.utils.aiter import aiter
 from mode.utils.futures import notify
+
+from streams.worker.workarounds import read_passively, remove_processor
 
 
 def take_batches(stream: Any, max_records: int, within: float, quiet: float
@@ -72,7 +73,7 @@ async def _take_batches(stream: Any, max_records: int, within: float, quiet: flo
     acks = stream.enable_acks
     stream.enable_acks = False  # acked here, once the agent is done with them
     stream.add_processor(add)
-    stream._enable_passive(aiter(stream.channel))
+    read_passively(stream)
     try:
         while not stream.should_stop:
             await _wait_for_batch(stream, events, full, arrived, within, quiet, lambda: last_added)
@@ -91,7 +92,7 @@ async def _take_batches(stream: Any, max_records: int, within: float, quiet: flo
                 consumed.set()
     finally:
         stream.enable_acks = acks
-        stream._processors.remove(add)
+        remove_processor(stream, add)
 
 
 async def _wait_for_batch(stream: Any, events: list[Any], full: asyncio.Event,

@@ -208,6 +208,36 @@ def consumed_all(items: Sequence[Finding | Rejected]) -> None:
     now = time.time()
     observe_all(EVENT_TIME_LAG, [max(0.0, now - item.updated_at / 1000) for item in items
                                  if isinstance(item, Finding)])
+    if OPTIONS.account_label:
+        for item in items:
+            if isinstance(item, Finding):
+                # Bounded: past `MAX_LABEL_VALUES` accounts (or a malformed one), `other`.
+                ACCOUNTS_LAST_SEEN.seen[account_label(item.account)] = now
+
+
+class AccountsLastSeen:
+    """`flapguard_account_last_finding_timestamp_seconds{account}`: when the worker last
+    read a finding of each account (wall clock), so that one account out of hundreds
+    going silent shows (alert rule FlapguardAccountSilent). Only with the account
+    label; a dictionary write per finding, the gauge built when scraped."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, float] = {}
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(
+            "flapguard_account_last_finding_timestamp_seconds",
+            "When a finding of the account was last read (only with --metrics-account-label)",
+            labels=["account"])
+        for account, seen in list(self.seen.items()):
+            family.add_metric([account], seen)
+        yield family
+
+
+ACCOUNTS_LAST_SEEN = AccountsLastSeen()
+REGISTRY.register(ACCOUNTS_LAST_SEEN)
 
 
 def observe_all(histogram: Any, values: Sequence[float]) -> None:

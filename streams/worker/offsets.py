@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from faust.types import TP
 
+from streams.kafka.availability import retry_while_unavailable
 from streams.kafka.security import PLAINTEXT, BrokerSecurity
+from streams.worker.workarounds import committed_offset, count_as_done
 
 log = logging.getLogger("flapguard.worker")
+
+T = TypeVar("T")
 
 
 class OffsetGuard:
@@ -42,8 +46,7 @@ class OffsetGuard:
         """`expected` by topic partition."""
         if (tp.topic, tp.partition) in self.next:
             return self.next[(tp.topic, tp.partition)]
-        committed = self.app.consumer._committed_offset.get(tp)
-        return int(committed) if committed is not None else None
+        return committed_offset(self.app, tp)
 
     def done(self, message: Any) -> None:
         self.next[(message.topic, message.partition)] = message.offset + 1
@@ -58,10 +61,7 @@ class OffsetGuard:
         """The records from `start` to `end` (excluded), read directly, and counted as
         done by Faust (which may deliver them later: below `expected`, then skipped)."""
         records = await self._read(tp.topic, tp.partition, start, end)
-        # Faust's own record of skipped offsets ("gaps") counts them as done: now they are.
-        gaps = self.app.consumer._gap[tp]
-        gaps.addi(start, end)
-        gaps.merge_overlaps()
+        count_as_done(self.app, tp, start, end)
         return records
 
     async def missing(self, message: Any, expected: int | None) -> list[Any] | None:
@@ -102,22 +102,34 @@ class OffsetGuard:
         # the agent waits for the answer.
         from aiokafka import TopicPartition
 
-        async with self._consumer() as consumer:
-            found = await consumer.beginning_offsets([TopicPartition(t.topic, t.partition) for t in tps])
-        return {TP(t.topic, t.partition): int(offset) for t, offset in found.items()}
+        async def ask() -> dict[TP, int]:
+            async with self._consumer() as consumer:
+                found = await consumer.beginning_offsets([TopicPartition(t.topic, t.partition) for t in tps])
+            return {TP(t.topic, t.partition): int(offset) for t, offset in found.items()}
+
+        return await self._while_unavailable(ask, "asking for a partition's first offset")
 
     async def _read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
         from aiokafka import TopicPartition
 
         tp = TopicPartition(topic, partition)
-        async with self._consumer() as consumer:
-            consumer.assign([tp])
-            consumer.seek(tp, start)
-            records: list[Any] = []
-            while await consumer.position(tp) < end:
-                batch = await consumer.getmany(tp, timeout_ms=1000)
-                records.extend(r for r in batch.get(tp, ()) if r.offset < end)
-            return records
+
+        async def read() -> list[Any]:
+            async with self._consumer() as consumer:
+                consumer.assign([tp])
+                consumer.seek(tp, start)
+                records: list[Any] = []
+                while await consumer.position(tp) < end:
+                    batch = await consumer.getmany(tp, timeout_ms=1000)
+                    records.extend(r for r in batch.get(tp, ()) if r.offset < end)
+                return records
+
+        return await self._while_unavailable(read, "reading skipped records directly")
+
+    async def _while_unavailable(self, action: Callable[[], Awaitable[T]], what: str) -> T:
+        """A broker that is down is waited for, as the agent's own outputs wait for it,
+        rather than stopping the worker."""
+        return await retry_while_unavailable(action, servers=self.bootstrap_servers, what=what)
 
     @contextlib.asynccontextmanager
     async def _consumer(self) -> AsyncIterator[Any]:

@@ -11,6 +11,7 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, R
 
 from streams.core.keys import partitions_for
 from streams.core.records import Headers
+from streams.worker.workarounds import partition_count, track_topic
 
 log = logging.getLogger("flapguard.worker")
 
@@ -64,12 +65,12 @@ class Outbox:
             by_topic.setdefault(name, []).append((data_key, data))
         self.keyed.clear()
         for name, keyed in by_topic.items():
-            count = len(await self.producer.client._wait_on_metadata(name))
+            count = await partition_count(self.producer, name)
             placed = partitions_for([data_key for data_key, _ in keyed], count)
             for (data_key, data), partition in zip(keyed, placed, strict=True):
                 self.add(name, partition, data_key, data)
         for name in {topic for topic, _ in self.placed} | {topic for topic, _, _ in self.unkeyed}:
-            self._track(name)
+            track_topic(self.producer, name)
         batches: list[tuple[str, int, Any, int]] = []
         for (topic, partition), records in self.placed.items():
             builder = self.producer.create_batch()
@@ -92,16 +93,6 @@ class Outbox:
         except TOO_LARGE as exc:
             self.on_refused(topic, headers, exc)
             return topic, headers, None
-
-    def _track(self, topic: str) -> None:
-        """Have the producer keep `topic` in its metadata. It refreshes metadata only
-        for the topics it tracks (all topics while it tracks none): a topic it learnt of
-        from an all-topics refresh, which `send_batch` does not add, drops out of its
-        metadata at the next refresh, and a batch for it then waits for a leader until
-        it expires (Faust's 20-minute request timeout), with a rebalance waiting on it."""
-        client = self.producer.client
-        if topic not in client._topics:
-            client.add_topic(topic)
 
     async def _delivered(self, batches: list[tuple[str, int, Any, int]],
                          singles: list[tuple[str, Headers, Any | None]]) -> list[Delivered]:

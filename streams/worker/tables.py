@@ -12,6 +12,7 @@ import orjson
 from faust.types import TP
 
 from streams.worker.outbox import Delivered, Outbox
+from streams.worker.workarounds import is_rocksdb, rocks_db, rocks_key, table_key
 
 
 class ChangelogMapping(MutableMapping[str, bytes]):
@@ -33,7 +34,7 @@ class ChangelogMapping(MutableMapping[str, bytes]):
     def partition(self, partition: int) -> MutableMapping[str, bytes]:
         """The view the engine of `partition` reads and writes through."""
         store = self.table.data
-        if hasattr(store, "_db_for_partition"):
+        if is_rocksdb(store):
             return RocksPartition(self, partition)
         return self
 
@@ -43,7 +44,7 @@ class ChangelogMapping(MutableMapping[str, bytes]):
         replays the changelog from there (a crash before this replays the writes from the
         changelog; a memory store keeps nothing across a restart: a no-op)."""
         store = self.table.data
-        if not hasattr(store, "_db_for_partition"):
+        if not is_rocksdb(store):
             return
         name = self.table.changelog_topic.get_topic_name()
         last: dict[int, int] = {}
@@ -53,12 +54,12 @@ class ChangelogMapping(MutableMapping[str, bytes]):
         for partition, offset in last.items():
             # Only the partitions whose changelog writes these were: another partition's
             # may still be on their way.
-            db = store._db_for_partition(partition)
+            db = rocks_db(store, partition)
             for key, value in self._local.pop(partition, ()):
                 if value is None:
-                    db.delete(store._encode_key(key))
+                    db.delete(rocks_key(store, key))
                 else:
-                    db.put(store._encode_key(key), value)
+                    db.put(rocks_key(store, key), value)
             store.set_persisted_offset(TP(name, partition), offset)
 
     def __getitem__(self, key: str) -> bytes:
@@ -111,20 +112,20 @@ class RocksPartition(MutableMapping[str, bytes]):
 
     @property
     def db(self) -> Any:
-        return self.store._db_for_partition(self.partition)
+        return rocks_db(self.store, self.partition)
 
     def __getitem__(self, key: str) -> bytes:
-        value = self.db.get(self.store._encode_key(key))
+        value = self.db.get(rocks_key(self.store, key))
         if value is None:
             raise KeyError(key)
         return bytes(value)
 
     def get(self, key: str, default: Any = None) -> Any:
-        value = self.db.get(self.store._encode_key(key))
+        value = self.db.get(rocks_key(self.store, key))
         return default if value is None else value
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.db.get(self.store._encode_key(key)) is not None
+        return isinstance(key, str) and self.db.get(rocks_key(self.store, key)) is not None
 
     def __setitem__(self, key: str, value: bytes) -> None:
         self.parent._writes.append((key, value))
@@ -137,7 +138,7 @@ class RocksPartition(MutableMapping[str, bytes]):
     def __iter__(self) -> Iterator[str]:
         offset_key = self.store.offset_key
         keys = [k for k in self.db.keys() if k != offset_key]  # noqa: SIM118 - not iterable
-        return iter([self.store._decode_key(k) for k in keys])
+        return iter([table_key(self.store, k) for k in keys])
 
     def __len__(self) -> int:
         return sum(1 for _ in self)

@@ -112,3 +112,37 @@ def test_concatenated_pretty_printed_documents_are_backtested_as_documents(tmp_p
     done = flapguard("backtest", "--input", str(both), "--no-labels")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("findings 2  alerts 1  suppressed 0  resolved 0  dead letters 0")
+
+
+def test_an_input_that_is_mostly_not_findings_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """A log file given by mistake: refused on its first records, before the broker is
+    even asked (nothing listens at the address given)."""
+    lines = INCIDENT.read_bytes().splitlines()
+    mistaken = tmp_path / "mistake.log"
+    mistaken.write_bytes(b"\n".join([lines[0], *(f"GET /index.html {n}".encode() for n in range(3))]))
+    done = flapguard("replay", "--input", str(mistaken), "--bootstrap-servers", "127.0.0.1:1")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        "flapguard replay: error: 3 of the first 4 records hold no finding that parses; not findings, "
+        "or broken in export? (--allow-unparseable replays them anyway, to be dead-lettered); nothing "
+        "was written\n")
+
+
+@pytest.mark.kafka
+def test_replay_says_how_many_records_hold_no_finding(kafka_bootstrap: str, unique_name: str,
+                                                      tmp_path: Path) -> None:
+    lines = INCIDENT.read_bytes().splitlines()
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(b"\n".join([*lines[:3], b'{"SchemaVersion": "2018-10-08", "Id": "cut']))
+    done = flapguard("replay", "--input", str(mixed), "--bootstrap-servers", kafka_bootstrap,
+                     "--topic", f"{unique_name}.findings")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"replayed 4 records to {unique_name}.findings\n"
+    assert done.stderr == "warning: 1 of them hold no finding that parses; the worker dead-letters them\n"
+    # Told to, a mostly broken input is replayed whole.
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(b"\n".join([lines[0], b"{", b"[1"]))
+    done = flapguard("replay", "--input", str(broken), "--bootstrap-servers", kafka_bootstrap,
+                     "--topic", f"{unique_name}.findings", "--allow-unparseable")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"replayed 3 records to {unique_name}.findings\n"

@@ -171,6 +171,20 @@ def test_flush_releases_everything_held() -> None:
     assert feed.flush() == []
 
 
+def test_a_release_of_what_had_arrived_decides_those_in_event_time_order_and_keeps_the_rest() -> None:
+    feed = Feed(policy(hold="1h"))
+    # Arrival order 0..3; event time order 1, 0, 3, 2.
+    for name, minutes in (("a", 2), ("b", 1), ("c", 4), ("d", 3)):
+        feed(finding(name, created=at(minutes=minutes)))
+    released = feed.engine.release_arrived(lambda seq: seq != 2)
+    assert [o.finding.id[-1] for o in released if o.finding] == ["b", "a", "d"]
+    assert [o.seq for o in released] == [1, 0, 3]
+    assert feed.engine.pending == 1
+    assert [key for key, _ in feed.store.buffer.items()] == ["0:2"]
+    assert feed.engine.release_arrived(lambda seq: seq != 2) == []
+    assert [o.seq for o in feed.engine.flush()] == [2]
+
+
 def test_a_redelivered_record_already_held_is_held_once() -> None:
     feed = Feed(policy(hold="5m"))
     f = parse_one(finding("a", created=at()))

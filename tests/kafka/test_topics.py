@@ -116,6 +116,24 @@ def test_the_workers_changelogs_and_outputs_carry_min_insync(
         run.stop()
 
 
+@pytest.mark.kafka
+def test_every_changelog_exists_compacted_before_the_worker_joins_its_group(
+        kafka_bootstrap: str, unique_name: str) -> None:
+    """A worker that joins its group while a changelog is missing is assigned none of its
+    partitions and restores nothing from it: the worker creates them all first."""
+    from streams.core.state import Store
+    from streams.kafka.topics import Topics
+    from streams.worker.app import Worker
+    from streams.worker.settings import WorkerSettings
+
+    settings = WorkerSettings(bootstrap_servers=kafka_bootstrap, app_id=unique_name, partitions=3,
+                              topics=Topics(findings=f"{unique_name}.findings"), metrics_address=None)
+    asyncio.run(Worker(settings).declare_topics())  # what the worker does before it starts
+    for table in Store.NAMES:
+        config = config_of(kafka_bootstrap, f"{unique_name}-{table}-changelog")
+        assert config["cleanup.policy"] == ("compact", 1), table
+
+
 def wait_for_topic(bootstrap: str, topic: str, run: WorkerRun, timeout: float = 60.0
                    ) -> dict[str, tuple[str, int]]:
     """The topic's configuration once the worker has created it."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from msgspec.structs import replace
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.backtest.run import read_occurrences, run_backtest
@@ -171,6 +171,29 @@ def test_account_label_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
         metrics.decided(outcome)
     assert sample("flapguard_decisions_by_account_total", account=account,
                   decision="alert") == before + 2
+
+
+def test_each_accounts_last_finding_is_shown_with_the_account_label_only(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One account of many going silent must show (alert rule FlapguardAccountSilent)."""
+    name = "flapguard_account_last_finding_timestamp_seconds"
+    findings = [o.finding for o in incident_outcomes() if o.finding is not None]
+    account = findings[0].account
+    monkeypatch.setattr(metrics.ACCOUNTS_LAST_SEEN, "seen", {})
+    metrics.consumed_all(findings)
+    assert metrics.REGISTRY.get_sample_value(name, {"account": account}) is None
+
+    monkeypatch.setattr(metrics.OPTIONS, "account_label", True)
+    before = time.time()
+    metrics.consumed_all(findings)
+    seen = metrics.REGISTRY.get_sample_value(name, {"account": account})
+    assert seen is not None and before <= seen <= time.time()
+    # A malformed account id is `other`, one series however many there are.
+    metrics.consumed_all([replace(findings[0], account=f"not-an-account-{n}") for n in range(3)])
+    exposition = generate_latest(metrics.REGISTRY).decode()
+    families = {f.name: f for f in text_string_to_metric_families(exposition)}
+    accounts = [s.labels["account"] for s in families[name].samples]
+    assert sorted(accounts) == sorted({account, "other"})
 
 
 def test_observing_many_values_at_once_counts_as_observing_each() -> None:

@@ -7,6 +7,9 @@ from __future__ import annotations
 import inspect
 
 import aiokafka
+from aiokafka.client import AIOKafkaClient
+from faust.streams import Stream
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as driver
 
 from streams.worker import workarounds
@@ -37,3 +40,41 @@ def test_the_last_stable_offset_is_where_the_workaround_reads_it() -> None:
     assert callable(aiokafka.AIOKafkaConsumer.last_stable_offset)
     assert "_ensure_consumer" in vars(driver.AIOKafkaConsumerThread)
     assert "self._thread" in inspect.getsource(driver.Consumer.highwater)
+
+
+def test_faust_s_consumer_keeps_committed_and_skipped_offsets_where_the_guard_reads_them() -> None:
+    source = inspect.getsource(faust_consumer.Consumer.__init__)
+    assert "self._committed_offset" in source and "self._gap = defaultdict(IntervalTree)" in source
+    # Faust's own skipped offsets: added as intervals and merged, as the guard adds its own.
+    add_gap = inspect.getsource(faust_consumer.Consumer._add_gap)
+    assert "gap_for_tp.addi(" in add_gap and "gap_for_tp.merge_overlaps()" in add_gap
+
+
+def test_faust_s_stream_reads_passively_and_has_no_way_to_remove_a_processor() -> None:
+    assert callable(Stream._enable_passive)
+    assert "self._processors" in inspect.getsource(Stream.__init__)
+    assert callable(Stream.add_processor) and not hasattr(Stream, "remove_processor")
+    # The worker's batches are take_events' own way of reading, with another closing rule.
+    take_events = inspect.getsource(Stream.take_events)
+    assert "self.add_processor(" in take_events and "self._enable_passive(" in take_events
+
+
+def test_aiokafka_s_client_places_and_tracks_topics_where_the_outbox_reaches() -> None:
+    assert inspect.iscoroutinefunction(AIOKafkaClient._wait_on_metadata)
+    assert "self._topics" in inspect.getsource(AIOKafkaClient.__init__)
+    assert callable(AIOKafkaClient.add_topic)
+    # send_batch does not add its topic to the tracked ones (send does).
+    assert "add_topic" not in inspect.getsource(aiokafka.AIOKafkaProducer.send_batch)
+
+
+def test_faust_keeps_its_aiokafka_producer_where_the_worker_takes_it() -> None:
+    assert callable(driver.Producer._ensure_producer)
+    assert "self._producer" in inspect.getsource(driver.Producer._ensure_producer)
+
+
+def test_faust_s_rocksdb_store_keeps_one_database_per_partition_with_encoded_keys() -> None:
+    from faust.stores import rocksdb  # the test set-up installs the rocksdb extra
+
+    for name in ("_db_for_partition", "_encode_key", "_decode_key", "set_persisted_offset"):
+        assert callable(getattr(rocksdb.Store, name)), name
+    assert workarounds.is_rocksdb(rocksdb.Store.__new__(rocksdb.Store))
