@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +27,26 @@ def iso(ms: int | None) -> str | None:
         return None
     moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def record_origins(topic: str, partition: int, offset: int,
+                   headers: Iterable[tuple[str, bytes]] | None) -> Callable[[int], Origin]:
+    """The origin of each finding (by its index) of one Kafka record: the topic and
+    offset, and the file and line a replayed record names in its headers."""
+    named = dict(headers or ())
+    source: str = topic
+    line: int = offset
+    if HEADER_INPUT in named and HEADER_LINE in named:
+        try:
+            source = bytes(named[HEADER_INPUT]).decode()
+            line = int(bytes(named[HEADER_LINE]))
+        except (ValueError, UnicodeDecodeError):
+            pass
+
+    def origin(index: int) -> Origin:
+        return Origin(source, line, index, topic, partition, offset)
+
+    return origin
 
 
 def deadletter_headers(reason: str, origin: Origin) -> Headers:

@@ -38,17 +38,16 @@ import orjson
 from faust.types import TP
 
 from streams.core.decide import Decision, Outcome, rejected_outcome
-from streams.core.engine import PartitionEngine
+from streams.core.engine import DIRECT_SEQ, PartitionEngine, direct_seq
 from streams.core.findings import Finding, Rejected, parse_message
 from streams.core.keys import partitions_for
 from streams.core.records import (
-    HEADER_INPUT,
-    HEADER_LINE,
     Headers,
     alert_record,
     deadletter_headers,
     fit_dead_letter,
     kafka_decision_record,
+    record_origins,
     suppressed_record,
 )
 from streams.core.state import Origin, Store, encode
@@ -77,21 +76,6 @@ TICK_KEY = b"\x00flapguard-tick"
 STALL_S = 5.0
 
 
-# A finding decided straight from the findings topic arrives as (record offset, index
-# in the record): one integer, above every keyed offset, so that both kinds of arrival
-# share the engine's buffer and order without colliding.
-DIRECT_SEQ = 1 << 62
-
-
-_INDEX_BITS = 20
-
-
-def direct_seq(offset: int, index: int) -> int | None:
-    """The arrival number of finding `index` of findings record `offset`; None when it
-    does not fit (such a finding goes through the keyed topic instead)."""
-    if index >> _INDEX_BITS or offset >> (61 - _INDEX_BITS):
-        return None
-    return DIRECT_SEQ | offset << _INDEX_BITS | index
 
 
 class Tick(NamedTuple):
@@ -151,21 +135,7 @@ def origin_of(message: Any, index: int) -> Origin:
 
 def origins_of(message: Any) -> Callable[[int], Origin]:
     """`origin_of` for the findings of one record: its headers are read once."""
-    headers = dict(message.headers or ())
-    source: str = message.topic
-    line: int = message.offset
-    if HEADER_INPUT in headers and HEADER_LINE in headers:
-        try:
-            source = bytes(headers[HEADER_INPUT]).decode()
-            line = int(bytes(headers[HEADER_LINE]))
-        except (ValueError, UnicodeDecodeError):
-            pass
-    topic, partition, offset = message.topic, message.partition, message.offset
-
-    def origin(index: int) -> Origin:
-        return Origin(source, line, index, topic, partition, offset)
-
-    return origin
+    return record_origins(message.topic, message.partition, message.offset, message.headers)
 
 
 def encode_keyed(finding: Finding, origin: Origin) -> bytes:
