@@ -33,14 +33,15 @@ from streams.core.engine import DIRECT_SEQ, PartitionEngine
 from streams.core.findings import Finding, Rejected, envelope_finding, parse_message
 from streams.core.keys import partition_for
 from streams.core.policy import Policy
-from streams.core.records import iso, record_origins
-from streams.core.state import Store
+from streams.core.records import iso, record_source
+from streams.core.state import Origin, Store
 from streams.kafka.security import PLAINTEXT, BrokerSecurity
 
 # A partition this far ahead of the slowest one (records held for the merge) is paused.
 AHEAD = 20_000
 FETCH_RECORDS = 10_000
 POSITION = DIRECT_SEQ - 1
+CHUNK = 1000  # records decided between two turns of the event loop
 
 
 class TopicError(Exception):
@@ -306,15 +307,27 @@ def decide_records(batch: list[Any], runs: list[Run], *, co_partitioned: bool, n
     partitions = runs[0].partitions
     counted = runs[0].counted_from
     for record in batch:
-        if record.offset < counted[record.partition] and (
-                warm.first_ms is None or record.timestamp < warm.first_ms):
+        offset = record.offset
+        partition = record.partition
+        if offset < counted[partition] and (warm.first_ms is None or record.timestamp < warm.first_ms):
             warm.first_ms = record.timestamp
-        origin_at = record_origins(record.topic, record.partition, record.offset, record.headers)
+        topic = record.topic
+        source, line = record_source(topic, offset, record.headers)
         data = record.value or b""
         fast = envelope_finding(data, policy=policy, now_ms=now_ms)
-        items = [fast] if fast is not None else parse_message(data, policy=policy, now_ms=now_ms)
-        for index, parsed in enumerate(items):
-            origin = origin_at(index)
+        if fast is not None:  # the usual record: one finding, no list of one
+            p = partition_for(fast.partition_key, partitions) if partitions > 1 else 0
+            # Decided in place by the worker: its tie-break after keyed arrivals.
+            arrival = seq | DIRECT_SEQ if co_partitioned and p == partition else seq
+            origin = Origin(source, line, 0, topic, partition, offset)
+            for run in runs:
+                released = run.engines[p].accept(fast, origin, arrival)
+                if released:
+                    run.put(released)
+            seq += 1
+            continue
+        for index, parsed in enumerate(parse_message(data, policy=policy, now_ms=now_ms)):
+            origin = Origin(source, line, index, topic, partition, offset)
             if type(parsed) is not Finding:
                 assert isinstance(parsed, Rejected)
                 for run in runs:
@@ -322,8 +335,7 @@ def decide_records(batch: list[Any], runs: list[Run], *, co_partitioned: bool, n
                 seq += 1
                 continue
             p = partition_for(parsed.partition_key, partitions) if partitions > 1 else 0
-            # Decided in place by the worker: its tie-break after keyed arrivals.
-            arrival = seq | DIRECT_SEQ if co_partitioned and p == record.partition else seq
+            arrival = seq | DIRECT_SEQ if co_partitioned and p == partition else seq
             for run in runs:
                 released = run.engines[p].accept(parsed, origin, arrival)
                 if released:
@@ -410,10 +422,14 @@ async def _drive(batches: AsyncIterator[list[Any]], runs: list[Run], warm: WarmU
     seq = 0
     records = 0
     async for batch in batches:
-        seq = decide_records(batch, runs, co_partitioned=co_partitioned, now_ms=now_ms, seq=seq,
-                             warm=warm)
-        records += len(batch)
-        progress.at(records, seq)
+        for start in range(0, len(batch), CHUNK):
+            chunk = batch[start:start + CHUNK]
+            seq = decide_records(chunk, runs, co_partitioned=co_partitioned, now_ms=now_ms, seq=seq,
+                                 warm=warm)
+            records += len(chunk)
+            progress.at(records, seq)
+            # Let the consumer send its next fetch and take in the answer meanwhile.
+            await asyncio.sleep(0)
 
 
 def _row(report: Report) -> SweepRow:

@@ -29,19 +29,27 @@ def iso(ms: int | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def record_origins(topic: str, partition: int, offset: int,
-                   headers: Iterable[tuple[str, bytes]] | None) -> Callable[[int], Origin]:
-    """The origin of each finding (by its index) of one Kafka record: the topic and
-    offset, and the file and line a replayed record names in its headers."""
-    named = dict(headers or ())
+def record_source(topic: str, offset: int, headers: Iterable[tuple[str, bytes]] | None
+                  ) -> tuple[str, int]:
+    """The source and line of a Kafka record's findings: the file and line a replayed
+    record names in its headers, else the topic and offset."""
     source: str = topic
     line: int = offset
-    if HEADER_INPUT in named and HEADER_LINE in named:
-        try:
-            source = bytes(named[HEADER_INPUT]).decode()
-            line = int(bytes(named[HEADER_LINE]))
-        except (ValueError, UnicodeDecodeError):
-            pass
+    if headers:
+        named = dict(headers)
+        if HEADER_INPUT in named and HEADER_LINE in named:
+            try:
+                source = bytes(named[HEADER_INPUT]).decode()
+                line = int(bytes(named[HEADER_LINE]))
+            except (ValueError, UnicodeDecodeError):
+                pass
+    return source, line
+
+
+def record_origins(topic: str, partition: int, offset: int,
+                   headers: Iterable[tuple[str, bytes]] | None) -> Callable[[int], Origin]:
+    """The origin of each finding (by its index) of one Kafka record."""
+    source, line = record_source(topic, offset, headers)
 
     def origin(index: int) -> Origin:
         return Origin(source, line, index, topic, partition, offset)
