@@ -10,7 +10,7 @@ the findings that paired with it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,32 +88,53 @@ def from_topic(topic: str, query: Query, *, bootstrap: str,
     """The matching records of a decisions topic, everything it holds, read directly
     (no group). A decision written again after a worker's restart is counted once: the
     last one written for an occurrence wins."""
-    return asyncio.run(_from_topic(topic, query, bootstrap, security))
+    found: dict[tuple[Any, ...], dict[str, Any]] = {}
+    raw = query.raw
+
+    def take(value: bytes) -> None:
+        if raw in value:  # most records are not about it: no parsing
+            record = orjson.loads(value)
+            if query.matches(record):
+                where = occurrence(record)
+                found.pop(where, None)  # the last written, in its place
+                found[where] = record
+
+    topic_values(topic, take, bootstrap=bootstrap, security=security)
+    return list(found.values())
 
 
-async def _from_topic(topic: str, query: Query, bootstrap: str, security: BrokerSecurity
-                      ) -> list[dict[str, Any]]:
+def occurrence(record: dict[str, Any]) -> tuple[Any, ...]:
+    """The finding occurrence a decision is about: its Kafka record and index where it
+    names one (the decisions topic, `backtest --from-topic`), else its file, line and
+    index."""
+    if record.get("topic") is not None:
+        return ("record", record["topic"], record.get("partition"), record.get("offset"),
+                record.get("index"))
+    return ("file", record.get("input"), record.get("line"), record.get("index"))
+
+
+def topic_values(topic: str, take: Callable[[bytes], None], *, bootstrap: str,
+                 security: BrokerSecurity = PLAINTEXT) -> None:
+    """Hand every value a topic holds (up to where it ends now) to `take`, read with a
+    plain consumer: no group, no commits, read_committed."""
+    asyncio.run(_topic_values(topic, take, bootstrap, security))
+
+
+async def _topic_values(topic: str, take: Callable[[bytes], None], bootstrap: str,
+                        security: BrokerSecurity) -> None:
     from streams.backtest.from_topic import _consumer, merged_records, plan_read
     from streams.core.policy import Policy
 
     consumer = _consumer(bootstrap, security)
     await consumer.start()
-    found: dict[tuple[Any, ...], dict[str, Any]] = {}
-    raw = query.raw
     try:
         plan = await plan_read(consumer, topic, policy=Policy(), since_ms=None, until_ms=None)
         async for batch in merged_records(consumer, plan):
             for r in batch:
-                if r.value and raw in r.value:
-                    record = orjson.loads(r.value)
-                    if query.matches(record):
-                        where = (record.get("topic"), record.get("partition"), record.get("offset"),
-                                 record.get("input"), record.get("line"), record.get("index"))
-                        found.pop(where, None)
-                        found[where] = record
+                if r.value:
+                    take(r.value)
     finally:
         await consumer.stop()
-    return list(found.values())
 
 
 def recorded(outcomes: Iterable[Outcome], query: Query) -> Iterator[dict[str, Any]]:
