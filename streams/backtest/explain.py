@@ -124,9 +124,10 @@ async def _topic_values(topic: str, take: Callable[[bytes], None], bootstrap: st
                         security: BrokerSecurity) -> None:
     from streams.backtest.from_topic import _consumer, merged_records, plan_read
     from streams.core.policy import Policy
+    from streams.kafka.availability import start_client
 
     consumer = _consumer(bootstrap, security)
-    await consumer.start()
+    await start_client(consumer, bootstrap, security)
     try:
         plan = await plan_read(consumer, topic, policy=Policy(), since_ms=None, until_ms=None)
         async for batch in merged_records(consumer, plan):

@@ -35,6 +35,7 @@ from streams.core.keys import partition_for
 from streams.core.policy import Policy
 from streams.core.records import iso, record_source
 from streams.core.state import Origin, Store
+from streams.kafka.availability import start_client
 from streams.kafka.security import PLAINTEXT, BrokerSecurity
 
 # A partition this far ahead of the slowest one (records held for the merge) is paused.
@@ -384,7 +385,7 @@ async def _backtest_topic(
     sweep: list[int], progress: bool | None,
 ) -> TopicBacktest:
     consumer = _consumer(bootstrap, security)
-    await consumer.start()
+    await start_client(consumer, bootstrap, security)
     try:
         plan = await plan_read(consumer, topic, policy=policy, since_ms=since_ms, until_ms=until_ms)
         keyed = partitions or len(plan.spans)

@@ -15,6 +15,9 @@ from streams.core.state import Origin
 HEADER_INPUT = "flapguard-input"
 HEADER_LINE = "flapguard-line"
 HEADER_REASON = "flapguard-reason"
+# The app id of the worker that wrote an output record: who writes a topic
+# (a worker refuses topics another app id writes, docs/operations.md).
+HEADER_APP_ID = "flapguard-app-id"
 # A dead letter too large to write whole keeps its first bytes; these say what it was.
 HEADER_ORIGINAL_SIZE = "flapguard-original-size"
 HEADER_ORIGINAL_SHA256 = "flapguard-original-sha256"

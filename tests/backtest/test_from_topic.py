@@ -312,3 +312,10 @@ def test_progress_on_a_terminal_shows_records_rate_and_time_left(capsys: pytest.
     bar.close()
     line = capsys.readouterr().err.strip()
     assert "250 / 1,000 records" in line and "findings/s" in line and "left" in line
+
+
+def test_an_unreachable_broker_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert backtest("--from-topic", "t", "--bootstrap-servers", "127.0.0.1:1") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("flapguard backtest: error: Kafka at 127.0.0.1:1: cannot connect (PLAINTEXT)")
+    assert err.count("\n") == 1
