@@ -261,6 +261,7 @@ class Run:
     warm: WarmUp
     on_decision: Callable[[Outcome], None] | None = None
     labels: Iterable[Truth] | None = None
+    warming: bool = True  # some partition is read from before `since`
     report: Report = field(init=False)
     engines: list[PartitionEngine] = field(init=False)
     ordered: _InOrder = field(init=False)
@@ -272,14 +273,17 @@ class Run:
             self.report.truths = iter(self.labels)
         self.engines = [PartitionEngine(Store.in_memory(), self.policy, p, durable=False)
                         for p in range(self.partitions)]
-        self.ordered = _InOrder(self._sink)
+        # The usual run (no warm-up, no decisions file): straight into the report.
+        plain = not self.warming and self.on_decision is None
+        self.ordered = _InOrder(self.report.add if plain else self._sink)
 
     def put(self, outcomes: list[Outcome]) -> None:
         # Arrival numbers of findings decided in place carry the worker's flag (their
         # tie-break); the merged position, the order decisions are handed on in, is
         # below it.
         for outcome in outcomes:
-            outcome.seq &= POSITION
+            if outcome.seq >= DIRECT_SEQ:
+                outcome.seq &= POSITION
         self.ordered.put(outcomes)
 
     def _sink(self, outcome: Outcome) -> None:
@@ -307,6 +311,10 @@ def decide_records(batch: list[Any], runs: list[Run], *, co_partitioned: bool, n
     policy = runs[0].policy  # the input limits are the same in every run
     partitions = runs[0].partitions
     counted = runs[0].counted_from
+    # Bound once per batch: this loop runs per finding.
+    accepts = [[engine.accept for engine in run.engines] for run in runs]
+    puts = [run.put for run in runs]
+    pairs = list(zip(accepts, puts, strict=True))
     for record in batch:
         offset = record.offset
         partition = record.partition
@@ -321,10 +329,10 @@ def decide_records(batch: list[Any], runs: list[Run], *, co_partitioned: bool, n
             # Decided in place by the worker: its tie-break after keyed arrivals.
             arrival = seq | DIRECT_SEQ if co_partitioned and p == partition else seq
             origin = Origin(source, line, 0, topic, partition, offset)
-            for run in runs:
-                released = run.engines[p].accept(fast, origin, arrival)
+            for accept, put in pairs:
+                released = accept[p](fast, origin, arrival)
                 if released:
-                    run.put(released)
+                    put(released)
             seq += 1
             continue
         for index, parsed in enumerate(parse_message(data, policy=policy, now_ms=now_ms)):
@@ -337,10 +345,10 @@ def decide_records(batch: list[Any], runs: list[Run], *, co_partitioned: bool, n
                 continue
             p = partition_for(parsed.partition_key, partitions) if partitions > 1 else 0
             arrival = seq | DIRECT_SEQ if co_partitioned and p == partition else seq
-            for run in runs:
-                released = run.engines[p].accept(parsed, origin, arrival)
+            for accept, put in pairs:
+                released = accept[p](parsed, origin, arrival)
                 if released:
-                    run.put(released)
+                    put(released)
             seq += 1
     return seq
 
@@ -393,10 +401,12 @@ async def _backtest_topic(
             raise TopicError(f"{topic} holds no record in the range asked for")
         warm = WarmUp(policy.window_ms + policy.first_sight_age_ms, since_ms, plan.warm_short)
         counted = plan.counted_from
-        main = Run(policy, keyed, counted, warm, on_decision, labels() if labels else None)
+        warming = any(s.counted > s.start for s in plan.spans.values())
+        main = Run(policy, keyed, counted, warm, on_decision, labels() if labels else None, warming)
         # The sweep's runs count their warm-up apart (the same records, other windows).
         others = [Run(replace(policy, window_ms=w), keyed, counted,
-                      WarmUp(warm.wanted_ms, since_ms, plan.warm_short), None, labels() if labels else None)
+                      WarmUp(warm.wanted_ms, since_ms, plan.warm_short), None,
+                      labels() if labels else None, warming)
                   for w in sweep]
         runs = [main, *others]
         bar = TopicProgress(plan.total, enabled=progress)
