@@ -230,6 +230,101 @@ def test_a_topic_whose_head_was_deleted_warms_up_from_its_earliest_record(
 AFTER = "--until must come after --since"
 
 
+def test_a_transactional_topic_gives_the_committed_records_and_skips_the_aborted_ones(
+    kafka_bootstrap: str, unique_name: str, feed: Path, tmp_path: Path
+) -> None:
+    """Each line in a transaction of its own (a commit marker after each: offsets with no
+    record), and a copy of some lines in transactions that are aborted: read_committed
+    decides exactly the committed lines, as the file backtest does."""
+    topic = f"{unique_name}.findings"
+    records = file_records(feed, partitions=1)
+
+    async def go() -> None:
+        from aiokafka import AIOKafkaProducer
+
+        await create_topics(kafka_bootstrap, {topic: 1})
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True,
+                                    transactional_id=f"{unique_name}-tx")
+        await producer.start()
+        try:
+            for n, r in enumerate(records):
+                headers = [(HEADER_INPUT, r.source.encode()), (HEADER_LINE, str(r.line).encode())]
+                if n % 50 == 0:  # an aborted copy: never read
+                    await producer.begin_transaction()
+                    await producer.send(topic, r.value, partition=0, headers=headers)
+                    await producer.abort_transaction()
+                async with producer.transaction():
+                    await producer.send(topic, r.value, partition=0, headers=headers)
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
+    assert backtest("--input", feed, "--no-labels", "--decisions-out", tmp_path / "file.jsonl") == 0
+    assert backtest("--from-topic", topic, "--bootstrap-servers", kafka_bootstrap,
+                    "--decisions-out", tmp_path / "topic.jsonl") == 0
+    rows = read_jsonl(tmp_path / "topic.jsonl")
+    assert [strip(r) for r in rows] == read_jsonl(tmp_path / "file.jsonl")
+    assert rows[-1]["offset"] > 2 * len(rows)  # markers and aborted records took offsets
+
+
+def test_a_compacted_topic_is_read_with_the_holes_compaction_left(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    """The incident keyed by partition key on a compacted topic whose segments roll with
+    every record (their timestamps are months apart): once the cleaner has run, only the
+    last record of each key is left in the rolled segments, so the re-created finding is
+    first seen at its periodic update (line 6) and alerts, and the RDS.27 finding
+    (line 7) alerts as in the file."""
+    topic = f"{unique_name}.findings"
+    records = [r for r in incident_at_event_time() if r.line < 8]  # a compacted topic needs keys
+    keys = {r.line: parse_message(r.value, policy=Policy(), now_ms=NOW_MS)[0] for r in records}
+    config = {"cleanup.policy": "compact", "segment.ms": "100", "min.cleanable.dirty.ratio": "0.01",
+              "min.compaction.lag.ms": "0", "delete.retention.ms": "0"}
+
+    async def go() -> None:
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+        await create_topics(kafka_bootstrap, {topic: 1}, config)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            for r in records:
+                headers = [(HEADER_INPUT, r.source.encode()), (HEADER_LINE, str(r.line).encode())]
+                key = keys[r.line].partition_key.encode()  # type: ignore[union-attr]  # a Finding
+                await producer.send_and_wait(topic, r.value, key=key, partition=0, timestamp_ms=r.timestamp,
+                                             headers=headers)
+            # A last record, later still, rolls the segment of line 7.
+            await producer.send_and_wait(topic, b"{}", key=b"filler", partition=0,
+                                         timestamp_ms=records[-1].timestamp + 86_400_000)
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        deadline = asyncio.get_running_loop().time() + 120
+        try:
+            while True:  # until the cleaner has run
+                await consumer.seek_to_beginning(tp)
+                got = []
+                while await consumer.position(tp) < 8:
+                    got += (await consumer.getmany(tp, timeout_ms=500)).get(tp, [])
+                if len(got) <= 3:
+                    return
+                assert asyncio.get_running_loop().time() < deadline, f"not compacted: {len(got)} records"
+                await asyncio.sleep(0.5)
+        finally:
+            await consumer.stop()
+
+    asyncio.run(go())
+    assert backtest("--from-topic", topic, "--bootstrap-servers", kafka_bootstrap,
+                    "--decisions-out", tmp_path / "d.jsonl") == 0
+    rows = read_jsonl(tmp_path / "d.jsonl")
+    assert [(r["input"], r["line"], r["decision"], r.get("kind", r.get("reason"))) for r in rows] == [
+        (str(INCIDENT), 6, "alert", "new"), (str(INCIDENT), 7, "alert", "new"),
+        (topic, 7, "dead_letter", "not_a_finding")]  # the filler, at offset 7, names no file
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--since", "2025-10-02T00:00:00Z", "--until", "2025-10-01T00:00:00Z"], AFTER),
     (["--since", "2025-10-02T00:00:00Z", "--until", "2025-10-02T00:00:00Z"], AFTER),
