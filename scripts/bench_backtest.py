@@ -61,11 +61,11 @@ def raw_consume(bootstrap: str, topic: str) -> tuple[int, float, float]:
 
     from aiokafka import TopicPartition
 
-    from streams.backtest.from_topic import _consumer
+    from streams.backtest.from_topic import plain_consumer
     from streams.kafka.security import PLAINTEXT
 
     async def go() -> int:
-        consumer = _consumer(bootstrap, PLAINTEXT)
+        consumer = plain_consumer(bootstrap, PLAINTEXT)
         await consumer.start()
         try:
             cluster = await consumer._client.fetch_all_metadata()

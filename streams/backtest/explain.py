@@ -122,11 +122,11 @@ def topic_values(topic: str, take: Callable[[bytes], None], *, bootstrap: str,
 
 async def _topic_values(topic: str, take: Callable[[bytes], None], bootstrap: str,
                         security: BrokerSecurity) -> None:
-    from streams.backtest.from_topic import _consumer, merged_records, plan_read
+    from streams.backtest.from_topic import merged_records, plain_consumer, plan_read
     from streams.core.policy import Policy
     from streams.kafka.availability import start_client
 
-    consumer = _consumer(bootstrap, security)
+    consumer = plain_consumer(bootstrap, security)
     await start_client(consumer, bootstrap, security)
     try:
         plan = await plan_read(consumer, topic, policy=Policy(), since_ms=None, until_ms=None)

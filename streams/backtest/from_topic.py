@@ -61,7 +61,8 @@ class Span:
 
 @dataclass(slots=True)
 class Plan:
-    """What a run reads: the topic's partitions and their spans, in event moments."""
+    """What a run reads: the span of offsets of each partition of the topic, and the
+    moments they were found for."""
 
     topic: str
     spans: dict[int, Span]
@@ -147,7 +148,8 @@ class TopicProgress:
 # -- reading the topic ----------------------------------------------------------------
 
 
-def _consumer(bootstrap: str, security: BrokerSecurity) -> Any:
+def plain_consumer(bootstrap: str, security: BrokerSecurity) -> Any:
+    """A consumer that reads what it is assigned: read_committed, large fetches."""
     from aiokafka import AIOKafkaConsumer
 
     # No group: nothing is committed, no production consumer group is touched.
@@ -392,7 +394,7 @@ async def _backtest_topic(
     on_decision: Callable[[Outcome], None] | None, labels: Callable[[], Iterable[Truth]] | None,
     sweep: list[int], progress: bool | None,
 ) -> TopicBacktest:
-    consumer = _consumer(bootstrap, security)
+    consumer = plain_consumer(bootstrap, security)
     await start_client(consumer, bootstrap, security)
     try:
         plan = await plan_read(consumer, topic, policy=policy, since_ms=since_ms, until_ms=until_ms)
