@@ -8,6 +8,13 @@ Generates a feed (`flapguard generate`, default 40 accounts over 3 weeks) unless
 Prints both rates in findings per second (one finding per line in a generated feed),
 wall clock and CPU time, and their ratio. A benchmark, not a test: figures vary with
 the machine's load; CPU time is the steadier figure on a busy machine.
+
+`--from-topic`: the same feed replayed onto a fresh topic (`--topic-partitions`, 1 by
+default) of the broker `--bootstrap-servers` names, or of a local Apache Kafka started
+from the jars of `scripts/fetch-kafka`; then, best of `--repeat` each, in wall-clock
+time: (a) a raw read, a plain aiokafka consumer with the backtest's settings reading
+every record and `orjson.loads` of each value; (b) `flapguard backtest --from-topic`
+over the same records. The topic is deleted at the end.
 """
 
 from __future__ import annotations
@@ -47,6 +54,80 @@ def backtest(path: Path) -> tuple[int, float, float]:
     return report.findings, time.perf_counter() - wall, time.process_time() - cpu
 
 
+def raw_consume(bootstrap: str, topic: str) -> tuple[int, float, float]:
+    """Every record of `topic` read with the backtest's consumer settings, each value
+    parsed with orjson: the floor a topic backtest is measured against."""
+    import asyncio
+
+    from aiokafka import TopicPartition
+
+    from streams.backtest.from_topic import plain_consumer
+    from streams.kafka.security import PLAINTEXT
+
+    async def go() -> int:
+        consumer = plain_consumer(bootstrap, PLAINTEXT)
+        await consumer.start()
+        try:
+            cluster = await consumer._client.fetch_all_metadata()
+            tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic))]
+            ends = await consumer.end_offsets(tps)
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            count = 0
+            loads = orjson.loads
+            left = {tp for tp in tps if ends[tp]}
+            while left:
+                for records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
+                    for record in records:
+                        loads(record.value)
+                    count += len(records)
+                left = {tp for tp in left if await consumer.position(tp) < ends[tp]}
+            return count
+        finally:
+            await consumer.stop()
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    count = asyncio.run(go())
+    return count, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def topic_backtest(bootstrap: str, topic: str) -> tuple[int, float, float]:
+    from streams.backtest.from_topic import backtest_topic
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = backtest_topic(topic, bootstrap=bootstrap, policy=Policy(), now_ms=int(time.time() * 1000),
+                            progress=False)
+    return result.report.findings, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def bench_topic(path: Path, args: argparse.Namespace) -> None:
+    import asyncio
+    import contextlib
+    import uuid
+
+    from streams.backtest.replay import replay_async
+    from streams.kafka.topics import delete_topics
+
+    with contextlib.ExitStack() as stack:
+        bootstrap = args.bootstrap_servers
+        if bootstrap is None:
+            from streams.demo.brokers import KafkaBroker, default_kafka_libs
+
+            bootstrap = stack.enter_context(KafkaBroker(default_kafka_libs())).bootstrap_servers
+        topic = f"bench-backtest-{uuid.uuid4().hex[:8]}"
+        stack.callback(lambda: asyncio.run(delete_topics(bootstrap, topic)))
+        count = asyncio.run(replay_async([path], bootstrap=bootstrap, topic=topic,
+                                         partitions=args.topic_partitions))
+        print(f"replayed {count:,} records onto {topic} ({args.topic_partitions} partitions)")
+        n_raw, wall_raw, cpu_raw = best(lambda _: raw_consume(bootstrap, topic), path, args.repeat)
+        n_bt, wall_bt, cpu_bt = best(lambda _: topic_backtest(bootstrap, topic), path, args.repeat)
+    print(f"raw read (aiokafka + orjson.loads):  {n_raw / wall_raw:>10,.0f} records/s wall, "
+          f"{n_raw / cpu_raw:>10,.0f} records/s CPU")
+    print(f"backtest --from-topic:               {n_bt / wall_bt:>10,.0f} findings/s wall, "
+          f"{n_bt / cpu_bt:>10,.0f} findings/s CPU")
+    print(f"ratio backtest/raw read: {wall_raw / wall_bt:.2f} (wall), {cpu_raw / cpu_bt:.2f} (CPU)")
+
+
 def best(run: object, path: Path, repeat: int) -> tuple[int, float, float]:
     results = [run(path) for _ in range(repeat)]  # type: ignore[operator]
     count = results[0][0]
@@ -60,6 +141,10 @@ def main() -> int:
     parser.add_argument("--days", type=float, default=21)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--from-topic", action="store_true",
+                        help="measure the topic backtest against a raw aiokafka read")
+    parser.add_argument("--bootstrap-servers", help="--from-topic: this broker (default: a local one)")
+    parser.add_argument("--topic-partitions", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-backtest-") as tmp:
         path = args.input
@@ -68,6 +153,9 @@ def main() -> int:
             stats = write_feed(Profile(seed=args.seed, accounts=args.accounts, days=args.days), path)
             print(f"generated {stats.findings:,} findings ({args.accounts} accounts, {args.days:g} days, "
                   f"{path.stat().st_size / stats.findings:,.0f} bytes each)")
+        if args.from_topic:
+            bench_topic(path, args)
+            return 0
         n_parse, wall_parse, cpu_parse = best(parse_only, path, args.repeat)
         n_bt, wall_bt, cpu_bt = best(backtest, path, args.repeat)
     print(f"parse only (orjson.loads per line): {n_parse / wall_parse:>10,.0f} lines/s wall, "

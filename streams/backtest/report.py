@@ -14,6 +14,9 @@ def render_report(summary: dict[str, Any]) -> str:
         f"{summary['suppressed']}  resolved {summary['resolved']}  dead letters "
         f"{summary['dead_letters']}  (naive notifier: {summary['naive_alerts']} alerts)",
     ]
+    source = summary.get("source")
+    if source:
+        lines.append(_source_text(source))
     for label, count in summary["by_reason"].items():
         lines.append(f"  {label:<42} {count}")
     labels = summary.get("labels")
@@ -34,6 +37,24 @@ def render_report(summary: dict[str, Any]) -> str:
     if rate:
         lines.append(f"{rate:,.0f} findings/s")
     return "\n".join(lines)
+
+
+def _source_text(source: dict[str, Any]) -> str:
+    """Where a topic backtest read, and how much warm-up its state had."""
+    span = f"{source['topic']}: {source['records']} records"
+    if source["since"]:
+        span += f" from {source['since']}"
+    if source["until"]:
+        span += f" until {source['until']}"
+    warm = source["warm_up"]
+    if not source["since"]:
+        return f"{span}; no warm-up (from the earliest record kept)"
+    had, wanted = warm["seconds"] / 3600, warm["wanted_seconds"] / 3600
+    text = (f"{span}; warm-up {warm['findings']} findings over {had:.1f} h (wanted {wanted:.1f} h: "
+            "window + first-sight age)")
+    if not warm["complete"]:
+        text += ", from the earliest record kept: archives before it are unknown"
+    return text
 
 
 def _share_text(value: float | None) -> str:

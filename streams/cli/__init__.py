@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from streams import __version__
-from streams.cli import backtest, demo, forward, generate, notify, replay, worker
+from streams.cli import backtest, demo, diff, explain, forward, generate, notify, replay, worker
 from streams.cli.options import EXIT_FAILURE, CliError, Parser, Subparsers, raise_env_errors
 from streams.config import ConfigError
 
@@ -28,6 +28,8 @@ class Command(Protocol):
 COMMANDS: dict[str, Command] = {
     "worker": worker,
     "backtest": backtest,
+    "explain": explain,
+    "diff": diff,
     "replay": replay,
     "demo": demo,
     "generate": generate,

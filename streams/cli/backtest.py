@@ -17,6 +17,7 @@ from streams.cli.options import (
     add_policy,
     check_inputs,
     durations,
+    moment_ms,
     option,
     policy_from,
     positive_int,
@@ -26,15 +27,28 @@ from streams.config import parse_duration_ms
 
 
 def add(sub: Subparsers) -> None:
-    backtest = sub.add_parser("backtest", help="decide findings files in-process, in event time",
+    backtest = sub.add_parser("backtest", help="decide findings files or a topic's history, in event time",
                               description="Run the worker's decision code over files of findings "
-                              "(JSON Lines, or one JSON document) and report.")
-    backtest.add_argument("--input", nargs="+", required=True, type=Path, metavar="PATH",
-                          help="findings files: JSON Lines or one JSON document each (.gz "
-                          "compressed; '-': standard input)")
+                              "(JSON Lines, or one JSON document), or over the records a findings "
+                              "topic holds, and report.")
+    source = backtest.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", type=Path, metavar="PATH",
+                        help="findings files: JSON Lines or one JSON document each (.gz "
+                        "compressed; '-': standard input)")
+    source.add_argument("--from-topic", metavar="TOPIC",
+                        help="read the records this findings topic holds (no consumer group, no "
+                        "commits, nothing written)")
+    option(backtest, "--since", default=None, convert=moment_ms,
+           help="--from-topic: count records from this moment (record timestamps), an ISO 8601 "
+           "timestamp or a duration before now (14d); the window and first-sight age before it "
+           "are read as warm-up (default: the earliest record kept)")
+    option(backtest, "--until", default=None, convert=moment_ms,
+           help="--from-topic: stop at this moment (default: where the topic ends when the run "
+           "starts)")
     add_policy(backtest)
-    option(backtest, "--partitions", default="1", convert=positive_int,
-           help="reproduce a worker with this many keyed partitions")
+    option(backtest, "--partitions", default=None, convert=positive_int,
+           help="reproduce a worker with this many keyed partitions (default: 1 for files, the "
+           "topic's partition count for --from-topic)")
     option(backtest, "--decisions-out", default=None, convert=Path,
            help="write one JSON object per finding occurrence, in input order")
     option(backtest, "--report-out", default=None, convert=Path, help="write the report as JSON")
@@ -55,10 +69,16 @@ def add(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.from_topic is not None:
+        return run_topic(args)
     from streams.backtest.report import render_report
     from streams.backtest.run import LabelChoice, LabelError, backtest_files, sweep
     from streams.core.records import decision_record
 
+    for flag, value in (("--since", args.since), ("--until", args.until)):
+        if value is not None:
+            raise CliError(f"{flag} needs --from-topic")
+    args.partitions = args.partitions or 1
     rereads = [flag for flag, on in (("--sweep", args.sweep), ("--via-kafka", args.via_kafka)) if on]
     check_inputs(args.input, read_once=not rereads, why=" and ".join(rereads))
     if args.plot:
@@ -117,5 +137,67 @@ def run(args: argparse.Namespace) -> int:
 
         plot_backtest(args.plot, rows, widest.gap_histogram(),
                       window_ms=policy.window_ms, title=", ".join(p.name for p in args.input))
+    print(render_report(summary))
+    return 0
+
+
+def run_topic(args: argparse.Namespace) -> int:
+    """`--from-topic`: every option checked, then the topic read once (a sweep's windows
+    decided in the same pass)."""
+    from streams.backtest.from_topic import TopicError, backtest_topic
+    from streams.backtest.report import render_report
+    from streams.backtest.run import LabelError, read_labels
+    from streams.core.records import kafka_decision_record
+
+    if args.via_kafka:
+        raise CliError("--via-kafka replays files: it does not go with --from-topic")
+    if args.since is not None and args.until is not None and args.until <= args.since:
+        raise CliError("--until must come after --since")
+    if args.since is not None and args.since > time.time() * 1000:
+        raise CliError("--since is in the future")
+    if args.plot:
+        from streams.backtest.plot import check_plot_path
+
+        check_plot_path(args.plot)
+    if args.labels is not None and not args.labels.is_file():
+        raise CliError(f"labels not found: {args.labels}")
+    policy = policy_from(args)
+    security = security_from(args)
+    labels_file = None if args.no_labels else args.labels
+    out = args.decisions_out.open("wb") if args.decisions_out else None
+    try:
+        def write(outcome: Any) -> None:
+            assert out is not None
+            # The decisions topic's form: topic, partition and offset name the record.
+            out.write(orjson.dumps(kafka_decision_record(outcome)) + b"\n")
+
+        result = backtest_topic(
+            args.from_topic, bootstrap=args.bootstrap_servers, security=security, policy=policy,
+            partitions=args.partitions, since_ms=args.since, until_ms=args.until,
+            now_ms=int(time.time() * 1000), on_decision=write if out else None,
+            labels=(lambda: read_labels([labels_file])) if labels_file else None,
+            sweep=args.sweep)
+    except (LabelError, TopicError) as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        if out is not None:
+            out.close()
+    report = result.report
+    summary = report.to_json()
+    summary["source"] = result.source_json()
+    if args.sweep:
+        summary["sweep"] = [row.to_json() for row in result.rows]
+    widest = result.widest
+    if widest is None or widest.policy.window_ms <= policy.window_ms:
+        widest = report
+    summary["gaps_hours_by_control"] = widest.gap_summary()
+    summary["gaps_window_seconds"] = widest.policy.window_ms / 1000
+    if args.report_out:
+        args.report_out.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    if args.plot:
+        from streams.backtest.plot import plot_backtest
+
+        plot_backtest(args.plot, result.rows, widest.gap_histogram(), window_ms=policy.window_ms,
+                      title=args.from_topic)
     print(render_report(summary))
     return 0

@@ -153,6 +153,26 @@ def date_ms(text: str) -> int:
     return int(day.timestamp() * 1000)
 
 
+def moment_ms(text: str) -> int:
+    """A moment: an ISO 8601 timestamp (`2025-10-01T00:00:00Z`; no offset: UTC), or a
+    duration before now (`14d`)."""
+    import time
+    from datetime import UTC, datetime
+
+    try:
+        return int(time.time() * 1000) - parse_duration_ms(text)
+    except ConfigError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"not a timestamp or a duration: {text!r} (write it like "
+                         "2025-10-01T00:00:00Z or 14d)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
 def add_policy(parser: argparse.ArgumentParser) -> None:
     d = Policy()
     option(parser, "--window", default=format_duration(d.window_ms), convert=parse_duration_ms,

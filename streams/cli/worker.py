@@ -17,8 +17,9 @@ from streams.cli.options import (
     positive_int,
     producer_from,
     security_from,
+    switch,
 )
-from streams.config import format_duration, parse_duration_ms
+from streams.config import ConfigError, format_duration, parse_duration_ms
 from streams.kafka.topics import Topics
 from streams.worker.settings import BATCH_QUIET_S, WorkerSettings
 
@@ -43,6 +44,12 @@ def _add_worker_options(parser: argparse.ArgumentParser) -> None:
     option(parser, "--deadletter-topic", default=t.deadletter, help="topic of rejected input")
     option(parser, "--decisions-topic", default=None,
            help="optional topic receiving every decision (for audits and the Kafka backtest)")
+    option(parser, "--output-prefix", default=None,
+           help="put this before the name of every topic it writes (alerts, suppressed, dead "
+           "letters, decisions): a candidate beside production, e.g. candidate-12h.")
+    switch(parser, "--allow-shared-outputs",
+           "write to output topics whose last records another app id wrote (by default the "
+           "worker refuses to start)")
     option(parser, "--partitions", default=str(d.partitions), convert=positive_int,
            help="partitions of the keyed topic, the tables and the outputs it creates")
     option(parser, "--store", default=d.store, help="Faust table store: memory:// or rocksdb://")
@@ -72,13 +79,7 @@ def worker_settings_from(args: argparse.Namespace) -> WorkerSettings:
         bootstrap_servers=args.bootstrap_servers,
         security=security_from(args),
         app_id=args.app_id,
-        topics=Topics(
-            findings=args.findings_topic,
-            alerts=args.alerts_topic,
-            suppressed=args.suppressed_topic,
-            deadletter=args.deadletter_topic,
-            decisions=args.decisions_topic,
-        ),
+        topics=output_topics(args),
         policy=policy_from(args),
         producer=producer_from(args),
         partitions=args.partitions,
@@ -93,6 +94,22 @@ def worker_settings_from(args: argparse.Namespace) -> WorkerSettings:
         log_format=args.log_format,
         metrics_address=args.metrics_address,
         metrics_account_label=args.metrics_account_label,
+        allow_shared_outputs=args.allow_shared_outputs,
+    )
+
+
+def output_topics(args: argparse.Namespace) -> Topics:
+    """The topics of the options, the outputs under `--output-prefix` where given."""
+    prefix = args.output_prefix or ""
+    if prefix and not all(c.isalnum() or c in "._-" for c in prefix):
+        raise ConfigError(f"--output-prefix {prefix!r}: a topic name holds only letters, digits, "
+                          "'.', '_' and '-'")
+    return Topics(
+        findings=args.findings_topic,
+        alerts=prefix + args.alerts_topic,
+        suppressed=prefix + args.suppressed_topic,
+        deadletter=prefix + args.deadletter_topic,
+        decisions=None if args.decisions_topic is None else prefix + args.decisions_topic,
     )
 
 

@@ -16,6 +16,24 @@ from streams.core.findings import Finding
 from streams.core.policy import Policy
 from streams.core.state import Arrival, FindingState, Origin, PartitionMeta, Store
 
+# A finding the worker decides straight from the findings topic arrives as (record
+# offset, index in the record): one integer, above every keyed offset, so that both
+# kinds of arrival share the engine's buffer and order without colliding (at equal
+# UpdatedAt and Id, a keyed arrival comes first).
+DIRECT_SEQ = 1 << 62
+
+
+_INDEX_BITS = 20
+
+
+def direct_seq(offset: int, index: int) -> int | None:
+    """The arrival number of finding `index` of findings record `offset`; None when it
+    does not fit (such a finding goes through the keyed topic instead)."""
+    if index >> _INDEX_BITS or offset >> (61 - _INDEX_BITS):
+        return None
+    return DIRECT_SEQ | offset << _INDEX_BITS | index
+
+
 # Without an expiry index, a sweep scans every state: at most once per day of event time.
 UNINDEXED_SCAN_EVERY_MS = 24 * 3_600_000
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,9 @@ from streams.core.state import Origin
 HEADER_INPUT = "flapguard-input"
 HEADER_LINE = "flapguard-line"
 HEADER_REASON = "flapguard-reason"
+# The app id of the worker that wrote an output record: who writes a topic
+# (a worker refuses topics another app id writes, docs/operations.md).
+HEADER_APP_ID = "flapguard-app-id"
 # A dead letter too large to write whole keeps its first bytes; these say what it was.
 HEADER_ORIGINAL_SIZE = "flapguard-original-size"
 HEADER_ORIGINAL_SHA256 = "flapguard-original-sha256"
@@ -26,6 +30,34 @@ def iso(ms: int | None) -> str | None:
         return None
     moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def record_source(topic: str, offset: int, headers: Iterable[tuple[str, bytes]] | None
+                  ) -> tuple[str, int]:
+    """The source and line of a Kafka record's findings: the file and line a replayed
+    record names in its headers, else the topic and offset."""
+    source: str = topic
+    line: int = offset
+    if headers:
+        named = dict(headers)
+        if HEADER_INPUT in named and HEADER_LINE in named:
+            try:
+                source = bytes(named[HEADER_INPUT]).decode()
+                line = int(bytes(named[HEADER_LINE]))
+            except (ValueError, UnicodeDecodeError):
+                pass
+    return source, line
+
+
+def record_origins(topic: str, partition: int, offset: int,
+                   headers: Iterable[tuple[str, bytes]] | None) -> Callable[[int], Origin]:
+    """The origin of each finding (by its index) of one Kafka record."""
+    source, line = record_source(topic, offset, headers)
+
+    def origin(index: int) -> Origin:
+        return Origin(source, line, index, topic, partition, offset)
+
+    return origin
 
 
 def deadletter_headers(reason: str, origin: Origin) -> Headers:

@@ -21,7 +21,7 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from streams.kafka.security import BrokerSecurity
@@ -102,6 +102,24 @@ log = logging.getLogger("flapguard.broker")
 
 
 T = TypeVar("T")
+
+
+async def start_client(client: Any, bootstrap: str, security: BrokerSecurity | None) -> None:
+    """Start an aiokafka consumer or producer; a failed bootstrap says why in one line
+    (aiokafka says only "Unable to bootstrap"), :class:`BrokerRefused` when waiting
+    will not help."""
+    from aiokafka.errors import KafkaConnectionError
+
+    try:
+        with quiet_bootstrap():
+            await client.start()
+    except KafkaConnectionError:
+        with contextlib.suppress(Exception):
+            await client.stop()  # else it is reported unclosed when collected
+        error = await connection_error(bootstrap, security)
+        if error is None:
+            raise
+        raise error from None
 
 
 def is_unavailable(exc: BaseException) -> bool:

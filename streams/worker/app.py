@@ -38,17 +38,17 @@ import orjson
 from faust.types import TP
 
 from streams.core.decide import Decision, Outcome, rejected_outcome
-from streams.core.engine import PartitionEngine
+from streams.core.engine import DIRECT_SEQ, PartitionEngine, direct_seq
 from streams.core.findings import Finding, Rejected, parse_message
 from streams.core.keys import partitions_for
 from streams.core.records import (
-    HEADER_INPUT,
-    HEADER_LINE,
+    HEADER_APP_ID,
     Headers,
     alert_record,
     deadletter_headers,
     fit_dead_letter,
     kafka_decision_record,
+    record_origins,
     suppressed_record,
 )
 from streams.core.state import Origin, Store, encode
@@ -77,21 +77,6 @@ TICK_KEY = b"\x00flapguard-tick"
 STALL_S = 5.0
 
 
-# A finding decided straight from the findings topic arrives as (record offset, index
-# in the record): one integer, above every keyed offset, so that both kinds of arrival
-# share the engine's buffer and order without colliding.
-DIRECT_SEQ = 1 << 62
-
-
-_INDEX_BITS = 20
-
-
-def direct_seq(offset: int, index: int) -> int | None:
-    """The arrival number of finding `index` of findings record `offset`; None when it
-    does not fit (such a finding goes through the keyed topic instead)."""
-    if index >> _INDEX_BITS or offset >> (61 - _INDEX_BITS):
-        return None
-    return DIRECT_SEQ | offset << _INDEX_BITS | index
 
 
 class Tick(NamedTuple):
@@ -151,21 +136,7 @@ def origin_of(message: Any, index: int) -> Origin:
 
 def origins_of(message: Any) -> Callable[[int], Origin]:
     """`origin_of` for the findings of one record: its headers are read once."""
-    headers = dict(message.headers or ())
-    source: str = message.topic
-    line: int = message.offset
-    if HEADER_INPUT in headers and HEADER_LINE in headers:
-        try:
-            source = bytes(headers[HEADER_INPUT]).decode()
-            line = int(bytes(headers[HEADER_LINE]))
-        except (ValueError, UnicodeDecodeError):
-            pass
-    topic, partition, offset = message.topic, message.partition, message.offset
-
-    def origin(index: int) -> Origin:
-        return Origin(source, line, index, topic, partition, offset)
-
-    return origin
+    return record_origins(message.topic, message.partition, message.offset, message.headers)
 
 
 def encode_keyed(finding: Finding, origin: Origin) -> bytes:
@@ -228,6 +199,8 @@ class Worker:
                 extra_topic_configs=s.producer.replication.topic_config()))
             for name in Store.NAMES
         }
+        # Every output record names the app id that wrote it.
+        self.mark: Headers = [(HEADER_APP_ID, s.app_id.encode())]
         self.engines: dict[int, PartitionEngine] = {}
         self.staged: dict[int, Callable[[], None]] = {}
         self.last_arrival: dict[int, float] = {}
@@ -443,12 +416,12 @@ class Worker:
 
     def _dead_letter(self, item: Rejected, origin: Origin, out: Outbox) -> None:
         metrics.dead_lettered(item.reason)
-        value, headers = fit_dead_letter(item.raw, deadletter_headers(item.reason, origin),
+        value, headers = fit_dead_letter(item.raw, [*deadletter_headers(item.reason, origin), *self.mark],
                                          self.settings.producer.record_limit)
         out.add_unkeyed(self.deadletter.get_topic_name(), value, headers)
         if self.decisions is not None:
             record = kafka_decision_record(rejected_outcome(item, origin))
-            out.add_unkeyed(self.decisions.get_topic_name(), orjson.dumps(record))
+            out.add_unkeyed(self.decisions.get_topic_name(), orjson.dumps(record), self.mark)
 
     def engine(self, partition: int) -> PartitionEngine:
         engine = self.engines.get(partition)
@@ -620,21 +593,23 @@ class Worker:
         emitted = now_ms()
         alerts, suppressed = self.alerts.get_topic_name(), self.suppressed.get_topic_name()
         decisions = self.decisions.get_topic_name() if self.decisions is not None else None
+        mark = self.mark
         metrics.decided_all(outcomes)
         for outcome in outcomes:
             if outcome.decision in (Decision.ALERT, Decision.RESOLVED):
                 record = alert_record(outcome, emitted)
-                out.add_keyed(alerts, (outcome.dedup_key or "").encode(), orjson.dumps(record))
+                out.add_keyed(alerts, (outcome.dedup_key or "").encode(), orjson.dumps(record), mark)
             pairings = [outcome.pairing] if outcome.pairing else []
             for pairing in [*pairings, *outcome.late_pairs]:
-                out.add_keyed(suppressed, pairing.key.encode(), orjson.dumps(suppressed_record(pairing)))
+                out.add_keyed(suppressed, pairing.key.encode(), orjson.dumps(suppressed_record(pairing)),
+                              mark)
             if decisions is not None:
                 record = kafka_decision_record(outcome)
                 key = record["key"]  # the partition key, or None for a dead letter
                 if key:
-                    out.add_keyed(decisions, key.encode(), orjson.dumps(record))
+                    out.add_keyed(decisions, key.encode(), orjson.dumps(record), mark)
                 else:
-                    out.add_unkeyed(decisions, orjson.dumps(record))
+                    out.add_unkeyed(decisions, orjson.dumps(record), mark)
 
     # -- idle partitions ------------------------------------------------------------
 
@@ -749,6 +724,14 @@ def run_worker(settings: WorkerSettings) -> None:
     logs.setup(settings.log_level, settings.log_format)
     worker = Worker(settings)
     metrics.start(worker)
+    if not settings.allow_shared_outputs:
+        from streams.worker.owners import check_outputs
+
+        t = settings.topics
+        outputs = [t.alerts, t.suppressed, t.deadletter, t.decisions]
+        asyncio.run(retry_while_unavailable(
+            lambda: check_outputs(settings.app_id, settings.bootstrap_servers, outputs, settings.security),
+            servers=settings.bootstrap_servers, what="checking who writes the output topics"))
     # A broker that is not up yet is waited for (with backoff), not a crash.
     asyncio.run(retry_while_unavailable(worker.declare_topics, servers=settings.bootstrap_servers,
                                         what="creating or checking the topics"))

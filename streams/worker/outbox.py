@@ -40,15 +40,15 @@ class Outbox:
         self.producer = producer
         self.on_refused = on_refused or refused_record
         self.placed: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, Headers]]] = {}
-        self.keyed: list[tuple[str, bytes, bytes]] = []
+        self.keyed: list[tuple[str, bytes, bytes, Headers]] = []
         self.unkeyed: list[tuple[str, bytes, Headers]] = []
 
     def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None,
             headers: Headers | None = None) -> None:
         self.placed.setdefault((topic, partition), []).append((key, value, headers or []))
 
-    def add_keyed(self, topic: str, key: bytes, value: bytes) -> None:
-        self.keyed.append((topic, key, value))
+    def add_keyed(self, topic: str, key: bytes, value: bytes, headers: Headers | None = None) -> None:
+        self.keyed.append((topic, key, value, headers or []))
 
     def add_unkeyed(self, topic: str, value: bytes, headers: Headers | None = None) -> None:
         self.unkeyed.append((topic, value, headers or []))
@@ -60,15 +60,15 @@ class Outbox:
     async def send(self) -> Awaitable[list[Delivered]]:
         """Hand everything added to the producer; what it returns waits until the broker
         has it all, and says what was sent."""
-        by_topic: dict[str, list[tuple[bytes, bytes]]] = {}
-        for name, data_key, data in self.keyed:
-            by_topic.setdefault(name, []).append((data_key, data))
+        by_topic: dict[str, list[tuple[bytes, bytes, Headers]]] = {}
+        for name, data_key, data, headers in self.keyed:
+            by_topic.setdefault(name, []).append((data_key, data, headers))
         self.keyed.clear()
         for name, keyed in by_topic.items():
             count = await partition_count(self.producer, name)
-            placed = partitions_for([data_key for data_key, _ in keyed], count)
-            for (data_key, data), partition in zip(keyed, placed, strict=True):
-                self.add(name, partition, data_key, data)
+            placed = partitions_for([data_key for data_key, _, _ in keyed], count)
+            for (data_key, data, headers), partition in zip(keyed, placed, strict=True):
+                self.add(name, partition, data_key, data, headers)
         for name in {topic for topic, _ in self.placed} | {topic for topic, _, _ in self.unkeyed}:
             track_topic(self.producer, name)
         batches: list[tuple[str, int, Any, int]] = []

@@ -59,6 +59,8 @@ class WorkerSettings:
     metrics_address: str | None = "127.0.0.1:9464"
     # Label decisions by AWS account too (one series per account and decision).
     metrics_account_label: bool = False
+    # Write to output topics another app id writes (docs/operations.md).
+    allow_shared_outputs: bool = False
 
     def __post_init__(self) -> None:
         if self.store not in STORES:

@@ -18,7 +18,8 @@ def test_every_command_is_registered_in_help_order() -> None:
     help_text = build_parser().format_help()
     positions = [help_text.index(f"    {name}") for name in COMMANDS]
     assert positions == sorted(positions)
-    assert list(COMMANDS) == ["worker", "backtest", "replay", "demo", "generate", "forward", "notify"]
+    assert list(COMMANDS) == ["worker", "backtest", "explain", "diff", "replay", "demo", "generate",
+                             "forward", "notify"]
 
 
 def test_a_bad_store_is_one_line_and_exit_1_before_the_worker_starts(

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from faust.types import TP
 
+from streams.core.engine import DIRECT_SEQ, direct_seq
 from streams.core.keys import partition_for
 from streams.core.records import decision_record
-from streams.worker.app import DIRECT_SEQ, TICK_KEY, Tick, Worker, direct_seq
+from streams.worker.app import TICK_KEY, Tick, Worker
 from streams.worker.outbox import Outbox
 from tests.builders import at, dumps, finding, page, parse_one
 from tests.faust_fakes import Record

@@ -1,0 +1,453 @@
+"""`flapguard backtest --from-topic`: the worker's decision code over the history a
+findings topic already holds (docs/backtest.md, "From a topic").
+
+The topic's partitions are assigned to a plain consumer (no group, no commits,
+read_committed), each read from the offset of a moment to the offset the topic ended
+at when the run began. Findings are placed as the worker places them: on the engine of
+the keyed partition their partition key hashes to (murmur2), decided in place when the
+findings topic is co-partitioned with the keyed one (as many partitions) and the finding
+is on its own partition, else as if through the keyed topic. The worker reads several
+findings partitions in no fixed order; the backtest merges them by record timestamp
+(then partition, each partition in offset order), and counts the keyed hop as taking no
+time. On a one-partition or co-partitioned topic that order makes no difference: each
+engine gets its findings in offset order, as the file backtest of the same records does.
+
+Warm-up: the backtest's state starts empty, so it reads from `since - window -
+first-sight age` (or the earliest record kept) and decides that stretch without
+counting it, so that predecessors archived just before `since` are known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from streams.backtest.run import LabelError, LabelScore, Report, SweepRow, Truth, _InOrder
+from streams.core.decide import Outcome, rejected_outcome
+from streams.core.engine import DIRECT_SEQ, PartitionEngine
+from streams.core.findings import Finding, Rejected, envelope_finding, parse_message
+from streams.core.keys import partition_for
+from streams.core.policy import Policy
+from streams.core.records import iso, record_source
+from streams.core.state import Origin, Store
+from streams.kafka.availability import start_client
+from streams.kafka.security import PLAINTEXT, BrokerSecurity
+
+# A partition this far ahead of the slowest one (records held for the merge) is paused.
+AHEAD = 20_000
+FETCH_RECORDS = 10_000
+POSITION = DIRECT_SEQ - 1
+CHUNK = 1000  # records decided between two turns of the event loop
+
+
+class TopicError(Exception):
+    """The topic cannot be read as asked (missing, an empty range): one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """What is read of one partition: offsets from `start` (warm-up from there) and
+    counted from `counted`, to `end` (excluded)."""
+
+    start: int
+    counted: int
+    end: int
+
+
+@dataclass(slots=True)
+class Plan:
+    """What a run reads: the span of offsets of each partition of the topic, and the
+    moments they were found for."""
+
+    topic: str
+    spans: dict[int, Span]
+    since_ms: int | None
+    until_ms: int | None
+    warm_from_ms: int | None  # the moment the warm-up was to start at (None: no warm-up)
+    # With `since`: some partition keeps nothing as old as `warm_from_ms`, so its
+    # warm-up starts at its earliest record.
+    warm_short: bool = False
+
+    @property
+    def total(self) -> int:
+        return sum(s.end - s.start for s in self.spans.values())
+
+    @property
+    def counted_from(self) -> dict[int, int]:
+        return {p: s.counted for p, s in self.spans.items()}
+
+
+@dataclass(slots=True)
+class WarmUp:
+    """How much history came before `since`, decided and not counted."""
+
+    wanted_ms: int  # window + first-sight age
+    since_ms: int | None
+    short: bool = False  # the topic keeps less than that: read from its earliest record
+    first_ms: int | None = None  # timestamp of the earliest warm-up record read
+    findings: int = 0
+
+    @property
+    def had_ms(self) -> int:
+        if self.since_ms is None or self.first_ms is None:
+            return 0
+        return max(0, self.since_ms - self.first_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"findings": self.findings, "from": iso(self.first_ms), "seconds": self.had_ms / 1000,
+                "wanted_seconds": self.wanted_ms / 1000 if self.since_ms is not None else 0,
+                "complete": not self.short}
+
+
+def warm_start(policy: Policy, since_ms: int) -> int:
+    """Where the warm-up starts: a predecessor archived this long before `since` may
+    still pair with a finding decided after it (docs/design.md §2)."""
+    return max(0, since_ms - policy.window_ms - policy.first_sight_age_ms)
+
+
+class TopicProgress:
+    """A one-line progress bar on stderr, only when it is a terminal: records read of
+    the total, findings per second, time left."""
+
+    def __init__(self, total: int, *, enabled: bool | None = None) -> None:
+        self.total = max(total, 1)
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.records = 0
+        self.findings = 0
+        self.started = time.perf_counter()
+        self.shown = 0.0
+
+    def at(self, records: int, findings: int) -> None:
+        self.records, self.findings = records, findings
+        if self.enabled:
+            now = time.perf_counter()
+            if now - self.shown >= 0.5:
+                self.shown = now
+                self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        elapsed = max(now - self.started, 1e-9)
+        share = min(self.records / self.total, 1.0)
+        rate = self.findings / elapsed
+        left = elapsed * (1 - share) / share if share > 0 else 0.0
+        sys.stderr.write(f"\r[{'#' * int(share * 30):<30}] {self.records:>12,} / {self.total:,} records "
+                         f"{rate:>9,.0f} findings/s  {int(left) // 60:d}m{int(left) % 60:02d}s left ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._draw(time.perf_counter())
+            sys.stderr.write("\n")
+
+
+# -- reading the topic ----------------------------------------------------------------
+
+
+def plain_consumer(bootstrap: str, security: BrokerSecurity) -> Any:
+    """A consumer that reads what it is assigned: read_committed, large fetches."""
+    from aiokafka import AIOKafkaConsumer
+
+    # No group: nothing is committed, no production consumer group is touched.
+    return AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                            isolation_level="read_committed", max_partition_fetch_bytes=4 << 20,
+                            fetch_max_bytes=64 << 20, **security.aiokafka_kwargs())
+
+
+async def plan_read(consumer: Any, topic: str, *, policy: Policy, since_ms: int | None,
+                    until_ms: int | None) -> Plan:
+    """The spans of every partition of `topic`, found by timestamp (Kafka's time index:
+    the first record at or after the moment). The end is where the topic ends now (its
+    last stable offset), or the first record at or after `until`."""
+    from aiokafka import TopicPartition
+
+    # The consumer's own metadata holds only the topics it was told of: ask for all
+    # (the cluster `topics()` fetches and drops).
+    cluster = await consumer._client.fetch_all_metadata()
+    partitions = sorted(cluster.partitions_for_topic(topic) or ())
+    if not partitions:
+        raise TopicError(f"topic not found: {topic}")
+    tps = [TopicPartition(topic, p) for p in partitions]
+    first = await consumer.beginning_offsets(tps)
+    last = await consumer.end_offsets(tps)
+
+    async def at(moment: int | None, default: dict[Any, int]) -> dict[Any, int]:
+        if moment is None:
+            return default
+        found = await consumer.offsets_for_times(dict.fromkeys(tps, moment))
+        return {tp: (last[tp] if found[tp] is None else max(first[tp], found[tp].offset)) for tp in tps}
+
+    warm_from = warm_start(policy, since_ms) if since_ms is not None else None
+    starts = await at(warm_from, first)
+    counted = await at(since_ms, first)
+    ends = await at(until_ms, last)
+    spans = {tp.partition: Span(starts[tp], counted[tp], min(ends[tp], last[tp])) for tp in tps}
+    # Nothing kept as old as the warm-up's start: it starts at the earliest record.
+    short = since_ms is not None and any(starts[tp] == first[tp] < last[tp] for tp in tps)
+    return Plan(topic, spans, since_ms, until_ms, warm_from, short)
+
+
+async def merged_records(consumer: Any, plan: Plan) -> AsyncIterator[list[Any]]:
+    """The records of every span, in batches, merged across partitions by (timestamp,
+    partition), each partition in offset order: a record is handed on only once every
+    partition still being read has one waiting, so the order does not depend on which
+    partition the broker answered for first."""
+    from aiokafka import TopicPartition
+
+    topic = plan.topic
+    live = {p: s for p, s in plan.spans.items() if s.end > s.start}
+    tps = {p: TopicPartition(topic, p) for p in live}
+    consumer.assign(list(tps.values()))
+    for p, span in live.items():
+        consumer.seek(tps[p], span.start)
+    waiting: dict[int, deque[Any]] = {p: deque() for p in live}
+    reading = set(live)
+    paused: set[int] = set()
+    while reading or any(waiting.values()):
+        hungry = [tps[p] for p in reading if not waiting[p]]
+        if hungry or not all(waiting[p] for p in reading):
+            fetched = await consumer.getmany(*hungry, timeout_ms=500, max_records=FETCH_RECORDS)
+            for tp, records in fetched.items():
+                end = live[tp.partition].end
+                waiting[tp.partition].extend(r for r in records if r.offset < end)
+            for p in list(reading):
+                if await consumer.position(tps[p]) >= live[p].end:
+                    reading.discard(p)
+                    consumer.pause(tps[p])
+            for p in reading:  # hold back partitions far ahead of the others
+                if len(waiting[p]) > AHEAD and p not in paused:
+                    consumer.pause(tps[p])
+                    paused.add(p)
+                elif len(waiting[p]) <= AHEAD // 2 and p in paused:
+                    consumer.resume(tps[p])
+                    paused.discard(p)
+        batch = _merge(waiting, reading)
+        if batch:
+            yield batch
+
+
+def _merge(waiting: dict[int, deque[Any]], reading: set[int]) -> list[Any]:
+    """Take records in (timestamp, partition) order while every partition still being
+    read has one waiting (a partition done reading needs none)."""
+    out: list[Any] = []
+    heads = [p for p, q in waiting.items() if q]
+    if len(heads) == 1 and (not reading or reading == {heads[0]}):
+        queue = waiting[heads[0]]  # one partition: everything, in offset order
+        out.extend(queue)
+        queue.clear()
+        return out
+    while True:
+        if any(not waiting[p] for p in reading):
+            return out
+        heads = [p for p, q in waiting.items() if q]
+        if not heads:
+            return out
+        p = min(heads, key=lambda n: (waiting[n][0].timestamp, n))
+        out.append(waiting[p].popleft())
+
+
+# -- deciding -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Run:
+    """One policy's engines and report over the topic (a sweep runs several at once)."""
+
+    policy: Policy
+    partitions: int
+    counted_from: dict[int, int]
+    warm: WarmUp
+    on_decision: Callable[[Outcome], None] | None = None
+    labels: Iterable[Truth] | None = None
+    warming: bool = True  # some partition is read from before `since`
+    report: Report = field(init=False)
+    engines: list[PartitionEngine] = field(init=False)
+    ordered: _InOrder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.report = Report(partitions=self.partitions, policy=self.policy)
+        if self.labels is not None:
+            self.report.labels = LabelScore()
+            self.report.truths = iter(self.labels)
+        self.engines = [PartitionEngine(Store.in_memory(), self.policy, p, durable=False)
+                        for p in range(self.partitions)]
+        # The usual run (no warm-up, no decisions file): straight into the report.
+        plain = not self.warming and self.on_decision is None
+        self.ordered = _InOrder(self.report.add if plain else self._sink)
+
+    def put(self, outcomes: list[Outcome]) -> None:
+        # Arrival numbers of findings decided in place carry the worker's flag (their
+        # tie-break); the merged position, the order decisions are handed on in, is
+        # below it.
+        for outcome in outcomes:
+            if outcome.seq >= DIRECT_SEQ:
+                outcome.seq &= POSITION
+        self.ordered.put(outcomes)
+
+    def _sink(self, outcome: Outcome) -> None:
+        origin = outcome.origin
+        if origin.offset < self.counted_from[origin.partition]:
+            self.warm.findings += 1  # warm-up: state, not report
+            return
+        self.report.add(outcome)
+        if self.on_decision is not None:
+            self.on_decision(outcome)
+
+    def finish(self) -> Report:
+        for engine in self.engines:
+            self.put(engine.flush())
+        truths = self.report.truths
+        if truths is not None and next(truths, None) is not None:
+            raise LabelError("the labels file has more entries than the topic range has findings")
+        return self.report
+
+
+def decide_records(batch: list[Any], runs: list[Run], *, co_partitioned: bool, now_ms: int,
+                   seq: int, warm: WarmUp) -> int:
+    """Parse each record once and decide its findings in every run, placed and ordered
+    as the worker places them (module docstring); the next arrival number."""
+    policy = runs[0].policy  # the input limits are the same in every run
+    partitions = runs[0].partitions
+    counted = runs[0].counted_from
+    # Bound once per batch: this loop runs per finding.
+    accepts = [[engine.accept for engine in run.engines] for run in runs]
+    puts = [run.put for run in runs]
+    pairs = list(zip(accepts, puts, strict=True))
+    for record in batch:
+        offset = record.offset
+        partition = record.partition
+        if offset < counted[partition] and (warm.first_ms is None or record.timestamp < warm.first_ms):
+            warm.first_ms = record.timestamp
+        topic = record.topic
+        source, line = record_source(topic, offset, record.headers)
+        data = record.value or b""
+        fast = envelope_finding(data, policy=policy, now_ms=now_ms)
+        if fast is not None:  # the usual record: one finding, no list of one
+            p = partition_for(fast.partition_key, partitions) if partitions > 1 else 0
+            # Decided in place by the worker: its tie-break after keyed arrivals.
+            arrival = seq | DIRECT_SEQ if co_partitioned and p == partition else seq
+            origin = Origin(source, line, 0, topic, partition, offset)
+            for accept, put in pairs:
+                released = accept[p](fast, origin, arrival)
+                if released:
+                    put(released)
+            seq += 1
+            continue
+        for index, parsed in enumerate(parse_message(data, policy=policy, now_ms=now_ms)):
+            origin = Origin(source, line, index, topic, partition, offset)
+            if type(parsed) is not Finding:
+                assert isinstance(parsed, Rejected)
+                for run in runs:
+                    run.ordered.put([rejected_outcome(parsed, origin, seq)])
+                seq += 1
+                continue
+            p = partition_for(parsed.partition_key, partitions) if partitions > 1 else 0
+            arrival = seq | DIRECT_SEQ if co_partitioned and p == partition else seq
+            for accept, put in pairs:
+                released = accept[p](parsed, origin, arrival)
+                if released:
+                    put(released)
+            seq += 1
+    return seq
+
+
+@dataclass(slots=True)
+class TopicBacktest:
+    """What a run over a topic gives: the report, the sweep's rows and widest report,
+    the warm-up and the range read."""
+
+    report: Report
+    rows: list[SweepRow]
+    widest: Report | None
+    warm: WarmUp
+    plan: Plan
+
+    def source_json(self) -> dict[str, Any]:
+        return {"topic": self.plan.topic, "since": iso(self.plan.since_ms),
+                "until": iso(self.plan.until_ms), "records": self.plan.total,
+                "warm_up": self.warm.to_json()}
+
+
+def backtest_topic(
+    topic: str, *, bootstrap: str, security: BrokerSecurity = PLAINTEXT, policy: Policy,
+    partitions: int | None = None, since_ms: int | None = None, until_ms: int | None = None,
+    now_ms: int, on_decision: Callable[[Outcome], None] | None = None,
+    labels: Callable[[], Iterable[Truth]] | None = None, sweep: list[int] | None = None,
+    progress: bool | None = None,
+) -> TopicBacktest:
+    """Backtest the records of `topic` from `since` to `until` (record timestamps), and
+    each window of `sweep` in the same pass. `partitions` (keyed partitions of the
+    worker reproduced) defaults to the topic's own count."""
+    return asyncio.run(_backtest_topic(
+        topic, bootstrap=bootstrap, security=security, policy=policy, partitions=partitions,
+        since_ms=since_ms, until_ms=until_ms, now_ms=now_ms, on_decision=on_decision,
+        labels=labels, sweep=sweep or [], progress=progress))
+
+
+async def _backtest_topic(
+    topic: str, *, bootstrap: str, security: BrokerSecurity, policy: Policy, partitions: int | None,
+    since_ms: int | None, until_ms: int | None, now_ms: int,
+    on_decision: Callable[[Outcome], None] | None, labels: Callable[[], Iterable[Truth]] | None,
+    sweep: list[int], progress: bool | None,
+) -> TopicBacktest:
+    consumer = plain_consumer(bootstrap, security)
+    await start_client(consumer, bootstrap, security)
+    try:
+        plan = await plan_read(consumer, topic, policy=policy, since_ms=since_ms, until_ms=until_ms)
+        keyed = partitions or len(plan.spans)
+        if not any(s.end > s.counted for s in plan.spans.values()):
+            raise TopicError(f"{topic} holds no record in the range asked for")
+        warm = WarmUp(policy.window_ms + policy.first_sight_age_ms, since_ms, plan.warm_short)
+        counted = plan.counted_from
+        warming = any(s.counted > s.start for s in plan.spans.values())
+        main = Run(policy, keyed, counted, warm, on_decision, labels() if labels else None, warming)
+        # The sweep's runs count their warm-up apart (the same records, other windows).
+        others = [Run(replace(policy, window_ms=w), keyed, counted,
+                      WarmUp(warm.wanted_ms, since_ms, plan.warm_short), None,
+                      labels() if labels else None, warming)
+                  for w in sweep]
+        runs = [main, *others]
+        bar = TopicProgress(plan.total, enabled=progress)
+        started = time.perf_counter()
+        try:
+            batches = merged_records(consumer, plan)
+            await _drive(batches, runs, warm, co_partitioned=len(plan.spans) == keyed,
+                         now_ms=now_ms, progress=bar)
+        finally:
+            bar.close()
+        reports = [run.finish() for run in runs]
+        seconds = time.perf_counter() - started
+        for report in reports:
+            report.seconds = seconds
+    finally:
+        await consumer.stop()
+    rows = [_row(report) for report in reports[1:]]
+    widest = max(reports[1:], key=lambda r: r.policy.window_ms) if sweep else None
+    return TopicBacktest(reports[0], rows, widest, warm, plan)
+
+
+async def _drive(batches: AsyncIterator[list[Any]], runs: list[Run], warm: WarmUp, *,
+                 co_partitioned: bool, now_ms: int, progress: TopicProgress) -> None:
+    seq = 0
+    records = 0
+    async for batch in batches:
+        for start in range(0, len(batch), CHUNK):
+            chunk = batch[start:start + CHUNK]
+            seq = decide_records(chunk, runs, co_partitioned=co_partitioned, now_ms=now_ms, seq=seq,
+                                 warm=warm)
+            records += len(chunk)
+            progress.at(records, seq)
+            # Let the consumer send its next fetch and take in the answer meanwhile.
+            await asyncio.sleep(0)
+
+
+def _row(report: Report) -> SweepRow:
+    score = report.labels
+    decisions = report.decisions
+    return SweepRow(report.policy.window_ms, report.policy.hold_ms, decisions.get("alert", 0),
+                    decisions.get("suppressed", 0), score.missed if score else None,
+                    score.false_alerts if score else None, report.naive_alerts)
