@@ -77,8 +77,6 @@ TICK_KEY = b"\x00flapguard-tick"
 STALL_S = 5.0
 
 
-
-
 class Tick(NamedTuple):
     """What a tick record asks of its keyed partition (docs/design.md §2).
 
