@@ -11,7 +11,7 @@ from __future__ import annotations
 from heapq import heapify, heappop, heappush
 
 from streams.core.decide import Decider, Outcome, pairing_horizon
-from streams.core.findings import Finding
+from streams.core.findings import ARCHIVED, Finding
 from streams.core.policy import Policy
 from streams.core.state import Arrival, FindingState, Origin, PartitionMeta, Store
 
@@ -47,6 +47,12 @@ class PartitionEngine:
             if key.startswith(self._prefix):
                 self._heap.append((*arrival.order, arrival.origin, arrival.finding))
         heapify(self._heap)
+        # Held ARCHIVED arrivals per partition key (most keys hold none), and the
+        # arrivals decided ahead of their turn, still in the heap until they reach its top.
+        self._held_archives: dict[str, int] = {}
+        for entry in self._heap:
+            self._count_archive(entry[4], 1)
+        self._taken: set[int] = set()
         self.meta = store.meta.get(str(partition)) or PartitionMeta()
         # Finding ids of this partition by a lower bound of their `updated_at`, so that
         # a sweep visits only states that may have expired instead of every state.
@@ -64,7 +70,23 @@ class PartitionEngine:
 
     @property
     def pending(self) -> int:
-        return len(self._heap)
+        return len(self._heap) - len(self._taken)
+
+    def _count_archive(self, finding: Finding, step: int) -> None:
+        if finding.record_state == ARCHIVED:
+            key = finding.partition_key
+            count = self._held_archives.get(key, 0) + step
+            if count:
+                self._held_archives[key] = count
+            else:
+                del self._held_archives[key]
+
+    def _may_pair(self, finding: Finding) -> bool:
+        """A finding that may be a re-creation (docs/design.md §2, the hold): an ACTIVE
+        control finding within the first-sight age of its creation. Only these wait for
+        archives stamped up to a hold after them. Pure: a function of the finding."""
+        return (finding.record_state != ARCHIVED and finding.is_control_finding
+                and finding.updated_at - finding.created_at <= self.policy.first_sight_age_ms)
 
     def accept(self, finding: Finding, origin: Origin, seq: int) -> list[Outcome]:
         """Buffer one finding; return the decisions this arrival releases."""
@@ -73,12 +95,16 @@ class PartitionEngine:
         meta = self.meta
         if not self.durable:
             heappush(heap, (updated_at, finding.id, seq, origin, finding))
+            if finding.record_state == ARCHIVED:
+                self._count_archive(finding, 1)
         else:
             key = f"{self._prefix}{seq}"
             buffer = self.store.buffer
             if buffer.get(key) is None:  # a redelivered record is already held
                 buffer.put(key, Arrival(self.p, seq, finding, origin))
                 heappush(heap, (updated_at, finding.id, seq, origin, finding))
+                if finding.record_state == ARCHIVED:
+                    self._count_archive(finding, 1)
         watermark = meta.watermark
         if watermark is None or updated_at > watermark:
             meta.watermark = watermark = updated_at
@@ -127,10 +153,31 @@ class PartitionEngine:
         expiry = self._expiry
         tracked = self._tracked
         durable = self.durable
+        taken = self._taken
+        held_archives = self._held_archives
+        hold = self.policy.hold_ms
+        # A possible re-creation waits one hold more, so that archives stamped up to a
+        # hold after it have surely arrived and can be decided first (`_archives_before`).
+        waits_after = None if up_to is None else up_to - hold
         while heap and (up_to is None or heap[0][0] <= up_to):
+            top = heap[0]
+            if taken and top[2] in taken:  # decided ahead of its turn
+                heappop(heap)
+                taken.discard(top[2])
+                continue
+            finding = top[4]
+            if waits_after is not None and top[0] > waits_after and self._may_pair(finding):
+                break
+            heappop(heap)
+            if held_archives:
+                if finding.record_state == ARCHIVED:
+                    self._count_archive(finding, -1)
+                elif hold and finding.partition_key in held_archives and self._may_pair(finding):
+                    out.extend(self._decide(early) for early in self._archives_before(finding))
+            # `_decide`, inlined: this runs once per finding.
             # A durable engine's heap and buffer hold the same arrivals: only `accept`
             # adds to both, only this takes from both.
-            _, _, seq, origin, finding = heappop(heap)
+            _, _, seq, origin, _ = top
             if durable:
                 buffer.delete(f"{self._prefix}{seq}")
             outcome = decide(finding, origin)
@@ -142,6 +189,41 @@ class PartitionEngine:
                 heappush(expiry, (finding.updated_at, finding.id))
         self._maybe_sweep()
         return out
+
+    def _decide(self, entry: tuple[int, str, int, Origin, Finding]) -> Outcome:
+        """Decide one held arrival (as `_release` does inline)."""
+        _, _, seq, origin, finding = entry
+        if self.durable:
+            self.store.buffer.delete(f"{self._prefix}{seq}")
+        outcome = self.decider.decide(finding, origin)
+        outcome.seq = seq
+        expiry = self._expiry
+        if expiry is not None and finding.id not in self._tracked:
+            # Its state's `updated_at` is at least this (it only grows).
+            self._tracked.add(finding.id)
+            heappush(expiry, (finding.updated_at, finding.id))
+        return outcome
+
+    def _archives_before(self, finding: Finding) -> list[tuple[int, str, int, Origin, Finding]]:
+        """Event-time inversion inside the hold (docs/design.md §2): the held archives of
+        `finding`'s partition key, of other findings, stamped at most a hold after it,
+        with the held events of their finding before them, taken out of the heap in
+        their order, to be decided first: a re-creation stamped just before its
+        predecessor's archive still pairs with it."""
+        key = finding.partition_key
+        limit = finding.updated_at + self.policy.hold_ms
+        taken = self._taken
+        held = sorted(e for e in self._heap if e[2] not in taken and e[4].partition_key == key)
+        upto: dict[str, tuple[int, str, int]] = {}  # finding id -> its first such archive
+        for e in held:
+            if (e[4].record_state == ARCHIVED and e[1] != finding.id and e[0] <= limit
+                    and e[1] not in upto):
+                upto[e[1]] = e[:3]
+        early = [e for e in held if e[1] in upto and e[:3] <= upto[e[1]]]
+        for entry in early:
+            taken.add(entry[2])
+            self._count_archive(entry[4], -1)
+        return early
 
     def _maybe_sweep(self) -> None:
         meta = self.meta

@@ -36,7 +36,8 @@ class Known:
     last_status: str | None = None  # last evaluated status (not NOT_AVAILABLE)
     na_since: bool = False  # a NOT_AVAILABLE came after it
     severity: int = 0  # while failing
-    notified: bool = False
+    notified: bool = False  # alerted, suppressed, bootstrapped: for suppression
+    opened: bool = False  # an incident is open under dedup_key: for resolves
     dedup_key: str | None = None
     archived_at: int | None = None
     superseded: bool = False  # replaced by a consolidated finding
@@ -50,6 +51,7 @@ class Predecessor:
     archived_at: int
     severity: int
     dedup_key: str
+    opened: bool
     used: bool = False
 
 
@@ -134,9 +136,41 @@ class Model:
     # -- the whole history --------------------------------------------------------------
 
     def run(self, history: list[Finding]) -> list[Decided]:
-        """Decisions of a history sorted by (`UpdatedAt`, `Id`), in that order."""
+        """Decisions of a history sorted by (`UpdatedAt`, `Id`), in that order.
+
+        One inversion (§2, the hold): before a possible re-creation (an ACTIVE control
+        finding within the first-sight age of its creation), the archives of other
+        findings of its partition key stamped at most a hold after it are decided
+        first, with the events of their finding before them."""
         assert history == sorted(history, key=lambda f: (f.updated_at, f.id))
-        return [self.decide(f) for f in history]
+        decided: list[Decided | None] = [None] * len(history)
+        for i, f in enumerate(history):
+            if decided[i] is not None:
+                continue
+            if self.policy.hold_ms and self.may_pair(f):
+                for j in self.archives_after(history, decided, i):
+                    decided[j] = self.decide(history[j])
+            decided[i] = self.decide(f)
+        return [d for d in decided if d is not None]
+
+    def may_pair(self, f: Finding) -> bool:
+        return (f.record_state != "ARCHIVED" and f.is_control_finding
+                and f.updated_at - f.created_at <= self.policy.first_sight_age_ms)
+
+    def archives_after(self, history: list[Finding], decided: list[Decided | None],
+                       i: int) -> list[int]:
+        """The events to decide before `history[i]`: for each other finding of its
+        partition key with an archive stamped at most a hold after it, that finding's
+        undecided events up to the first such archive."""
+        f = history[i]
+        waiting = [j for j in range(i + 1, len(history)) if decided[j] is None]
+        first_archive: dict[str, int] = {}
+        for j in waiting:
+            a = history[j]
+            if (a.record_state == "ARCHIVED" and a.partition_key == f.partition_key
+                    and a.id != f.id and a.updated_at <= f.updated_at + self.policy.hold_ms):
+                first_archive.setdefault(a.id, j)
+        return [j for j in waiting if j <= first_archive.get(history[j].id, -1)]
 
     # -- one event ----------------------------------------------------------------------
 
@@ -195,12 +229,12 @@ class Model:
                 severity = known.severity if known.last_status in FAILING else int(f.severity)
                 predecessor = Predecessor(
                     f.id, f.partition_key, f.standard, f.updated_at, severity,
-                    known.dedup_key or dedup_key(f.id, f.updated_at_text))
+                    known.dedup_key or dedup_key(f.id, f.updated_at_text), known.opened)
                 late = self.late_pair(predecessor)
                 self.predecessors.append(predecessor)
         self.fold(known, f)
         if evaluated(f.compliance_status) == "PASSED":  # PASSED ends the failing period
-            known.notified = False
+            known.notified = known.opened = False
             known.dedup_key = None
         return Decided("silent", "archived", known.dedup_key,
                        late_pairs=[p["finding_id"] for p in late], suppressed=late)
@@ -258,9 +292,13 @@ class Model:
         elif alertable:
             decided = Decided("silent", "flap_same_finding" if known.na_since else "periodic_update")
         elif known.last_status in FAILING and f.compliance_status == "PASSED":
-            key = known.dedup_key or dedup_key(f.id, f.updated_at_text)
-            decided = Decided("resolved", "resolved", key, alert=alert_fields(f, "resolved", key))
-            known.notified = False
+            if known.opened:  # a resolve closes only an incident that was opened
+                key = known.dedup_key or dedup_key(f.id, f.updated_at_text)
+                decided = Decided("resolved", "resolved", key,
+                                  alert=alert_fields(f, "resolved", key))
+            else:
+                decided = Decided("silent", "passed")
+            known.notified = known.opened = False
             known.dedup_key = None
         elif f.workflow_status == "SUPPRESSED" and (f.compliance_status is None
                                                     or f.compliance_status in FAILING):
@@ -275,7 +313,9 @@ class Model:
         return decided
 
     def reactivated(self, f: Finding, known: Known, archived_at: int) -> Decided:
-        if f.updated_at - archived_at <= self.policy.window_ms:
+        # The same rule as a re-creation: a continuation within the window, never when
+        # more severe than before the archive.
+        if f.updated_at - archived_at <= self.policy.window_ms and int(f.severity) <= known.severity:
             decided = Decided("suppressed", "reactivated_after_archive",
                               paired_finding_id=f.id,
                               gap_seconds=(f.updated_at - archived_at) / 1000,
@@ -283,6 +323,7 @@ class Model:
                                                             f.updated_at, "reactivated_after_archive")])
         else:
             known.dedup_key = None  # a new incident
+            known.opened = True
             decided = Decided("alert", "reactivated")
         known.notified = True
         self.fold(known, f)
@@ -293,6 +334,7 @@ class Model:
 
     def unnotified(self, f: Finding, known: Known) -> Decided:
         known.notified = True
+        known.opened = True
         if known.last_status == "PASSED":
             return Decided("alert", "regression")
         if known.last_status is not None or not f.is_control_finding:
@@ -304,14 +346,15 @@ class Model:
             self.recreations.append(Recreation(f.id, f.partition_key, f.standard, f.created_at,
                                                int(f.severity)))
             return Decided("alert", "new")
-        severity, inherited, decided = paired
+        severity, inherited, opened, decided = paired
         if int(f.severity) > severity:
             return Decided("alert", "new")
         known.dedup_key = inherited
+        known.opened = opened
         decided.dedup_key = inherited
         return decided
 
-    def pair_with_archive(self, f: Finding) -> tuple[int, str, Decided] | None:
+    def pair_with_archive(self, f: Finding) -> tuple[int, str, bool, Decided] | None:
         window = self.policy.window_ms
         oldest = f.updated_at - self.policy.first_sight_age_ms - window
         options = [p for p in self.predecessors
@@ -325,14 +368,15 @@ class Model:
         if same:
             p = nearest(same)
             p.used = True
-            return p.severity, p.dedup_key, self.paired(f, p, "recreated_after_archive")
+            return p.severity, p.dedup_key, p.opened, self.paired(f, p, "recreated_after_archive")
         switched = [p for p in options if f.standard is None and p.standard is not None]
         if not switched:
             return None
         for p in switched:  # one consolidated finding replaces every per-standard one
             p.used = True
         p = nearest(switched)
-        return max(s.severity for s in switched), p.dedup_key, self.paired(f, p, "consolidation_switch")
+        return (max(s.severity for s in switched), p.dedup_key, p.opened,
+                self.paired(f, p, "consolidation_switch"))
 
     def paired(self, f: Finding, p: Predecessor, reason: str) -> Decided:
         record = suppressed_fields(f.id, p.finding_id, f.partition_key, p.archived_at,
@@ -340,7 +384,7 @@ class Model:
         return Decided("suppressed", reason, paired_finding_id=p.finding_id,
                        gap_seconds=(f.created_at - p.archived_at) / 1000, suppressed=[record])
 
-    def pair_with_live(self, f: Finding) -> tuple[int, str, Decided] | None:
+    def pair_with_live(self, f: Finding) -> tuple[int, str, bool, Decided] | None:
         """Consolidated finding first: per-standard findings of its partition key still
         ACTIVE, failing and notified."""
         live = {
@@ -361,4 +405,4 @@ class Model:
                           gap_seconds=None, suppressed=[record])
         key = live[first].dedup_key
         assert key is not None
-        return max(k.severity for k in live.values()), key, decided
+        return max(k.severity for k in live.values()), key, live[first].opened, decided

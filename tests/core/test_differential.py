@@ -25,8 +25,10 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from streams.core.decide import Decision, Outcome
+from streams.core.engine import PartitionEngine
 from streams.core.policy import Policy, Severity
 from streams.core.records import alert_record, suppressed_record
+from streams.core.state import Origin, Store
 from tests.builders import (
     CIS140,
     FSBP,
@@ -73,16 +75,18 @@ STEPS_MIN = [1, 20, 3 * 60, 5 * 60, 7 * 60, 18 * 60]  # refreshes, evaluations, 
 # -- histories ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Event:
-    obj: dict[str, Any]
-    minute: int  # UpdatedAt, minutes after T0
+    """One event of a history; shown in short (`show` prints the findings in full)."""
+
+    def __init__(self, obj: dict[str, Any], minute: int) -> None:
+        self.obj = obj
+        self.minute = minute  # UpdatedAt, minutes after T0
 
     @property
     def order(self) -> tuple[int, str]:
         return self.minute, self.obj["Id"]
 
-    def __repr__(self) -> str:  # the whole finding is in the JSON lines `show` prints
+    def __repr__(self) -> str:
         o = self.obj
         return (f"Event({o['Id'].rsplit('/', 1)[-1]} {o['GeneratorId']} @{self.minute}m "
                 f"{o['RecordState']} {o['Compliance']['Status']} {o['Severity']['Label']} "
@@ -272,3 +276,98 @@ def test_no_incident_is_opened_twice(events: list[Event], min_severity: Severity
               if o.decision is Decision.ALERT]
     assert None not in opened
     assert len(set(opened)) == len(opened)
+
+
+# -- liveness: nothing real is hidden --------------------------------------------------------
+
+
+def decided_in_order(events: list[Event], policy: Policy) -> list[Outcome]:
+    """The backtest's decisions in the order the engine takes them (one partition)."""
+    engine = PartitionEngine(Store.in_memory(), policy, 0, durable=False)
+    out: list[Outcome] = []
+    for seq, event in enumerate(events):
+        out += engine.accept(parse_one(event.obj, policy=policy), Origin("t", seq + 1, 0), seq)
+    return out + engine.flush()
+
+
+@dataclass
+class Period:
+    """One failing period of one finding id, as the outside world saw it."""
+
+    alertable: bool = False  # some event of it was alertable
+    covered: bool = False  # an alert, a bootstrap or a rightful suppression in it
+    notified: bool = False  # alerted, suppressed or bootstrapped
+    muted: bool = False  # failing and SUPPRESSED in Security Hub
+    seen_active: bool = False  # seen ACTIVE and failing (else its history is unknown)
+    severity: int | None = None  # of its last failing event
+
+
+def violations(decided: list[Outcome], policy: Policy) -> list[str]:
+    """Every failing period with an alertable event must be covered: it alerted, or it
+    was bootstrapped, or it was suppressed as the continuation of a predecessor that
+    was notified, muted or never seen failing, and no more severe than it."""
+    periods: dict[str, Period] = {}
+    at_archive: dict[str, tuple[bool, int]] = {}  # finding -> (rightful predecessor, severity)
+    keys: dict[str, str] = {}
+    found: list[str] = []
+
+    def close(finding_id: str) -> None:
+        p = periods.pop(finding_id, None)
+        if p is not None and p.alertable and not p.covered:
+            found.append(f"{finding_id}: alertable failing period never alerted")
+
+    for o in decided:
+        f = o.finding
+        assert f is not None
+        if o.reason == "duplicate_event":
+            continue
+        keys[f.id] = f.partition_key
+        status = f.compliance_status
+        if status == "PASSED":
+            close(f.id)
+            at_archive.pop(f.id, None)
+            continue
+        p = periods.setdefault(f.id, Period())
+        failing = status in ("FAILED", "WARNING")
+        if f.record_state == "ARCHIVED":
+            if f.id not in at_archive:
+                right = p.notified or p.muted or not p.seen_active
+                at_archive[f.id] = (right, p.severity if p.severity is not None else int(f.severity))
+            if failing:
+                p.severity = int(f.severity)
+            continue
+        if failing:
+            p.seen_active = True
+            p.severity = int(f.severity)
+            p.muted |= f.workflow_status == "SUPPRESSED"
+            p.alertable |= (f.workflow_status != "SUPPRESSED" and f.severity >= policy.min_severity)
+        if o.decision is Decision.ALERT or o.reason == "bootstrap":
+            p.covered = p.notified = True
+        elif o.decision is Decision.SUPPRESSED:
+            assert o.pairing is not None
+            if o.reason == "consolidation_switch":  # any per-standard finding of the key
+                options = [at_archive.get(i) or (periods[i].notified or periods[i].muted,
+                                                 periods[i].severity or 0)
+                           for i, k in keys.items()
+                           if k == f.partition_key and i != f.id and i in periods]
+            else:
+                options = [at_archive.get(o.pairing.paired_finding_id, (False, -1))]
+            if not any(right and int(f.severity) <= severity for right, severity in options):
+                found.append(f"{f.id} at {f.updated_at_text}: suppressed ({o.reason}) "
+                             f"as the continuation of {o.pairing.paired_finding_id}, "
+                             "which was not notified, or was less severe")
+            p.covered = p.notified = True
+        at_archive.pop(f.id, None)  # ACTIVE again: no longer a predecessor
+    for finding_id in list(periods):
+        close(finding_id)
+    return found
+
+
+@DIFFERENTIAL
+@given(histories(), st.sampled_from([Severity.LOW, Severity.MEDIUM]))
+def test_every_alertable_failing_period_alerts_unless_it_continues_notified_risk(
+    events: list[Event], min_severity: Severity
+) -> None:
+    policy = make_policy(min_severity)
+    show(events, policy)
+    assert violations(decided_in_order(events, policy), policy) == []
