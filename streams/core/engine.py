@@ -53,6 +53,10 @@ class PartitionEngine:
         for entry in self._heap:
             self._count_archive(entry[4], 1)
         self._taken: set[int] = set()
+        # The held arrival at the head of the heap waiting its second hold, and the
+        # `watermark - hold` that releases it: arrivals before then need not try.
+        self._waiting: tuple[int, str, int, Origin, Finding] | None = None
+        self._waiting_until = 0
         self.meta = store.meta.get(str(partition)) or PartitionMeta()
         # Finding ids of this partition by a lower bound of their `updated_at`, so that
         # a sweep visits only states that may have expired instead of every state.
@@ -111,7 +115,9 @@ class PartitionEngine:
         if self.durable:
             self.store.meta.put(self._meta_key, meta)
         up_to = watermark - self.policy.hold_ms
-        if heap and heap[0][0] <= up_to:
+        # Unless the first in line is a possible re-creation still waiting its second hold.
+        if heap and heap[0][0] <= up_to and (heap[0] is not self._waiting
+                                             or up_to >= self._waiting_until):
             return self._release(up_to)
         # `_maybe_sweep`'s test, inlined: most arrivals release nothing and sweep nothing.
         swept_at = meta.swept_at
@@ -156,6 +162,7 @@ class PartitionEngine:
         taken = self._taken
         held_archives = self._held_archives
         hold = self.policy.hold_ms
+        first_sight = self.policy.first_sight_age_ms
         # A possible re-creation waits one hold more, so that archives stamped up to a
         # hold after it have surely arrived and can be decided first (`_archives_before`).
         waits_after = None if up_to is None else up_to - hold
@@ -166,14 +173,20 @@ class PartitionEngine:
                 taken.discard(top[2])
                 continue
             finding = top[4]
-            if waits_after is not None and top[0] > waits_after and self._may_pair(finding):
+            # `_may_pair`, inlined and cheapest test first: this runs once per finding.
+            may_pair = (finding.updated_at - finding.created_at <= first_sight
+                        and finding.record_state != ARCHIVED and finding.is_control_finding)
+            if may_pair and waits_after is not None and top[0] > waits_after:
+                self._waiting = top
+                self._waiting_until = top[0] + hold
                 break
             heappop(heap)
             if held_archives:
-                if finding.record_state == ARCHIVED:
+                if may_pair:
+                    if hold and finding.partition_key in held_archives:
+                        out.extend(self._decide(early) for early in self._archives_before(finding))
+                elif finding.record_state == ARCHIVED:
                     self._count_archive(finding, -1)
-                elif hold and finding.partition_key in held_archives and self._may_pair(finding):
-                    out.extend(self._decide(early) for early in self._archives_before(finding))
             # `_decide`, inlined: this runs once per finding.
             # A durable engine's heap and buffer hold the same arrivals: only `accept`
             # adds to both, only this takes from both.
