@@ -213,6 +213,9 @@ class Decider:
             state.notified = False  # PASSED ends the failing period, archived or not
             state.opened = False
             state.dedup_key = None
+            if not first_archive and state.archived_at is not None:
+                # and its archive carries no risk on: a later failure is new risk.
+                self._use_own_archive(f.partition_key, f.id, state.archived_at)
         self._save(f.id, state)
         outcome = Outcome(origin, _D_SILENT, f, reason=_R_ARCHIVED)
         outcome.dedup_key = state.dedup_key

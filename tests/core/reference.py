@@ -236,6 +236,9 @@ class Model:
         if evaluated(f.compliance_status) == "PASSED":  # PASSED ends the failing period
             known.notified = known.opened = False
             known.dedup_key = None
+            for p in self.predecessors:  # and no risk carries on from its archive
+                if p.finding_id == f.id:
+                    p.used = True
         return Decided("silent", "archived", known.dedup_key,
                        late_pairs=[p["finding_id"] for p in late], suppressed=late)
 

@@ -285,6 +285,16 @@ def test_passed_in_an_archived_event_ends_the_failing_period() -> None:
     assert summary(back) == ("alert", "regression")
 
 
+def test_an_archived_finding_that_then_passes_is_no_longer_a_predecessor() -> None:
+    # Archived while failing, then evaluated PASSED (still archived): the risk ended, so
+    # a failing re-creation afterwards is new risk, not a continuation.
+    run = Run()
+    base = failing_then_archived(run)
+    run(archived(base, at(minutes=5), status="PASSED", previous_status="NOT_AVAILABLE"))
+    assert all(a.used for a in archives(run))
+    assert summary(run(finding("new", created=at(hours=1)))) == ALERT_NEW
+
+
 def test_a_reactivated_finding_is_no_longer_anyone_elses_predecessor() -> None:
     run = Run()
     base = failing_then_archived(run)
