@@ -477,7 +477,11 @@ class Decider:
             state.na_since = True
         failing_now = evaluated in FAILING or (status is None and f.record_state == ACTIVE)
         if failing_now:
-            state.severity = int(f.severity)
+            if f.record_state == ACTIVE or state.dedup_key is None:
+                # What a continuation is compared with: the severity it had while it was
+                # ACTIVE (and could alert), not one it took on while archived, unless
+                # its failing period begins archived.
+                state.severity = int(f.severity)
             if state.dedup_key is None:
                 state.dedup_key = dedup_key(f.id, f.updated_at_text)
 

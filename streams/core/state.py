@@ -37,7 +37,7 @@ class FindingState(msgspec.Struct, gc=False, array_like=True):
     record_state: str
     last_status: str | None  # last Compliance.Status other than NOT_AVAILABLE
     na_since: bool  # a NOT_AVAILABLE came after last_status
-    severity: int  # while failing
+    severity: int  # while ACTIVE and failing
     notified: bool  # alerted, suppressed or bootstrapped in this failing period
     dedup_key: str | None  # of the failing period (incident) it is in
     archived_at: int | None  # UpdatedAt of its first ARCHIVED event since it was ACTIVE

@@ -35,7 +35,7 @@ class Known:
     record_state: str
     last_status: str | None = None  # last evaluated status (not NOT_AVAILABLE)
     na_since: bool = False  # a NOT_AVAILABLE came after it
-    severity: int = 0  # while failing
+    severity: int = 0  # while ACTIVE and failing
     notified: bool = False  # alerted, suppressed, bootstrapped: for suppression
     opened: bool = False  # an incident is open under dedup_key: for resolves
     dedup_key: str | None = None
@@ -211,7 +211,10 @@ class Model:
         # A finding without Compliance counts as failing while ACTIVE (§3, alertable).
         failing = status in FAILING or (f.compliance_status is None and f.record_state == "ACTIVE")
         if failing:
-            known.severity = int(f.severity)
+            # The severity it had while it could alert (ACTIVE), or that its failing
+            # period began with.
+            if f.record_state == "ACTIVE" or known.dedup_key is None:
+                known.severity = int(f.severity)
             if known.dedup_key is None:  # the event that opens the failing period
                 known.dedup_key = dedup_key(f.id, f.updated_at_text)
 

@@ -362,6 +362,25 @@ def test_reactivation_and_recreation_suppress_only_notified_or_muted_risk_never_
         assert outcome.reason == f"{how}_after_archive"
 
 
+def test_a_severity_taken_on_while_archived_is_not_what_a_reactivation_continues() -> None:
+    # INFORMATIONAL while ACTIVE (below the minimum: never notified), LOW while archived:
+    # ACTIVE again at LOW is more severe than anything notified, so it alerts.
+    run = Run()
+    base, first = archived_after(run, severity="INFORMATIONAL")
+    assert first == "not_alertable"
+    run(evolve(base, updated=at(hours=1), status="FAILED", severity="LOW", record_state="ARCHIVED"))
+    assert summary(back(run, base, "reactivated", severity="LOW")) == ("alert", "reactivated")
+
+
+def test_a_failing_period_that_begins_archived_is_compared_with_its_own_severity() -> None:
+    run = Run()
+    base = finding("old", created=at(hours=-10), severity="MEDIUM")
+    assert summary(run(base)) == ALERT_NEW
+    run(evolve(base, updated=at(hours=-1), status="PASSED", severity="LOW"))  # resolved
+    run(archived(base, at(), status="FAILED", severity="LOW"))  # failing again, archived
+    assert summary(back(run, base, "reactivated", severity="MEDIUM")) == ("alert", "reactivated")
+
+
 # -- rule 8: a resolve closes only an incident that was opened -----------------------------
 
 
