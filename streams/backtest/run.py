@@ -475,9 +475,11 @@ def run_backtest(
     partitions: int = 1,
     on_decision: Callable[[Outcome], None] | None = None,
     labels: Iterable[Truth] | None = None,
+    on_decided: Callable[[list[Outcome]], None] | None = None,
 ) -> Report:
     return _run(((o.seq, o.origin, o.parsed) for o in occurrences), policy=policy,
-                partitions=partitions, on_decision=on_decision, labels=labels)
+                partitions=partitions, on_decision=on_decision, labels=labels,
+                on_decided=on_decided)
 
 
 def _run(
@@ -487,7 +489,10 @@ def _run(
     partitions: int = 1,
     on_decision: Callable[[Outcome], None] | None = None,
     labels: Iterable[Truth] | None = None,
+    on_decided: Callable[[list[Outcome]], None] | None = None,
 ) -> Report:
+    """`on_decision`: every decision, in input order. `on_decided`: the same, in the order
+    they are taken (per partition, the order a worker writes their outputs in)."""
     report = Report(partitions=partitions, policy=policy)
     if labels is not None:
         report.labels = LabelScore()
@@ -504,6 +509,13 @@ def _run(
     engines = [PartitionEngine(Store.in_memory(), policy, p, durable=False) for p in range(partitions)]
     started = time.perf_counter()
     put = ordered.put
+    if on_decided is not None:
+        in_order = ordered.put
+
+        def put(outcomes: Iterable[Outcome]) -> None:
+            batch = list(outcomes)
+            on_decided(batch)
+            in_order(batch)
     accepts = [engine.accept for engine in engines]
     for seq, origin, parsed in occurrences:
         if type(parsed) is not Finding:
@@ -515,7 +527,7 @@ def _run(
         if released:  # most arrivals are held
             put(released)
     for engine in engines:
-        ordered.put(engine.flush())
+        put(engine.flush())
     report.seconds = time.perf_counter() - started
     if report.truths is not None and next(report.truths, None) is not None:
         raise LabelError("the labels file has more entries than the input has findings")
@@ -555,7 +567,7 @@ def label_files(paths: list[Path], labels: LabelChoice) -> list[Path] | None:
 def backtest_files(
     paths: list[Path], *, policy: Policy, partitions: int = 1, now_ms: int,
     on_decision: Callable[[Outcome], None] | None = None, labels: LabelChoice = "beside",
-    progress: bool | None = None,
+    progress: bool | None = None, on_decided: Callable[[list[Outcome]], None] | None = None,
 ) -> Report:
     """One backtest over files, scored against ground-truth labels when there are any."""
     label_paths = label_files(paths, labels)
@@ -564,7 +576,7 @@ def backtest_files(
         return _run(
             _read(paths, policy=policy, now_ms=now_ms, progress=bar),
             policy=policy, partitions=partitions, on_decision=on_decision,
-            labels=read_labels(label_paths) if label_paths else None)
+            labels=read_labels(label_paths) if label_paths else None, on_decided=on_decided)
     finally:
         bar.close()
 

@@ -51,6 +51,9 @@ def add(sub: Subparsers) -> None:
            "topic's partition count for --from-topic)")
     option(backtest, "--decisions-out", default=None, convert=Path,
            help="write one JSON object per finding occurrence, in input order")
+    option(backtest, "--alerts-out", default=None, convert=Path,
+           help="write the records the worker puts on the alerts topic (alerts and "
+           "resolutions, with their dedup_key), one JSON object a line, as they are decided")
     option(backtest, "--report-out", default=None, convert=Path, help="write the report as JSON")
     option(backtest, "--sweep", default=None, convert=durations,
            help="also backtest each of these windows, e.g. 1h,6h,12h,24h,30h,48h: one report "
@@ -73,12 +76,15 @@ def run(args: argparse.Namespace) -> int:
         return run_topic(args)
     from streams.backtest.report import render_report
     from streams.backtest.run import LabelChoice, LabelError, backtest_files, sweep
-    from streams.core.records import decision_record
+    from streams.core.decide import Decision
+    from streams.core.records import alert_record, decision_record
 
     for flag, value in (("--since", args.since), ("--until", args.until)):
         if value is not None:
             raise CliError(f"{flag} needs --from-topic")
     args.partitions = args.partitions or 1
+    if args.alerts_out and args.via_kafka:
+        raise CliError("--alerts-out decides in-process: read the worker's alerts topic with --via-kafka")
     rereads = [flag for flag, on in (("--sweep", args.sweep), ("--via-kafka", args.via_kafka)) if on]
     check_inputs(args.input, read_once=not rereads, why=" and ".join(rereads))
     if args.plot:
@@ -93,10 +99,19 @@ def run(args: argparse.Namespace) -> int:
     now_ms = int(time.time() * 1000)
     labels: LabelChoice = None if args.no_labels else ([args.labels] if args.labels else "beside")
     out = args.decisions_out.open("wb") if args.decisions_out else None
+    alerts_out = args.alerts_out.open("wb") if args.alerts_out else None
     try:
         def write(outcome: Any) -> None:
             if out is not None:
                 out.write(orjson.dumps(decision_record(outcome)) + b"\n")
+
+        def write_alerts(outcomes: list[Any]) -> None:
+            # What the worker's outputs put on the alerts topic, `emitted_at` as it would.
+            if alerts_out is not None:
+                emitted = int(time.time() * 1000)
+                for outcome in outcomes:
+                    if outcome.decision in (Decision.ALERT, Decision.RESOLVED):
+                        alerts_out.write(orjson.dumps(alert_record(outcome, emitted)) + b"\n")
 
         if args.via_kafka:
             from streams.backtest.via_kafka import KafkaBacktestError, kafka_backtest
@@ -110,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
                 raise CliError(str(exc)) from None
         else:
             report = backtest_files(args.input, policy=policy, partitions=args.partitions,
-                                    now_ms=now_ms, on_decision=write if out else None, labels=labels)
+                                    now_ms=now_ms, on_decision=write if out else None, labels=labels,
+                                    on_decided=write_alerts if alerts_out else None)
         summary = report.to_json()
         if not summary["findings"]:
             raise CliError("the input holds nothing to decide (is it empty?)")
@@ -128,8 +144,9 @@ def run(args: argparse.Namespace) -> int:
     except LabelError as exc:
         raise CliError(str(exc)) from None
     finally:
-        if out is not None:
-            out.close()
+        for handle in (out, alerts_out):
+            if handle is not None:
+                handle.close()
     if args.report_out:
         args.report_out.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     if args.plot:
@@ -147,7 +164,8 @@ def run_topic(args: argparse.Namespace) -> int:
     from streams.backtest.from_topic import TopicError, backtest_topic
     from streams.backtest.report import render_report
     from streams.backtest.run import LabelError, read_labels
-    from streams.core.records import kafka_decision_record
+    from streams.core.decide import Decision
+    from streams.core.records import alert_record, kafka_decision_record
 
     if args.via_kafka:
         raise CliError("--via-kafka replays files: it does not go with --from-topic")
@@ -165,23 +183,27 @@ def run_topic(args: argparse.Namespace) -> int:
     security = security_from(args)
     labels_file = None if args.no_labels else args.labels
     out = args.decisions_out.open("wb") if args.decisions_out else None
+    alerts_out = args.alerts_out.open("wb") if args.alerts_out else None
     try:
         def write(outcome: Any) -> None:
-            assert out is not None
-            # The decisions topic's form: topic, partition and offset name the record.
-            out.write(orjson.dumps(kafka_decision_record(outcome)) + b"\n")
+            if out is not None:
+                # The decisions topic's form: topic, partition and offset name the record.
+                out.write(orjson.dumps(kafka_decision_record(outcome)) + b"\n")
+            if alerts_out is not None and outcome.decision in (Decision.ALERT, Decision.RESOLVED):
+                alerts_out.write(orjson.dumps(alert_record(outcome, int(time.time() * 1000))) + b"\n")
 
         result = backtest_topic(
             args.from_topic, bootstrap=args.bootstrap_servers, security=security, policy=policy,
             partitions=args.partitions, since_ms=args.since, until_ms=args.until,
-            now_ms=int(time.time() * 1000), on_decision=write if out else None,
+            now_ms=int(time.time() * 1000), on_decision=write if out or alerts_out else None,
             labels=(lambda: read_labels([labels_file])) if labels_file else None,
             sweep=args.sweep)
     except (LabelError, TopicError) as exc:
         raise CliError(str(exc)) from None
     finally:
-        if out is not None:
-            out.close()
+        for handle in (out, alerts_out):
+            if handle is not None:
+                handle.close()
     report = result.report
     summary = report.to_json()
     summary["source"] = result.source_json()

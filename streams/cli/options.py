@@ -178,7 +178,8 @@ def add_policy(parser: argparse.ArgumentParser) -> None:
     option(parser, "--window", default=format_duration(d.window_ms), convert=parse_duration_ms,
            help="pair an archive and a re-creation this close in event time")
     option(parser, "--hold", default=format_duration(d.hold_ms), convert=parse_duration_ms,
-           help="reorder buffer: decide an event once the watermark is this far past it")
+           help="reorder buffer: decide an event once the watermark is this far past it "
+                "(a possible re-creation: twice as far)")
     option(parser, "--min-severity", default=d.min_severity.name, convert=Severity.parse,
            help="lowest severity that alerts")
     option(parser, "--first-sight-age", default=format_duration(d.first_sight_age_ms),

@@ -15,7 +15,17 @@ import msgspec
 from streams.core.findings import ACTIVE, ARCHIVED, FAILING, NOT_AVAILABLE, Finding, Rejected
 from streams.core.keys import bucket_key, bucket_start, buckets_covering, dedup_key
 from streams.core.policy import Policy
-from streams.core.state import Archive, Bucket, FindingState, LiveMember, LiveSet, Origin, Recreation, Store
+from streams.core.state import (
+    Archive,
+    Bucket,
+    FindingState,
+    LiveMember,
+    LiveSet,
+    Origin,
+    Recreation,
+    Store,
+    opened,
+)
 
 PASSED = "PASSED"
 WORKFLOW_SUPPRESSED = "SUPPRESSED"
@@ -44,6 +54,7 @@ class Reason(StrEnum):
     PERIODIC_UPDATE = "periodic_update"
     WORKFLOW_SUPPRESSED = "workflow_suppressed"
     NOT_ALERTABLE = "not_alertable"
+    PASSED = "passed"  # failing before, PASSED now, and no incident was opened to resolve
     RECREATED_AFTER_ARCHIVE = "recreated_after_archive"
     REACTIVATED_AFTER_ARCHIVE = "reactivated_after_archive"
     CONSOLIDATION_SWITCH = "consolidation_switch"
@@ -194,12 +205,17 @@ class Decider:
                     archived_at=f.updated_at,
                     severity=severity,
                     dedup_key=state.dedup_key or dedup_key(f.id, f.updated_at_text),
+                    opened=opened(state),
                 )
                 late = self._record_archive(f.partition_key, archive)
         self._absorb(state, f)
         if _evaluated(f.compliance_status) == PASSED:
             state.notified = False  # PASSED ends the failing period, archived or not
+            state.opened = False
             state.dedup_key = None
+            if not first_archive and state.archived_at is not None:
+                # and its archive carries no risk on: a later failure is new risk.
+                self._use_own_archive(f.partition_key, f.id, state.archived_at)
         self._save(f.id, state)
         outcome = Outcome(origin, _D_SILENT, f, reason=_R_ARCHIVED)
         outcome.dedup_key = state.dedup_key
@@ -237,9 +253,13 @@ class Decider:
             # Positional (kind=None, reason): most events end here, and keywords cost.
             outcome = Outcome(origin, _D_SILENT, f, None, reason)  # rule 7
         elif state.last_status in FAILING and f.compliance_status == PASSED:
-            outcome = Outcome(origin, _D_RESOLVED, f, kind=AlertKind.RESOLVED,
-                              dedup_key=state.dedup_key or dedup_key(f.id, f.updated_at_text))
-            state.notified = False  # rule 8: PASSED ends the failing period
+            if opened(state):  # rule 8: a resolve closes only what an alert opened
+                outcome = Outcome(origin, _D_RESOLVED, f, kind=AlertKind.RESOLVED,
+                                  dedup_key=state.dedup_key or dedup_key(f.id, f.updated_at_text))
+            else:
+                outcome = Outcome(origin, _D_SILENT, f, reason=Reason.PASSED)
+            state.notified = False  # PASSED ends the failing period
+            state.opened = False
             state.dedup_key = None
         elif f.failing and f.workflow_status == WORKFLOW_SUPPRESSED:
             outcome = Outcome(origin, _D_SILENT, f, reason=_R_WORKFLOW_SUPPRESSED)
@@ -255,13 +275,20 @@ class Decider:
     def _reactivated(
         self, f: Finding, origin: Origin, state: FindingState, archived_at: int
     ) -> Outcome:
-        if f.updated_at - archived_at <= self.policy.window_ms:
+        # As a re-creation (rule 6): a continuation of the risk it had before its archive,
+        # unless more severe now. Not notified before means muted (it carries on muted)
+        # or below the minimum (so anything alertable now is more severe).
+        if (f.updated_at - archived_at <= self.policy.window_ms
+                and int(f.severity) <= state.severity):
             pairing = Pairing(f.id, f.id, f.partition_key, archived_at, f.updated_at,
                               Reason.REACTIVATED_AFTER_ARCHIVE)
             outcome = Outcome(origin, Decision.SUPPRESSED, f,
                               reason=Reason.REACTIVATED_AFTER_ARCHIVE, pairing=pairing)
         else:
-            state.dedup_key = None  # an archive older than the window ends the period
+            # Beyond the window, or more severe: a new incident under a key of its own
+            # (the old key would fold the escalation into the incident already open).
+            state.dedup_key = None
+            state.opened = True
             outcome = Outcome(origin, Decision.ALERT, f, kind=AlertKind.REACTIVATED)
         state.notified = True
         self._absorb(state, f)
@@ -271,19 +298,21 @@ class Decider:
 
     def _unnotified(self, f: Finding, origin: Origin, state: FindingState) -> Outcome:
         state.notified = True
+        state.opened = True  # unless it continues a predecessor's incident, below
         if state.last_status == PASSED:
             return Outcome(origin, Decision.ALERT, f, kind=AlertKind.REGRESSION)
         if state.last_status is not None or not f.is_control_finding:
             return Outcome(origin, Decision.ALERT, f, kind=AlertKind.NEW)
-        pairing, severity, inherited = self._pair_with_archive(f)
+        pairing, severity, inherited, was_opened = self._pair_with_archive(f)
         if pairing is None and f.standard is None:
-            pairing, severity, inherited = self._pair_with_live(f)
+            pairing, severity, inherited, was_opened = self._pair_with_live(f)
         if pairing is None:
             self._record_recreation(f)
             return Outcome(origin, Decision.ALERT, f, kind=AlertKind.NEW)
         if int(f.severity) > severity:
             return Outcome(origin, Decision.ALERT, f, kind=AlertKind.NEW)
         state.dedup_key = inherited  # the re-creation takes its predecessor's place
+        state.opened = was_opened
         return Outcome(origin, Decision.SUPPRESSED, f, reason=pairing.reason, pairing=pairing,
                        dedup_key=inherited)
 
@@ -299,7 +328,7 @@ class Decider:
                 found.append((key, bucket))
         return found
 
-    def _pair_with_archive(self, f: Finding) -> tuple[Pairing | None, int, str]:
+    def _pair_with_archive(self, f: Finding) -> tuple[Pairing | None, int, str, bool]:
         """Rule 6: the nearest unused predecessor of the same pairing identity; for a
         consolidated finding with none, the per-standard archives of its partition key."""
         window = self.policy.window_ms
@@ -319,10 +348,10 @@ class Decider:
             self.store.buckets.put(key, bucket)
             pairing = Pairing(f.id, archive.finding_id, f.partition_key, archive.archived_at,
                               f.created_at, Reason.RECREATED_AFTER_ARCHIVE)
-            return pairing, archive.severity, archive.dedup_key
+            return pairing, archive.severity, archive.dedup_key, archive.opened
         switched = [c for c in candidates if f.standard is None and c[2].standard is not None]
         if not switched:
-            return None, 0, ""
+            return None, 0, "", False
         # One consolidated finding replaces every per-standard one: use them all up.
         for _, _, archive, key, bucket in switched:
             archive.used = True
@@ -330,17 +359,17 @@ class Decider:
         _, _, first, _, _ = min(switched, key=lambda c: (c[0], c[1]))
         pairing = Pairing(f.id, first.finding_id, f.partition_key, first.archived_at,
                           f.created_at, Reason.CONSOLIDATION_SWITCH)
-        return pairing, max(c[2].severity for c in switched), first.dedup_key
+        return pairing, max(c[2].severity for c in switched), first.dedup_key, first.opened
 
-    def _pair_with_live(self, f: Finding) -> tuple[Pairing | None, int, str]:
+    def _pair_with_live(self, f: Finding) -> tuple[Pairing | None, int, str, bool]:
         """Consolidation switch, consolidated finding first: per-standard findings of the
         same partition key are still ACTIVE, failing and notified."""
         live = self.store.live.get(f.partition_key)
         if live is None or not live.members:
-            return None, 0, ""
+            return None, 0, "", False
         members = {m: live.members[m] for m in live.members if self._current(m, f) is not None}
         if not members:
-            return None, 0, ""
+            return None, 0, "", False
         first_id = min(members)
         first = members[first_id]
         severity = max(m.severity for m in members.values())
@@ -353,7 +382,7 @@ class Decider:
         self.store.live.delete(f.partition_key)
         pairing = Pairing(f.id, first_id, f.partition_key, None, f.created_at,
                           Reason.CONSOLIDATION_SWITCH)
-        return pairing, severity, first.dedup_key
+        return pairing, severity, first.dedup_key, first.opened
 
     def _record_archive(self, partition_key: str, archive: Archive) -> list[Pairing]:
         """Store a new predecessor; if a re-creation already alerted for it, that is a
@@ -432,6 +461,7 @@ class Decider:
             notified=False,
             dedup_key=None,
             archived_at=None,
+            opened=False,
         )
 
     def _absorb(self, state: FindingState, f: Finding) -> None:
@@ -447,7 +477,11 @@ class Decider:
             state.na_since = True
         failing_now = evaluated in FAILING or (status is None and f.record_state == ACTIVE)
         if failing_now:
-            state.severity = int(f.severity)
+            if f.record_state == ACTIVE or state.dedup_key is None:
+                # What a continuation is compared with: the severity it had while it was
+                # ACTIVE (and could alert), not one it took on while archived, unless
+                # its failing period begins archived.
+                state.severity = int(f.severity)
             if state.dedup_key is None:
                 state.dedup_key = dedup_key(f.id, f.updated_at_text)
 
@@ -475,10 +509,12 @@ class Decider:
                 current = live.members.get(finding_id)
                 if (current is None if not state.dedup_key else
                         current is not None and current.severity == state.severity
-                        and current.dedup_key == state.dedup_key):
+                        and current.dedup_key == state.dedup_key
+                        and current.opened == opened(state)):
                     return
         # Built only now: most events change nothing here.
-        entry = LiveMember(state.severity, state.dedup_key) if state.dedup_key else None
+        entry = (LiveMember(state.severity, state.dedup_key, opened(state)) if state.dedup_key
+                 else None)
         live = live or LiveSet(self.p)
         if member and entry is not None:
             live.members[finding_id] = entry

@@ -2,8 +2,8 @@
 
 Pure. The backtest and the Faust worker drive the same `PartitionEngine`: findings go
 in with `accept`, decisions come out in (UpdatedAt, finding Id, arrival) order once
-the watermark passes UpdatedAt + hold; `flush` releases everything (end of input, or
-a partition idle for the hold in wall-clock time).
+the watermark passes UpdatedAt + hold; `flush` releases everything (end of input), and
+`release_arrived` what had arrived when an idle partition asked for a release.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from heapq import heapify, heappop, heappush
 
 from streams.core.decide import Decider, Outcome, pairing_horizon
-from streams.core.findings import Finding
+from streams.core.findings import ARCHIVED, Finding
 from streams.core.policy import Policy
 from streams.core.state import Arrival, FindingState, Origin, PartitionMeta, Store
 
@@ -66,6 +66,16 @@ class PartitionEngine:
             if key.startswith(self._prefix):
                 self._heap.append((*arrival.order, arrival.origin, arrival.finding))
         heapify(self._heap)
+        # Held ARCHIVED arrivals per partition key (most keys hold none), and the
+        # arrivals decided ahead of their turn, still in the heap until they reach its top.
+        self._held_archives: dict[str, int] = {}
+        for entry in self._heap:
+            self._count_archive(entry[4], 1)
+        self._taken: set[int] = set()
+        # The held arrival at the head of the heap waiting its second hold, and the
+        # `watermark - hold` that releases it: arrivals before then need not try.
+        self._waiting: tuple[int, str, int, Origin, Finding] | None = None
+        self._waiting_until = 0
         self.meta = store.meta.get(str(partition)) or PartitionMeta()
         # Finding ids of this partition by a lower bound of their `updated_at`, so that
         # a sweep visits only states that may have expired instead of every state.
@@ -83,7 +93,23 @@ class PartitionEngine:
 
     @property
     def pending(self) -> int:
-        return len(self._heap)
+        return len(self._heap) - len(self._taken)
+
+    def _count_archive(self, finding: Finding, step: int) -> None:
+        if finding.record_state == ARCHIVED:
+            key = finding.partition_key
+            count = self._held_archives.get(key, 0) + step
+            if count:
+                self._held_archives[key] = count
+            else:
+                del self._held_archives[key]
+
+    def _may_pair(self, finding: Finding) -> bool:
+        """A finding that may be a re-creation (docs/design.md §2, the hold): an ACTIVE
+        control finding within the first-sight age of its creation. Only these wait for
+        archives stamped up to a hold after them. Pure: a function of the finding."""
+        return (finding.record_state != ARCHIVED and finding.is_control_finding
+                and finding.updated_at - finding.created_at <= self.policy.first_sight_age_ms)
 
     def accept(self, finding: Finding, origin: Origin, seq: int) -> list[Outcome]:
         """Buffer one finding; return the decisions this arrival releases."""
@@ -92,19 +118,25 @@ class PartitionEngine:
         meta = self.meta
         if not self.durable:
             heappush(heap, (updated_at, finding.id, seq, origin, finding))
+            if finding.record_state == ARCHIVED:
+                self._count_archive(finding, 1)
         else:
             key = f"{self._prefix}{seq}"
             buffer = self.store.buffer
             if buffer.get(key) is None:  # a redelivered record is already held
                 buffer.put(key, Arrival(self.p, seq, finding, origin))
                 heappush(heap, (updated_at, finding.id, seq, origin, finding))
+                if finding.record_state == ARCHIVED:
+                    self._count_archive(finding, 1)
         watermark = meta.watermark
         if watermark is None or updated_at > watermark:
             meta.watermark = watermark = updated_at
         if self.durable:
             self.store.meta.put(self._meta_key, meta)
         up_to = watermark - self.policy.hold_ms
-        if heap and heap[0][0] <= up_to:
+        # Unless the first in line is a possible re-creation still waiting its second hold.
+        if heap and heap[0][0] <= up_to and (heap[0] is not self._waiting
+                                             or up_to >= self._waiting_until):
             return self._release(up_to)
         # `_maybe_sweep`'s test, inlined: most arrivals release nothing and sweep nothing.
         swept_at = meta.swept_at
@@ -140,40 +172,109 @@ class PartitionEngine:
 
     def release_arrived(self, arrived: Callable[[int], bool]) -> list[Outcome]:
         """Decide the held arrivals whose arrival number `arrived` selects, whatever the
-        watermark, in (UpdatedAt, Id, arrival) order; the others stay held. An idle
+        watermark, as `flush` would decide them; the others stay held. An idle
         partition releases what had arrived when its release was asked for, so that a
         replay of the request releases the same arrivals (docs/design.md §2)."""
-        chosen = sorted(entry for entry in self._heap if arrived(entry[2]))
+        chosen = [entry for entry in self._heap if arrived(entry[2])]
         if not chosen:
             return []
-        self._heap = [entry for entry in self._heap if not arrived(entry[2])]
-        heapify(self._heap)
-        out = [self._decide_held(entry) for entry in chosen]
-        self._maybe_sweep()
-        return out
+        rest = [entry for entry in self._heap if not arrived(entry[2])]
+        # `_release` over the chosen alone: what it decides ahead of its turn (archives
+        # stamped just after a re-creation) must be among them too.
+        heapify(chosen)
+        self._heap = chosen
+        try:
+            return self._release(None)
+        finally:
+            self._heap = rest + self._heap
+            heapify(self._heap)
 
     def _release(self, up_to: int | None) -> list[Outcome]:
         out: list[Outcome] = []
         heap = self._heap
+        buffer = self.store.buffer
+        decide = self.decider.decide
+        expiry = self._expiry
+        tracked = self._tracked
+        durable = self.durable
+        taken = self._taken
+        held_archives = self._held_archives
+        hold = self.policy.hold_ms
+        first_sight = self.policy.first_sight_age_ms
+        # A possible re-creation waits one hold more, so that archives stamped up to a
+        # hold after it have surely arrived and can be decided first (`_archives_before`).
+        waits_after = None if up_to is None else up_to - hold
         while heap and (up_to is None or heap[0][0] <= up_to):
-            out.append(self._decide_held(heappop(heap)))
+            top = heap[0]
+            if taken and top[2] in taken:  # decided ahead of its turn
+                heappop(heap)
+                taken.discard(top[2])
+                continue
+            finding = top[4]
+            # `_may_pair`, inlined and cheapest test first: this runs once per finding.
+            may_pair = (finding.updated_at - finding.created_at <= first_sight
+                        and finding.record_state != ARCHIVED and finding.is_control_finding)
+            if may_pair and waits_after is not None and top[0] > waits_after:
+                self._waiting = top
+                self._waiting_until = top[0] + hold
+                break
+            heappop(heap)
+            if held_archives:
+                if may_pair:
+                    if hold and finding.partition_key in held_archives:
+                        out.extend(self._decide(early) for early in self._archives_before(finding))
+                elif finding.record_state == ARCHIVED:
+                    self._count_archive(finding, -1)
+            # `_decide`, inlined: this runs once per finding.
+            # A durable engine's heap and buffer hold the same arrivals: only `accept`
+            # adds to both, only this takes from both.
+            _, _, seq, origin, _ = top
+            if durable:
+                buffer.delete(f"{self._prefix}{seq}")
+            outcome = decide(finding, origin)
+            outcome.seq = seq
+            out.append(outcome)
+            if expiry is not None and finding.id not in tracked:
+                # Its state's `updated_at` is at least this (it only grows).
+                tracked.add(finding.id)
+                heappush(expiry, (finding.updated_at, finding.id))
         self._maybe_sweep()
         return out
 
-    def _decide_held(self, entry: tuple[int, str, int, Origin, Finding]) -> Outcome:
-        """Decide one arrival taken from the heap."""
+    def _decide(self, entry: tuple[int, str, int, Origin, Finding]) -> Outcome:
+        """Decide one held arrival (as `_release` does inline)."""
         _, _, seq, origin, finding = entry
-        # A durable engine's heap and buffer hold the same arrivals: only `accept` adds
-        # to both, only the releases take from both.
         if self.durable:
             self.store.buffer.delete(f"{self._prefix}{seq}")
         outcome = self.decider.decide(finding, origin)
         outcome.seq = seq
-        if self._expiry is not None and finding.id not in self._tracked:
+        expiry = self._expiry
+        if expiry is not None and finding.id not in self._tracked:
             # Its state's `updated_at` is at least this (it only grows).
             self._tracked.add(finding.id)
-            heappush(self._expiry, (finding.updated_at, finding.id))
+            heappush(expiry, (finding.updated_at, finding.id))
         return outcome
+
+    def _archives_before(self, finding: Finding) -> list[tuple[int, str, int, Origin, Finding]]:
+        """Event-time inversion inside the hold (docs/design.md §2): the held archives of
+        `finding`'s partition key, of other findings, stamped at most a hold after it,
+        with the held events of their finding before them, taken out of the heap in
+        their order, to be decided first: a re-creation stamped just before its
+        predecessor's archive still pairs with it."""
+        key = finding.partition_key
+        limit = finding.updated_at + self.policy.hold_ms
+        taken = self._taken
+        held = sorted(e for e in self._heap if e[2] not in taken and e[4].partition_key == key)
+        upto: dict[str, tuple[int, str, int]] = {}  # finding id -> its first such archive
+        for e in held:
+            if (e[4].record_state == ARCHIVED and e[1] != finding.id and e[0] <= limit
+                    and e[1] not in upto):
+                upto[e[1]] = e[:3]
+        early = [e for e in held if e[1] in upto and e[:3] <= upto[e[1]]]
+        for entry in early:
+            taken.add(entry[2])
+            self._count_archive(entry[4], -1)
+        return early
 
     def _maybe_sweep(self) -> None:
         meta = self.meta

@@ -37,12 +37,23 @@ class FindingState(msgspec.Struct, gc=False, array_like=True):
     record_state: str
     last_status: str | None  # last Compliance.Status other than NOT_AVAILABLE
     na_since: bool  # a NOT_AVAILABLE came after last_status
-    severity: int  # while failing
+    severity: int  # while ACTIVE and failing
     notified: bool  # alerted, suppressed or bootstrapped in this failing period
     dedup_key: str | None  # of the failing period (incident) it is in
     archived_at: int | None  # UpdatedAt of its first ARCHIVED event since it was ACTIVE
     superseded: bool = False  # replaced by a consolidated finding; never a predecessor
     live: bool = False  # listed in the live per-standard index
+    # An incident is open under `dedup_key`: an alert opened it, or a suppressed
+    # continuation inherited it (docs/design.md §3). Not `notified`: a bootstrap, a
+    # muted or a below-minimum finding is notified and opened nothing. None: written
+    # before this field existed, when every notified finding was resolved: read as
+    # `notified` (see `opened`).
+    opened: bool | None = None
+
+
+def opened(state: FindingState) -> bool:
+    """Whether the finding's failing period has an open incident to resolve."""
+    return state.notified if state.opened is None else state.opened
 
 
 @dataclass(slots=True)
@@ -55,6 +66,9 @@ class Archive:
     severity: int
     dedup_key: str
     used: bool = False
+    # Whether an incident is open under `dedup_key`; a re-creation that continues this
+    # one inherits it. Archives written before this field counted as opened.
+    opened: bool = True
 
 
 @dataclass(slots=True)
@@ -82,6 +96,7 @@ class Bucket:
 class LiveMember:
     severity: int
     dedup_key: str
+    opened: bool = True  # as `Archive.opened`
 
 
 @dataclass(slots=True)

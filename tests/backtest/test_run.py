@@ -15,7 +15,7 @@ from streams.backtest.run import read_occurrences, run_backtest
 from streams.cli import main
 from streams.core.decide import Outcome
 from streams.core.policy import Policy
-from streams.core.records import decision_record
+from streams.core.records import alert_record, decision_record
 from tests.builders import (
     INCIDENT,
     INCIDENT_EXPECTED,
@@ -27,6 +27,7 @@ from tests.builders import (
     backtest,
     dumps,
     envelope,
+    evolve,
     finding,
     jsonl,
     load_public,
@@ -245,6 +246,43 @@ def test_decisions_are_written_in_input_order_whatever_the_hold_reorders(tmp_pat
     got = [(r["line"], r["decision"], r.get("kind", r.get("reason"))) for r in read_jsonl(decisions)]
     assert got == [(1, "alert", "new"), (2, "suppressed", "recreated_after_archive"),
                    (3, "silent", "archived")]
+
+
+def test_alerts_out_holds_the_alerts_topic_records_in_the_order_they_are_decided(
+    tmp_path: Path,
+) -> None:
+    base = finding("a", created=at())
+    # The PASSED event arrives first; the hold decides the alert first, then the resolve.
+    passed = evolve(base, updated=at(minutes=1), status="PASSED")
+    other = finding("b", created=at(hours=1), resource=OTHER_RESOURCE)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(jsonl([passed, base, other]))
+    alerts, decisions = tmp_path / "alerts.jsonl", tmp_path / "d.jsonl"
+    assert cli("--input", path, "--alerts-out", alerts, "--decisions-out", decisions) == 0
+    records = read_jsonl(alerts)
+    assert [(r["finding_id"], r["kind"]) for r in records] == [
+        (base["Id"], "new"), (base["Id"], "resolved"), (other["Id"], "new")]
+    # Every field but the wall clock's `emitted_at` is what the worker writes.
+    by_line = {r["line"]: r for r in read_jsonl(decisions)}
+    expected = [alert_record(o, 0) for o in decide_files([path])
+                if o.decision.value in ("alert", "resolved")]
+    order = {o["finding_id"] + o["kind"]: o for o in expected}
+    for record in records:
+        want = order[record["finding_id"] + record["kind"]]
+        assert {k: v for k, v in record.items() if k != "emitted_at"} == \
+            {k: v for k, v in want.items() if k != "emitted_at"}
+        assert record["emitted_at"].endswith("Z")
+    assert records[0]["dedup_key"] == records[1]["dedup_key"] == by_line[2]["dedup_key"]
+
+
+def test_alerts_out_with_via_kafka_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(jsonl([finding()]))
+    assert cli("--input", path, "--alerts-out", tmp_path / "a.jsonl", "--via-kafka") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--alerts-out" in err
 
 
 def test_late_pairs_are_counted_in_the_report() -> None:

@@ -183,16 +183,17 @@ def test_archive_of_a_non_control_finding_is_no_predecessor() -> None:
 # -- rule 4: bootstrap -----------------------------------------------------------------
 
 
-def test_first_sight_long_after_creation_is_a_silent_bootstrap_that_counts_as_notified() -> None:
+def test_first_sight_long_after_creation_is_a_silent_bootstrap_notified_with_no_incident() -> None:
     run = Run()
     event = finding(created=at(days=-60), updated=at())
     outcome = run(event)
     assert summary(outcome) == ("silent", "bootstrap")
     assert outcome.dedup_key == dedup_key(event["Id"], at())
     assert summary(run(evolve(event, updated=at(hours=18)))) == ("silent", "periodic_update")
-    resolved = run(evolve(event, updated=at(hours=20), status="PASSED"))
-    assert summary(resolved) == ("resolved", "resolved")
-    assert resolved.dedup_key == outcome.dedup_key
+    # Notified (no alert for it), but no incident was opened: nothing to resolve.
+    passed = run(evolve(event, updated=at(hours=20), status="PASSED"))
+    assert summary(passed) == ("silent", "passed")
+    assert passed.dedup_key is None
 
 
 def test_first_sight_age_is_exclusive_at_its_limit() -> None:
@@ -284,6 +285,16 @@ def test_passed_in_an_archived_event_ends_the_failing_period() -> None:
     assert summary(back) == ("alert", "regression")
 
 
+def test_an_archived_finding_that_then_passes_is_no_longer_a_predecessor() -> None:
+    # Archived while failing, then evaluated PASSED (still archived): the risk ended, so
+    # a failing re-creation afterwards is new risk, not a continuation.
+    run = Run()
+    base = failing_then_archived(run)
+    run(archived(base, at(minutes=5), status="PASSED", previous_status="NOT_AVAILABLE"))
+    assert all(a.used for a in archives(run))
+    assert summary(run(finding("new", created=at(hours=1)))) == ALERT_NEW
+
+
 def test_a_reactivated_finding_is_no_longer_anyone_elses_predecessor() -> None:
     run = Run()
     base = failing_then_archived(run)
@@ -298,6 +309,138 @@ def test_reactivation_muted_in_security_hub_is_workflow_suppressed() -> None:
     back = run(evolve(base, updated=at(hours=1), status="FAILED", record_state="ACTIVE",
                       workflow="SUPPRESSED"))
     assert summary(back) == ("silent", "workflow_suppressed")
+
+
+# -- rules 5 and 6: reactivation and re-creation follow one rule ---------------------------
+
+
+def archived_after(run: Run, *, severity: str, workflow: str = "NEW") -> tuple[dict[str, Any], str]:
+    """A failing finding (alerting or not, as the run's policy says), then archived at
+    T0 as in docs/design.md §1; returns it and its first decision."""
+    base = finding("old", created=at(hours=-10), severity=severity, workflow=workflow)
+    first = run(base)
+    run(archived(base, at()))
+    return base, summary(first)[1] or ""
+
+
+def back(run: Run, base: dict[str, Any], how: str, **changes: Any) -> Any:
+    """Two hours after the archive, failing again: the same `Id` ACTIVE again, or a
+    re-created finding (new `Id`) for the same resource and control."""
+    if how == "reactivated":
+        changes.setdefault("workflow", "NEW")
+        return run(evolve(base, updated=at(hours=2), status="FAILED", record_state="ACTIVE",
+                          previous_status="NOT_AVAILABLE", reason_codes=[], **changes))
+    return run(finding("new", created=at(hours=2), **changes))
+
+
+@pytest.mark.parametrize("how", ["reactivated", "recreated"])
+@pytest.mark.parametrize(("min_severity", "before", "workflow", "first", "after", "expected"), [
+    # It alerted at LOW and comes back CRITICAL: an escalation, never hidden.
+    ("LOW", "LOW", "NEW", "new", "CRITICAL", "alert"),
+    # It never alerted (below the minimum) and comes back at HIGH: new risk.
+    ("MEDIUM", "LOW", "NEW", "not_alertable", "HIGH", "alert"),
+    # It alerted at HIGH and comes back at MEDIUM or HIGH: the same risk carries on.
+    ("LOW", "HIGH", "NEW", "new", "MEDIUM", "suppressed"),
+    ("LOW", "HIGH", "NEW", "new", "HIGH", "suppressed"),
+    # An operator muted it in Security Hub: it comes back unmuted, as severe: still muted.
+    ("LOW", "HIGH", "SUPPRESSED", "workflow_suppressed", "HIGH", "suppressed"),
+])
+def test_reactivation_and_recreation_suppress_only_notified_or_muted_risk_never_an_escalation(
+    how: str, min_severity: str, before: str, workflow: str, first: str, after: str,
+    expected: str,
+) -> None:
+    run = Run(Policy(min_severity=Severity.parse(min_severity)))
+    base, decided = archived_after(run, severity=before, workflow=workflow)
+    assert decided == first
+    outcome = back(run, base, how, severity=after)
+    assert outcome.decision.value == expected
+    if expected == "alert":
+        # A new incident under a key of its own: the old one would fold it into the first.
+        assert outcome.dedup_key == dedup_key(outcome.finding.id, at(hours=2))
+        assert outcome.kind is (AlertKind.REACTIVATED if how == "reactivated" else AlertKind.NEW)
+    else:
+        assert outcome.reason == f"{how}_after_archive"
+
+
+def test_a_severity_taken_on_while_archived_is_not_what_a_reactivation_continues() -> None:
+    # INFORMATIONAL while ACTIVE (below the minimum: never notified), LOW while archived:
+    # ACTIVE again at LOW is more severe than anything notified, so it alerts.
+    run = Run()
+    base, first = archived_after(run, severity="INFORMATIONAL")
+    assert first == "not_alertable"
+    run(evolve(base, updated=at(hours=1), status="FAILED", severity="LOW", record_state="ARCHIVED"))
+    assert summary(back(run, base, "reactivated", severity="LOW")) == ("alert", "reactivated")
+
+
+def test_a_failing_period_that_begins_archived_is_compared_with_its_own_severity() -> None:
+    run = Run()
+    base = finding("old", created=at(hours=-10), severity="MEDIUM")
+    assert summary(run(base)) == ALERT_NEW
+    run(evolve(base, updated=at(hours=-1), status="PASSED", severity="LOW"))  # resolved
+    run(archived(base, at(), status="FAILED", severity="LOW"))  # failing again, archived
+    assert summary(back(run, base, "reactivated", severity="MEDIUM")) == ("alert", "reactivated")
+
+
+# -- rule 8: a resolve closes only an incident that was opened -----------------------------
+
+
+def test_a_failure_below_the_minimum_severity_that_passes_resolves_nothing() -> None:
+    run = Run(Policy(min_severity=Severity.HIGH))
+    base = finding(severity="MEDIUM")
+    assert summary(run(base)) == ("silent", "not_alertable")
+    passed = run(evolve(base, updated=at(hours=1), status="PASSED"))
+    assert summary(passed) == ("silent", "passed")
+    assert passed.dedup_key is None
+
+
+def test_a_failure_muted_in_security_hub_that_passes_resolves_nothing() -> None:
+    run = Run()
+    base = finding(workflow="SUPPRESSED")
+    assert summary(run(base)) == ("silent", "workflow_suppressed")
+    assert summary(run(evolve(base, updated=at(hours=1), status="PASSED"))) == ("silent", "passed")
+
+
+def test_a_muted_failure_unmuted_alerts_and_then_resolves() -> None:
+    run = Run()
+    base = finding(workflow="SUPPRESSED")
+    run(base)
+    alert = run(evolve(base, updated=at(hours=1), workflow="NEW"))
+    assert summary(alert) == ALERT_NEW
+    resolved = run(evolve(base, updated=at(hours=2), workflow="NEW", status="PASSED"))
+    assert summary(resolved) == ("resolved", "resolved")
+    assert resolved.dedup_key == alert.dedup_key
+
+
+@pytest.mark.parametrize(("first", "resolves"), [
+    (dict(created=at(days=-60), updated=at(hours=-1)), False),  # bootstrapped: opened nothing
+    (dict(created=at(hours=-10), workflow="SUPPRESSED"), False),  # muted: opened nothing
+    (dict(created=at(hours=-10)), True),  # alerted: the incident carries on
+])
+def test_a_suppressed_recreation_resolves_only_what_its_predecessor_opened(
+    first: dict[str, Any], resolves: bool,
+) -> None:
+    run = Run()
+    base = finding("old", **first)
+    opened = run(base)
+    run(archived(base, at()))
+    new = finding("new", created=at(hours=2))
+    assert summary(run(new)) == SUPPRESSED_RECREATED
+    passed = run(evolve(new, updated=at(hours=3), status="PASSED"))
+    if resolves:
+        assert summary(passed) == ("resolved", "resolved")
+        assert passed.dedup_key == opened.dedup_key
+    else:
+        assert summary(passed) == ("silent", "passed")
+
+
+def test_an_escalated_reactivation_resolves_its_own_incident() -> None:
+    run = Run()
+    base, _ = archived_after(run, severity="LOW")
+    escalated = back(run, base, "reactivated", severity="CRITICAL")
+    assert summary(escalated) == ("alert", "reactivated")
+    resolved = run(evolve(base, updated=at(hours=3), status="PASSED", record_state="ACTIVE"))
+    assert summary(resolved) == ("resolved", "resolved")
+    assert resolved.dedup_key == escalated.dedup_key
 
 
 # -- rule 6: re-creation after an archive --------------------------------------------------

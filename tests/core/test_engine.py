@@ -33,6 +33,7 @@ from streams.core.state import (
     decode_live,
     decode_meta,
     encode,
+    opened,
 )
 from tests.builders import (
     FSBP,
@@ -87,13 +88,24 @@ class Feed:
 
 def test_an_event_is_held_until_the_watermark_passes_its_updated_at_plus_the_hold() -> None:
     feed = Feed(policy(hold="5m"))
-    assert feed(finding("a", created=at())) == []
+    old = at(days=-3)  # updates of findings created long ago: no re-creation among them
+    assert feed(finding("a", created=old, updated=at())) == []
     assert feed.engine.pending == 1
-    assert feed(finding("b", created=at(minutes=4, seconds=59))) == []
-    released = feed(finding("c", created=at(minutes=5)))
+    assert feed(finding("b", created=old, updated=at(minutes=4, seconds=59))) == []
+    released = feed(finding("c", created=old, updated=at(minutes=5)))
     assert [o.finding.id.rsplit("/", 1)[1] for o in released if o.finding] == ["a"]
     assert feed.engine.pending == 2
     assert feed.engine.watermark == epoch_ms(at(minutes=5))
+
+
+def test_a_possible_recreation_is_held_one_hold_more() -> None:
+    # It waits for an archive stamped up to a hold after it (docs/design.md §2).
+    feed = Feed(policy(hold="5m"))
+    old = at(days=-3)
+    assert feed(finding("new", created=at())) == []
+    assert feed(finding("b", created=old, updated=at(minutes=9, seconds=59))) == []
+    released = feed(finding("c", created=old, updated=at(minutes=10)))
+    assert [o.finding.id.rsplit("/", 1)[1] for o in released if o.finding] == ["new"]
 
 
 def test_zero_hold_decides_on_arrival() -> None:
@@ -133,6 +145,70 @@ def test_recreation_arriving_before_its_archive_within_the_hold_is_suppressed() 
     decisions = feed.by_name()
     assert decisions["old"] == [("alert", "new"), ("silent", "archived")]
     assert decisions["new"] == [("suppressed", "recreated_after_archive")]
+
+
+@pytest.mark.parametrize("archive_first", [True, False])
+def test_recreation_stamped_just_before_its_predecessors_archive_pairs_with_it(
+    archive_first: bool,
+) -> None:
+    # Event-time inversion inside the hold: Security Hub stamps the re-creation a
+    # minute before the archive of the finding it replaces; both arrive within the hold.
+    feed = Feed(policy(hold="5m"))
+    old = finding("old", created=at(days=-10), updated=at(days=-10))
+    feed(old)
+    recreation = finding("new", created=at(minutes=-1))
+    archive = archived(old, at())
+    for obj in ([archive, recreation] if archive_first else [recreation, archive]):
+        feed(obj)
+    feed(finding("other", created=at(hours=1), resource=OTHER_RESOURCE))  # moves the watermark
+    decisions = feed.by_name()
+    assert decisions["old"] == [("alert", "new"), ("silent", "archived")]
+    assert decisions["new"] == [("suppressed", "recreated_after_archive")]
+    [new] = [o for o in feed.decided if o.finding and o.finding.id == recreation["Id"]]
+    assert new.pairing is not None and new.pairing.gap_seconds == -60
+    assert new.dedup_key == feed.decided[0].dedup_key  # the incident carries on
+    assert feed.engine.pending == 1  # "other"
+
+
+def test_an_archive_more_than_a_hold_after_the_recreation_is_a_late_pair() -> None:
+    feed = Feed(policy(hold="5m"))
+    old = finding("old", created=at(days=-10), updated=at(days=-10))
+    feed(old)
+    feed(finding("new", created=at(minutes=-6)))
+    feed(archived(old, at()))
+    feed.flush()
+    decisions = feed.by_name()
+    assert decisions["new"] == [("alert", "new")]
+    [archive] = [o for o in feed.decided if o.reason == "archived"]
+    assert [p.finding_id.rsplit("/", 1)[1] for p in archive.late_pairs] == ["new"]
+
+
+def test_an_archive_decided_ahead_takes_the_earlier_events_of_its_finding_with_it() -> None:
+    feed = Feed(policy(hold="5m"))
+    old = finding("old", created=at(days=-10), updated=at(days=-10))
+    feed(old)
+    feed(finding("new", created=at(minutes=-2)))
+    feed(evolve(old, updated=at(minutes=-1)))  # a refresh of the old finding, still held
+    feed(archived(old, at()))
+    feed.flush()
+    order = [(o.finding.id.rsplit("/", 1)[1], o.kind_or_reason) for o in feed.decided if o.finding]
+    assert order == [("old", "new"), ("old", "periodic_update"), ("old", "archived"),
+                     ("new", "recreated_after_archive")]
+
+
+def test_a_restarted_engine_decides_a_held_inversion_as_the_first_would_have() -> None:
+    tables: dict[str, dict[str, bytes]] = {name: {} for name in Store.NAMES}
+    first = Feed(policy(hold="5m"), Store.over(tables))
+    old = finding("old", created=at(days=-10), updated=at(days=-10))
+    first(old)
+    first(finding("new", created=at(minutes=-1)))
+    first(archived(old, at()))
+    assert first.engine.pending == 2
+    again = PartitionEngine(Store.over(tables), policy(hold="5m"), 0)
+    assert again.pending == 2
+    assert [summary(o) for o in again.flush()] == [("silent", "archived"),
+                                                   ("suppressed", "recreated_after_archive")]
+    assert again.pending == 0
 
 
 def test_archive_arriving_after_the_recreation_already_alerted_is_a_late_pair() -> None:
@@ -444,17 +520,18 @@ CODEC_CASES: list[tuple[Any, Any]] = [
     (FindingState(p=3, partition_key="a|b|c|d", standard=None, control=True, created_at=1,
                   updated_at=2, record_state="ARCHIVED", last_status="FAILED", na_since=True,
                   severity=3, notified=True, dedup_key="flapguard-x", archived_at=2,
-                  superseded=True, live=False), decode_finding_state),
+                  superseded=True, live=False, opened=True), decode_finding_state),
     (FindingState(p=0, partition_key="k", standard="s/v/1", control=False, created_at=1,
                   updated_at=1, record_state="ACTIVE", last_status=None, na_since=False,
                   severity=0, notified=False, dedup_key=None, archived_at=None),
      decode_finding_state),
     (Bucket(p=1, start=86_400_000,
-            archives=[Archive("f1", None, 5, 2, "k1"), Archive("f2", "std", 6, 3, "k2", used=True)],
+            archives=[Archive("f1", None, 5, 2, "k1"),
+                      Archive("f2", "std", 6, 3, "k2", used=True, opened=False)],
             recreations=[Recreation("f3", None, 7, 1), Recreation("f4", "std", 8, 4, paired=True)]),
      decode_bucket),
     (Bucket(p=0, start=0), decode_bucket),
-    (LiveSet(p=2, members={"f1": LiveMember(2, "k1"), "f2": LiveMember(4, "k2")}), decode_live),
+    (LiveSet(p=2, members={"f1": LiveMember(2, "k1"), "f2": LiveMember(4, "k2", False)}), decode_live),
     (LiveSet(p=2), decode_live),
     (Arrival(p=1, seq=42, finding=sample_finding(), origin=Origin("in.jsonl", 3, 1)), decode_arrival),
     (Arrival(p=1, seq=43, finding=sample_finding(),
@@ -510,11 +587,27 @@ def test_decoded_arrival_keeps_the_finding_types() -> None:
 
 def test_decode_finding_state_tolerates_a_value_written_before_a_field_existed() -> None:
     as_object = orjson.loads(orjson.dumps(CODEC_CASES[0][0], default=msgspec.structs.asdict))
-    del as_object["superseded"], as_object["live"]
-    as_array = orjson.loads(encode(CODEC_CASES[0][0]))[:-2]  # the last two fields came last
+    del as_object["superseded"], as_object["live"], as_object["opened"]
+    as_array = orjson.loads(encode(CODEC_CASES[0][0]))[:-3]  # the last three fields came last
     for old in (orjson.dumps(as_object), orjson.dumps(as_array)):
         state = decode_finding_state(old)
-        assert (state.superseded, state.live) == (False, False)
+        assert (state.superseded, state.live, state.opened) == (False, False, None)
+
+
+def test_an_incident_of_a_state_written_before_opened_existed_is_read_as_notified() -> None:
+    # Before `opened`, every notified finding was resolved: such states keep that.
+    as_array = orjson.loads(encode(CODEC_CASES[0][0]))[:-1]
+    state = decode_finding_state(orjson.dumps(as_array))
+    assert (state.notified, state.opened, opened(state)) == (True, None, True)
+    state.notified = False
+    assert not opened(state)
+
+
+def test_archives_and_live_members_written_before_opened_existed_count_as_opened() -> None:
+    bucket = decode_bucket(b'{"p":0,"start":0,"archives":[{"finding_id":"f","standard":null,'
+                           b'"archived_at":5,"severity":2,"dedup_key":"k","used":false}]}')
+    live = decode_live(b'{"p":0,"members":{"f":{"severity":2,"dedup_key":"k"}}}')
+    assert bucket.archives[0].opened and live.members["f"].opened
 
 
 # -- key-value stores ------------------------------------------------------------------

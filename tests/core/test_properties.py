@@ -232,9 +232,11 @@ def test_parse_message_never_raises_on_any_json(value: Any) -> None:
 def assert_one_alert_per_failing_period(decided: list[Outcome]) -> None:
     """Walks decisions in the order they were taken: a second alert for a finding id
     needs a PASSED in between, or is a reactivation after an archive older than the
-    window (docs/design.md §3: PASSED ends the period; rule 5)."""
+    window or more severe than before it (docs/design.md §3: PASSED ends the period;
+    rule 5)."""
     period_alerted: dict[str, bool] = {}
     archived_at: dict[str, int | None] = {}
+    failing_severity: dict[str, int] = {}
     for o in decided:
         f = o.finding
         if f is None or o.reason == "duplicate_event":
@@ -245,10 +247,14 @@ def assert_one_alert_per_failing_period(decided: list[Outcome]) -> None:
             if o.kind_or_reason == "reactivated":
                 since = archived_at.get(f.id)
                 assert since is not None
-                assert f.updated_at - since > POLICY.window_ms
+                assert (f.updated_at - since > POLICY.window_ms
+                        or f.severity > failing_severity[f.id])
             period_alerted[f.id] = True
         if f.compliance_status == "PASSED":
             period_alerted[f.id] = False
+        if f.compliance_status in ("FAILED", "WARNING") or (
+                f.compliance_status is None and f.record_state == "ACTIVE"):
+            failing_severity[f.id] = f.severity
         if f.record_state == "ARCHIVED":
             if archived_at.get(f.id) is None:
                 archived_at[f.id] = f.updated_at

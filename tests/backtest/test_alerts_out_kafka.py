@@ -1,0 +1,83 @@
+"""`flapguard backtest --alerts-out` against the alerts topic of a real worker on Kafka
+(docs/design.md §4, §5): the same records per `dedup_key`, `emitted_at` aside."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.backtest.replay import replay_async
+from streams.cli import main
+from tests.builders import OTHER_RESOURCE, archived, at, evolve, finding
+from tests.kafka_io import WorkerRun, read_until, values
+from tests.timeline import history, write_jsonl
+
+
+@pytest.fixture
+def run(kafka_bootstrap: str, unique_name: str, tmp_path: Path) -> Iterator[WorkerRun]:
+    worker = WorkerRun(kafka_bootstrap, unique_name, tmp_path)
+    worker.create_source(partitions=1)
+    yield worker
+    worker.stop()
+
+
+def lifecycle() -> list[dict[str, Any]]:
+    """Stories of the alert lifecycle (docs/design.md §3), in event time after the
+    generated history: an escalated reactivation and its resolve, a bootstrap that
+    passes (no resolve), a re-creation stamped a minute before its predecessor's
+    archive, and a resolve of the incident it carries on."""
+    low = finding("escalates", created=at(hours=-2), severity="LOW")
+    boot = finding("boot", created=at(days=-60), updated=at(), resource=OTHER_RESOURCE)
+    old = finding("old", created=at(hours=-1), control="RDS.27")
+    new = finding("new", created=at(hours=3, minutes=-1), control="RDS.27")
+    return [
+        low, old, boot,
+        archived(low, at(hours=1)),
+        evolve(boot, updated=at(hours=2), status="PASSED"),
+        evolve(low, updated=at(hours=2), record_state="ACTIVE", status="FAILED",
+               severity="CRITICAL", reason_codes=[]),
+        new, archived(old, at(hours=3)),
+        evolve(low, updated=at(hours=4), record_state="ACTIVE", status="PASSED",
+               severity="CRITICAL", reason_codes=[]),
+        evolve(new, updated=at(hours=5), status="PASSED"),
+    ]
+
+
+def by_key(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        out.setdefault(record["dedup_key"], []).append(
+            {k: v for k, v in record.items() if k != "emitted_at"})
+    return out
+
+
+def test_the_alerts_topic_of_a_worker_holds_what_alerts_out_writes(
+    run: WorkerRun, tmp_path: Path
+) -> None:
+    path = write_jsonl(tmp_path / "history.jsonl", history(seed=3, days=45) + lifecycle())
+    alerts_out = tmp_path / "alerts.jsonl"
+    decisions_out = tmp_path / "decisions.jsonl"
+    assert main(["backtest", "--input", str(path), "--alerts-out", str(alerts_out),
+                 "--decisions-out", str(decisions_out), "--no-labels",
+                 "--partitions", str(run.partitions)]) == 0
+    expected = by_key([orjson.loads(line) for line in alerts_out.read_bytes().splitlines()])
+    kinds = {r["kind"] for records in expected.values() for r in records}
+    assert {"new", "reactivated", "resolved"} <= kinds
+    decided = len(decisions_out.read_bytes().splitlines())
+
+    asyncio.run(replay_async([path], bootstrap=run.bootstrap, topic=run.topics["findings"],
+                             partitions=1))
+    run.start()
+    t = run.topics
+
+    def done(got: dict[str, list[Any]]) -> bool:
+        return len({(r["line"], r["index"]) for r in values(got[t["decisions"]])}) >= decided
+
+    got = read_until(run.bootstrap, [t["alerts"], t["decisions"]], done, timeout=240,
+                     alive=run.assert_alive)
+    assert by_key(values(got[t["alerts"]])) == expected
