@@ -264,6 +264,8 @@ class Run:
     on_decision: Callable[[Outcome], None] | None = None
     labels: Iterable[Truth] | None = None
     warming: bool = True  # some partition is read from before `since`
+    # The counted decisions again, in the order they are decided (`--alerts-out`).
+    on_decided: Callable[[list[Outcome]], None] | None = None
     report: Report = field(init=False)
     engines: list[PartitionEngine] = field(init=False)
     ordered: _InOrder = field(init=False)
@@ -286,6 +288,10 @@ class Run:
         for outcome in outcomes:
             if outcome.seq >= DIRECT_SEQ:
                 outcome.seq &= POSITION
+        if self.on_decided is not None:
+            counted = [o for o in outcomes if o.origin.offset >= self.counted_from[o.origin.partition]]
+            if counted:
+                self.on_decided(counted)
         self.ordered.put(outcomes)
 
     def _sink(self, outcome: Outcome) -> None:
@@ -377,7 +383,7 @@ def backtest_topic(
     partitions: int | None = None, since_ms: int | None = None, until_ms: int | None = None,
     now_ms: int, on_decision: Callable[[Outcome], None] | None = None,
     labels: Callable[[], Iterable[Truth]] | None = None, sweep: list[int] | None = None,
-    progress: bool | None = None,
+    progress: bool | None = None, on_decided: Callable[[list[Outcome]], None] | None = None,
 ) -> TopicBacktest:
     """Backtest the records of `topic` from `since` to `until` (record timestamps), and
     each window of `sweep` in the same pass. `partitions` (keyed partitions of the
@@ -385,7 +391,7 @@ def backtest_topic(
     return asyncio.run(_backtest_topic(
         topic, bootstrap=bootstrap, security=security, policy=policy, partitions=partitions,
         since_ms=since_ms, until_ms=until_ms, now_ms=now_ms, on_decision=on_decision,
-        labels=labels, sweep=sweep or [], progress=progress))
+        labels=labels, sweep=sweep or [], progress=progress, on_decided=on_decided))
 
 
 async def _backtest_topic(
@@ -393,6 +399,7 @@ async def _backtest_topic(
     since_ms: int | None, until_ms: int | None, now_ms: int,
     on_decision: Callable[[Outcome], None] | None, labels: Callable[[], Iterable[Truth]] | None,
     sweep: list[int], progress: bool | None,
+    on_decided: Callable[[list[Outcome]], None] | None = None,
 ) -> TopicBacktest:
     consumer = plain_consumer(bootstrap, security)
     await start_client(consumer, bootstrap, security)
@@ -404,7 +411,8 @@ async def _backtest_topic(
         warm = WarmUp(policy.window_ms + policy.first_sight_age_ms, since_ms, plan.warm_short)
         counted = plan.counted_from
         warming = any(s.counted > s.start for s in plan.spans.values())
-        main = Run(policy, keyed, counted, warm, on_decision, labels() if labels else None, warming)
+        main = Run(policy, keyed, counted, warm, on_decision, labels() if labels else None, warming,
+                   on_decided)
         # The sweep's runs count their warm-up apart (the same records, other windows).
         others = [Run(replace(policy, window_ms=w), keyed, counted,
                       WarmUp(warm.wanted_ms, since_ms, plan.warm_short), None,

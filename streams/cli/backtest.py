@@ -186,16 +186,22 @@ def run_topic(args: argparse.Namespace) -> int:
     alerts_out = args.alerts_out.open("wb") if args.alerts_out else None
     try:
         def write(outcome: Any) -> None:
-            if out is not None:
-                # The decisions topic's form: topic, partition and offset name the record.
-                out.write(orjson.dumps(kafka_decision_record(outcome)) + b"\n")
-            if alerts_out is not None and outcome.decision in (Decision.ALERT, Decision.RESOLVED):
-                alerts_out.write(orjson.dumps(alert_record(outcome, int(time.time() * 1000))) + b"\n")
+            assert out is not None
+            # The decisions topic's form: topic, partition and offset name the record.
+            out.write(orjson.dumps(kafka_decision_record(outcome)) + b"\n")
+
+        def write_alerts(outcomes: list[Any]) -> None:
+            assert alerts_out is not None
+            emitted = int(time.time() * 1000)
+            for outcome in outcomes:
+                if outcome.decision in (Decision.ALERT, Decision.RESOLVED):
+                    alerts_out.write(orjson.dumps(alert_record(outcome, emitted)) + b"\n")
 
         result = backtest_topic(
             args.from_topic, bootstrap=args.bootstrap_servers, security=security, policy=policy,
             partitions=args.partitions, since_ms=args.since, until_ms=args.until,
-            now_ms=int(time.time() * 1000), on_decision=write if out or alerts_out else None,
+            now_ms=int(time.time() * 1000), on_decision=write if out else None,
+            on_decided=write_alerts if alerts_out else None,
             labels=(lambda: read_labels([labels_file])) if labels_file else None,
             sweep=args.sweep)
     except (LabelError, TopicError) as exc:

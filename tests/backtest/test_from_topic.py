@@ -112,10 +112,15 @@ def test_a_one_partition_topic_gives_the_file_backtests_decisions_and_report(
     labels = feed.with_name("feed.labels.jsonl")
     sweep = ("--sweep", "12h,30h,2d")
     assert backtest("--input", feed, "--decisions-out", tmp_path / "file.jsonl",
+                    "--alerts-out", tmp_path / "file-alerts.jsonl",
                     "--report-out", tmp_path / "file.json", *sweep) == 0
     assert backtest("--from-topic", topic, "--bootstrap-servers", kafka_bootstrap, "--labels", labels,
                     "--decisions-out", tmp_path / "topic.jsonl", "--report-out", tmp_path / "topic.json",
-                    *sweep) == 0
+                    "--alerts-out", tmp_path / "topic-alerts.jsonl", *sweep) == 0
+    # The alerts topic's records too, in the same order (all but the wall clock's emitted_at).
+    alerts = [[{k: v for k, v in r.items() if k != "emitted_at"} for r in read_jsonl(tmp_path / name)]
+              for name in ("file-alerts.jsonl", "topic-alerts.jsonl")]
+    assert alerts[0] == alerts[1] and len(alerts[0]) > 10
 
     # Decision for decision, in the same order: the headers name the file and line; the
     # topic's lines also name the record (the decisions topic's form).
