@@ -22,7 +22,8 @@ from tests.worker.test_worker_kafka import all_decided, backtest, replay
 
 pytestmark = pytest.mark.kafka
 
-WAITING = "waiting for it before creating or checking the topics"
+# The worker waits for the broker before its first step (who writes the outputs, then the topics).
+WAITING = "waiting for it before "
 LOST = "unreachable ("
 BACK = "reachable again after"
 
