@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from streams.backtest.run import LabelError, LabelScore, Report, SweepRow, Truth, _InOrder
+from streams.backtest.run import LabelError, LabelScore, Progress, Report, SweepRow, Truth, _InOrder
 from streams.core.decide import Outcome, rejected_outcome
 from streams.core.engine import DIRECT_SEQ, PartitionEngine
 from streams.core.findings import Finding, Rejected, envelope_finding, parse_message
@@ -110,39 +110,18 @@ def warm_start(policy: Policy, since_ms: int) -> int:
     return max(0, since_ms - policy.window_ms - policy.first_sight_age_ms)
 
 
-class TopicProgress:
-    """A one-line progress bar on stderr, only when it is a terminal: records read of
-    the total, findings per second, time left."""
-
-    def __init__(self, total: int, *, enabled: bool | None = None) -> None:
-        self.total = max(total, 1)
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.records = 0
-        self.findings = 0
-        self.started = time.perf_counter()
-        self.shown = 0.0
-
-    def at(self, records: int, findings: int) -> None:
-        self.records, self.findings = records, findings
-        if self.enabled:
-            now = time.perf_counter()
-            if now - self.shown >= 0.5:
-                self.shown = now
-                self._draw(now)
+class TopicProgress(Progress):
+    """`Progress` over the records of a topic: records read of the total, findings per
+    second, time left (`at(records, findings)`)."""
 
     def _draw(self, now: float) -> None:
         elapsed = max(now - self.started, 1e-9)
-        share = min(self.records / self.total, 1.0)
+        share = min(self.done / self.total, 1.0)
         rate = self.findings / elapsed
         left = elapsed * (1 - share) / share if share > 0 else 0.0
-        sys.stderr.write(f"\r[{'#' * int(share * 30):<30}] {self.records:>12,} / {self.total:,} records "
+        sys.stderr.write(f"\r[{'#' * int(share * 30):<30}] {self.done:>12,} / {self.total:,} records "
                          f"{rate:>9,.0f} findings/s  {int(left) // 60:d}m{int(left) % 60:02d}s left ")
         sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self._draw(time.perf_counter())
-            sys.stderr.write("\n")
 
 
 # -- reading the topic ----------------------------------------------------------------
