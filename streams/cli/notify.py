@@ -40,7 +40,13 @@ def add(sub: Subparsers) -> None:
                             "sinks its route names (--routes), at least once: retries with backoff, "
                             "then a notification dead-letter topic. Each sink has its own consumer "
                             "group (GROUP_ID.SINK), committed only after delivery or dead-lettering; "
-                            "SIGTERM/SIGINT stop it within seconds, committing what was delivered.")
+                            "SIGTERM/SIGINT stop it within seconds, committing what was delivered. "
+                            "`flapguard notify redeliver` re-sends the dead-letter topic once.")
+    notify.add_argument("action", nargs="?", choices=["redeliver"], metavar="redeliver",
+                        help="re-send the notifications on --deadletter-topic to the sink each "
+                        "failed on, with their dedup_keys (never a PagerDuty trigger resolved "
+                        f"since), then exit: 0, or {EXIT_DEAD_LETTERED} if any failed again; "
+                        "progress in consumer group GROUP_ID.redeliver")
     add_broker(notify)
     add_producer(notify)
     option(notify, "--alerts-topic", default=d.alerts_topic, help="topic of alerts to deliver")
@@ -133,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--test-message goes with --check")
     if args.check:
         return _check(settings, test_message=args.test_message)
+    if args.action == "redeliver":
+        return _redeliver(settings)
     from streams.notify.metrics import REGISTRY
 
     serve_metrics(args.metrics_address, REGISTRY)
@@ -145,6 +153,18 @@ def run(args: argparse.Namespace) -> int:
               f"{settings.deadletter_topic} ({sinks}); {summary}", file=sys.stderr)
         return EXIT_DEAD_LETTERED
     print(summary, file=sys.stderr)
+    return 0
+
+
+def _redeliver(settings: NotifySettings) -> int:
+    from streams.notify.redeliver import Outcome, redeliver
+
+    report = redeliver(settings)
+    if report.count(Outcome.FAILED):
+        print(f"flapguard notify redeliver: error: {report.summary()}; what failed is back on "
+              f"{settings.deadletter_topic}", file=sys.stderr)
+        return EXIT_DEAD_LETTERED
+    print(report.summary(), file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,98 @@
+"""`flapguard notify redeliver` as a child process on the session's real Apache Kafka, real
+HTTP servers standing in for Slack and PagerDuty: dead-lettered notifications go again to
+the sink each failed on, with their dedup_keys; a PagerDuty trigger whose incident was
+resolved since is never sent again; a second run sends nothing."""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from streams.kafka.topics import create_topics_sync
+from tests.kafka_io import read_all
+from tests.notify.test_service_kafka import (
+    TIMEOUT,
+    alerts,
+    clean_env,
+    notify_args,
+    produce_alerts,
+    slack_titles,
+)
+from tests.notify.test_slow_consumers import ACCEPTED
+from tests.notify_servers import Recorder, Reply, http_recorder
+
+ROUTING_KEY = "rk-secret-0123"
+
+
+def history() -> list[dict[str, Any]]:
+    """Two CRITICAL alerts; the second is resolved afterwards."""
+    opened, closed = alerts(2)
+    opened["severity"] = closed["severity"] = "CRITICAL"
+    resolved = dict(closed, kind="resolved", title="alert 1 resolved", compliance_status="PASSED")
+    return [opened, closed, resolved]
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT, env=clean_env())
+
+
+def pagerduty_events(pagerduty: Recorder) -> list[tuple[str, str]]:
+    return [(b["event_action"], b["dedup_key"]) for b in pagerduty.bodies()]
+
+
+def test_redeliver_resends_to_the_failed_sink_never_reopens_a_resolved_incident_and_runs_once(
+    kafka_bootstrap: str, unique_name: str,
+) -> None:
+    topic, dead = f"{unique_name}.alerts", f"{unique_name}.notify-deadletter"
+    create_topics_sync(kafka_bootstrap, {topic: 1})
+    made = history()
+    produce_alerts(kafka_bootstrap, topic, made)
+    with http_recorder("/services/T0/B0/secret") as slack, http_recorder("/v2/enqueue") as pagerduty:
+        sinks = ["--slack-webhook-url", slack.url, "--slack-rate", "50/s", "--max-attempts", "1",
+                 "--pagerduty-routing-key", ROUTING_KEY, "--pagerduty-url", pagerduty.url]
+        # Slack is down; PagerDuty refuses both triggers, then takes the resolve.
+        slack.default = Reply(503)
+        pagerduty.plan = [Reply(503), Reply(503)]
+        pagerduty.default = Reply(202, ACCEPTED)
+        first = run(notify_args(kafka_bootstrap, unique_name, *sinks, "--exit-when-idle"))
+        assert first.returncode == 3, first.stderr[-3000:]
+        letters = read_all(kafka_bootstrap, dead)
+        assert Counter(dict(r.headers)["flapguard-sink"] for r in letters) == {b"slack": 3, b"pagerduty": 2}
+        assert pagerduty_events(pagerduty)[-1] == ("resolve", "dk-0001")
+
+        # Slack is back, but refuses the first redelivered message once more.
+        slack.requests.clear()
+        pagerduty.requests.clear()
+        slack.default = Reply(200)
+        slack.plan = [Reply(503)]
+        second = run(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver"))
+        assert second.returncode == 3, second.stderr[-3000:]
+        # The open incident is triggered again with its own dedup_key; the resolved one is not.
+        assert pagerduty_events(pagerduty) == [("trigger", "dk-0000")]
+        assert slack_titles(slack) == ["alert 0", "alert 1", "alert 1 resolved"]
+        lines = second.stderr.strip().splitlines()
+        assert "skipped  pagerduty  dk-0001: incident resolved since" in "\n".join(lines)
+        assert lines[-1].startswith("flapguard notify redeliver: error: re-sent 3, skipped 1, failed 1 of 5")
+        # What failed again is back on the dead-letter topic, with its origin on the alerts topic.
+        again = read_all(kafka_bootstrap, dead)[len(letters):]
+        assert [r.value for r in again] == [orjson.dumps(made[0])]
+        assert dict(again[0].headers)["flapguard-origin"] == f"{topic}/0/0".encode()
+        assert dict(again[0].headers)["flapguard-sink"] == b"slack"
+
+        # The next run sends only that one; the one after, nothing.
+        slack.requests.clear()
+        pagerduty.requests.clear()
+        third = run(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver"))
+        assert third.returncode == 0, third.stderr[-3000:]
+        assert slack_titles(slack) == ["alert 0"]
+        assert pagerduty.requests == []
+        fourth = run(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver"))
+        assert fourth.returncode == 0, fourth.stderr[-3000:]
+        assert fourth.stderr.strip().splitlines()[-1] == (
+            "re-sent 0, skipped 0, failed 0 of 0 dead-lettered notification(s)")
+        assert slack_titles(slack) == ["alert 0"] and pagerduty.requests == []
+    for done in (first, second, third, fourth):
+        assert "secret" not in done.stderr + done.stdout
