@@ -34,7 +34,8 @@ class Match:
     max_severity: Severity = Severity.CRITICAL
     accounts: tuple[str, ...] = ()
     regions: tuple[str, ...] = ()
-    # Shell-style patterns: "RDS.*" matches every RDS control.
+    # Shell-style patterns: "RDS.*" matches every RDS control, also a legacy finding's
+    # `.../RDS.45` GeneratorId; a pattern may also match the record's control as written.
     controls: tuple[str, ...] = ()
     kinds: tuple[Kind, ...] = ()
 
@@ -43,7 +44,8 @@ class Match:
             self.min_severity <= alert.severity <= self.max_severity
             and (not self.accounts or alert.account in self.accounts)
             and (not self.regions or alert.region in self.regions)
-            and (not self.controls or any(fnmatchcase(alert.control_id, p) for p in self.controls))
+            and (not self.controls or any(fnmatchcase(c, p) for p in self.controls
+                                          for c in (alert.control_id, alert.record_control_id)))
             and (not self.kinds or alert.kind in self.kinds)
         )
 

@@ -26,6 +26,7 @@ from urllib.parse import quote
 import orjson
 
 from streams.core.policy import Severity
+from streams.notify.controls import derived_control, standard_label
 
 
 class Kind(Enum):
@@ -49,6 +50,8 @@ class Alert:
     finding_id: str
     account: str
     region: str
+    # The security control id, derived from a legacy finding's whole GeneratorId where the
+    # standard allows (`streams.notify.controls`); `record_control_id` is the record's own.
     control_id: str
     resource_id: str
     resource_type: str
@@ -58,6 +61,10 @@ class Alert:
     updated_at: str
     product_arn: str
     raw: dict[str, Any]
+    record_control_id: str = ""
+    # A per-standard finding's standard (`CIS AWS Foundations Benchmark v1.4.0`); None when
+    # consolidated.
+    standard: str | None = None
 
     @property
     def resolved(self) -> bool:
@@ -90,12 +97,15 @@ def alert_from_record(record: dict[str, Any]) -> Alert:
         severity = Severity.parse(text("severity") or "INFORMATIONAL")
     except ValueError:
         raise AlertError(f"unknown severity {text('severity')[:40]!r}") from None
+    control_id, generator_id = text("control_id"), text("generator_id")
     return Alert(
         dedup_key=text("dedup_key"), kind=kind, severity=severity, finding_id=text("finding_id"),
-        account=text("account"), region=text("region"), control_id=text("control_id"),
+        account=text("account"), region=text("region"),
+        control_id=derived_control(control_id, generator_id),
         resource_id=text("resource_id"), resource_type=text("resource_type"), title=text("title"),
         compliance_status=text("compliance_status"), created_at=text("created_at"),
         updated_at=text("updated_at"), product_arn=text("product_arn"), raw=record,
+        record_control_id=control_id, standard=standard_label(generator_id),
     )
 
 
@@ -181,6 +191,15 @@ def _headline(alert: Alert) -> str:
     return f"{alert.severity.name} security finding ({alert.kind.value})"
 
 
+def slack_fallback(alert: Alert) -> str:
+    """The notification text (a phone's notification, the sidebar): what, where and whose
+    come first, since a phone shows only the start; the same escaping as the blocks."""
+    standard = f" ({slack_code(alert.standard, 100)})" if alert.standard else ""
+    return (f"{_headline(alert)}: {slack_code(alert.control_id)}{standard} on "
+            f"{slack_code(alert.resource_id)} in account {slack_code(alert.account, 40)} "
+            f"{slack_code(alert.region, 40)}: {slack_code(alert.title or '(no title)', SLACK_TITLE_LIMIT)}")
+
+
 def slack_message(alert: Alert) -> dict[str, Any]:
     """A Block Kit incoming-webhook payload."""
     def field(label: str, value: str) -> dict[str, Any]:
@@ -189,9 +208,9 @@ def slack_message(alert: Alert) -> dict[str, Any]:
     emoji = ":white_check_mark:" if alert.resolved else _EMOJI[alert.severity]
     headline = _headline(alert)
     title = slack_code(alert.title or "(no title)", SLACK_TITLE_LIMIT)
+    standard = [field("Standard", alert.standard)] if alert.standard else []
     return {
-        # The notification text (phones, the sidebar): the same escaping as the blocks.
-        "text": f"{headline}: {slack_code(alert.control_id)} {title}",
+        "text": slack_fallback(alert),
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": f"{headline}", "emoji": True}},
             {"type": "section", "text": {"type": "mrkdwn", "text": f"{emoji} {title}", "verbatim": True}},
@@ -204,6 +223,7 @@ def slack_message(alert: Alert) -> dict[str, Any]:
                     field("Resource type", alert.resource_type),
                     field("Account / Region", f"{alert.account} / {alert.region}"),
                     field("Status", alert.compliance_status),
+                    *standard,
                 ],
             },
             {
@@ -249,6 +269,8 @@ def pagerduty_event(alert: Alert, routing_key: str) -> dict[str, Any]:
     details = {name: cut(one_line(str(alert.raw.get(name) or "")), PAGERDUTY_DETAIL_LIMIT) for name in (
         "kind", "finding_id", "account", "region", "control_id", "resource_id", "resource_type",
         "title", "compliance_status", "created_at", "updated_at", "emitted_at", "dedup_key")}
+    if alert.standard:
+        details["standard"] = cut(one_line(alert.standard), PAGERDUTY_DETAIL_LIMIT)
     payload: dict[str, Any] = {
         "summary": cut(summary, PAGERDUTY_SUMMARY_LIMIT),
         "source": cut(one_line(alert.resource_id or alert.account or "unknown"), 255),
@@ -323,6 +345,7 @@ def sns_message(alert: Alert, limit: int = SNS_MESSAGE_LIMIT) -> SnsMessage:
         f"Severity:      {alert.severity.name}",
         f"Kind:          {alert.kind.value}",
         f"Control:       {cut(one_line(alert.control_id), SNS_FIELD_LIMIT)}",
+        *([f"Standard:      {cut(one_line(alert.standard), SNS_FIELD_LIMIT)}"] if alert.standard else []),
         f"Resource:      {cut(one_line(alert.resource_id), SNS_FIELD_LIMIT)}",
         f"Resource type: {cut(one_line(alert.resource_type), SNS_FIELD_LIMIT)}",
         f"Account:       {cut(one_line(alert.account), SNS_FIELD_LIMIT)}",

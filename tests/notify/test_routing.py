@@ -149,3 +149,36 @@ def test_the_documented_example_file_loads_and_routes_as_its_comments_say() -> N
     assert sinks(r, account="333333333333", control_id="EC2.1", kind="resolved") == []
     assert sinks(r, account="444444444444", control_id="EC2.1", severity="INFORMATIONAL") == []
     assert sinks(r, account="444444444444", control_id="EC2.1") == ["slack"]
+
+
+LEGACY_FSBP = "aws-foundational-security-best-practices/v/1.0.0/RDS.45"
+LEGACY_CIS = "cis-aws-foundations-benchmark/v/1.4.0/3.7"
+DATABASES = """
+[[route]]
+match = { controls = ["RDS.*"] }
+sinks = ["sns"]
+[[route]]
+match = { controls = ["*cis-aws-foundations-benchmark/*/3.*"] }
+sinks = ["pagerduty"]
+"""
+
+
+def test_a_control_pattern_matches_a_legacy_finding_whose_control_the_standard_gives() -> None:
+    r = routes(DATABASES)
+    assert sinks(r, control_id=LEGACY_FSBP, generator_id=LEGACY_FSBP) == ["sns"]
+    assert sinks(r, control_id="RDS.45", generator_id="security-control/RDS.45") == ["sns"]
+
+
+def test_a_cis_numbered_legacy_finding_is_matched_by_its_generator_id_as_written() -> None:
+    r = routes(DATABASES)
+    assert sinks(r, control_id=LEGACY_CIS, generator_id=LEGACY_CIS) == ["pagerduty"]
+    cis_12 = "arn:aws:securityhub:::ruleset/cis-aws-foundations-benchmark/v/1.2.0/rule/3.1"
+    assert sinks(r, control_id=cis_12, generator_id=cis_12) == ["pagerduty"]
+    assert sinks(r, ["slack", "sns"], control_id=LEGACY_CIS.replace("3.7", "1.10"),
+                 generator_id="x") == ["slack", "sns"]
+
+
+def test_a_pattern_on_the_whole_generator_id_still_matches_a_legacy_finding() -> None:
+    r = routes('[[route]]\nmatch = { controls = ["aws-foundational-security-best-practices/*"] }\n'
+               'sinks = ["slack"]\n')
+    assert sinks(r, control_id=LEGACY_FSBP, generator_id=LEGACY_FSBP) == ["slack"]

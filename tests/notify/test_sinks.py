@@ -391,3 +391,51 @@ def test_update_requests_batch_100_per_call_grouped_by_workflow_and_note() -> No
     assert members[:2] == [0, 999]  # both records of the repeated finding ride on one entry
     last, last_members = requests[-1]
     assert last["Note"]["UpdatedBy"] == "flapguard" and last_members == [1000]
+
+
+# ------------------------------------------------------- standards and legacy controls
+
+FSBP = "aws-foundational-security-best-practices/v/1.0.0/RDS.45"
+NIST = "nist-800-53/v/5.0.0/RDS.45"
+
+
+def test_per_standard_findings_of_one_resource_and_control_say_which_standard() -> None:
+    fsbp, nist = (slack_message(alert(control_id="RDS.45", generator_id=g)) for g in (FSBP, NIST))
+    assert fsbp["blocks"] != nist["blocks"]
+    assert "AWS Foundational Security Best Practices v1.0.0" in fsbp["text"]
+    assert "NIST SP 800-53 v5.0.0" in nist["text"]
+    fields = {f["text"].split("\n")[0]: f["text"] for f in fsbp["blocks"][2]["fields"]}
+    assert fields["*Standard*"] == "*Standard*\n`AWS Foundational Security Best Practices v1.0.0`"
+    assert "Standard:      NIST SP 800-53 v5.0.0" in sns_message(alert(generator_id=NIST)).message
+    assert pagerduty_event(alert(generator_id=NIST), "rk")["payload"]["custom_details"]["standard"] == (
+        "NIST SP 800-53 v5.0.0")
+
+
+def test_a_consolidated_finding_names_no_standard() -> None:
+    message = slack_message(alert(generator_id="security-control/RDS.45"))
+    assert "Standard" not in orjson.dumps(message).decode()
+
+
+def test_slacks_notification_text_names_control_resource_account_and_region() -> None:
+    text = slack_message(alert())["text"]
+    assert text == ("MEDIUM security finding (new): `RDS.45` on "
+                    "`arn:aws:rds:ap-northeast-1:123456789012:cluster:orders-aurora` in account "
+                    "`123456789012` `ap-northeast-1`: `Aurora MySQL DB clusters should publish audit "
+                    "logs to CloudWatch Logs`")
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_slacks_notification_text_keeps_hostile_values_inert(hostile: str) -> None:
+    text = slack_message(alert(resource_id=hostile, account=hostile, generator_id=hostile))["text"]
+    assert "<" not in text and "\n" not in text
+    assert outside_code(text).count("*") == 0
+
+
+def test_a_legacy_findings_control_is_shown_as_the_security_control_id() -> None:
+    legacy = alert(control_id=FSBP, generator_id=FSBP)
+    assert legacy.control_id == "RDS.45"
+    assert legacy.record_control_id == FSBP
+    assert "`RDS.45`" in slack_message(legacy)["text"]
+    assert pagerduty_event(legacy, "rk")["payload"]["component"] == "RDS.45"
+    # The record is passed on as it is: dedup_key and control as the worker wrote them.
+    assert pagerduty_event(legacy, "rk")["payload"]["custom_details"]["control_id"] == FSBP
