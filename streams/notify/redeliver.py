@@ -85,15 +85,18 @@ class Result:
 
 @dataclass(slots=True)
 class Report:
+    found: int = 0  # dead letters beyond the group's progress when the run started
     results: list[Result] = field(default_factory=list)
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for r in self.results if r.outcome is outcome)
 
     def summary(self) -> str:
+        left = self.found - len(self.results)
+        stopped = f"; stopped, {left} left for the next run" if left else ""
         return (f"re-sent {self.count(Outcome.RESENT)}, skipped {self.count(Outcome.SKIPPED)}, "
-                f"failed {self.count(Outcome.FAILED)} of {len(self.results)} dead-lettered "
-                "notification(s)")
+                f"failed {self.count(Outcome.FAILED)} of {self.found} dead-lettered "
+                f"notification(s){stopped}")
 
 
 def parse_origin(header: bytes | None) -> Origin | None:
@@ -160,10 +163,12 @@ async def _read_resolutions(consumer: Any, settings: NotifySettings, wanted: dic
     consumer.assign(tps)
     starts = await consumer.beginning_offsets(tps)
     ends = await consumer.end_offsets(tps)
+    # A trigger of unknown origin could have been resolved anywhere: read everything then.
+    everywhere = any(o is None or o.topic != topic for o in wanted.values())
     for tp in tps:
-        origins = [o.offset for o in wanted.values()
-                   if o is not None and (o.topic, o.partition) == (tp.topic, tp.partition)]
-        everywhere = any(o is None or o.topic != topic for o in wanted.values())
+        # Partitions without a trigger are read whole too: partitions added to the topic
+        # since would put a later resolution elsewhere.
+        origins = [o.offset for o in wanted.values() if o is not None and o.partition == tp.partition]
         consumer.seek(tp, starts[tp] if everywhere or not origins else max(starts[tp], min(origins)))
     found: dict[str, list[Origin]] = {}
     remaining = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
@@ -249,6 +254,7 @@ async def run_redeliver(settings: NotifySettings, senders: dict[str, Sender] | N
         cluster = await consumer._client.fetch_all_metadata()
         records = await _read_dead_letters(consumer, settings,
                                            _partitions(cluster, settings.deadletter_topic))
+        report.found = len(records)
         letters = [(dead_letter_from(r), _alert_or_none(r.value)) for r in records]
         resolutions = await _read_resolutions(checker, settings, _alerts_to_check(letters),
                                               _partitions(cluster, settings.alerts_topic))

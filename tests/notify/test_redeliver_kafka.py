@@ -5,8 +5,12 @@ resolved since is never sent again; a second run sends nothing."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import threading
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -96,3 +100,42 @@ def test_redeliver_resends_to_the_failed_sink_never_reopens_a_resolved_incident_
         assert slack_titles(slack) == ["alert 0"] and pagerduty.requests == []
     for done in (first, second, third, fourth):
         assert "secret" not in done.stderr + done.stdout
+
+
+def test_a_redelivery_stopped_by_sigterm_is_not_committed_and_the_next_run_sends_it(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path,
+) -> None:
+    topic = f"{unique_name}.alerts"
+    create_topics_sync(kafka_bootstrap, {topic: 1})
+    produce_alerts(kafka_bootstrap, topic, alerts(1))
+    gate = threading.Event()
+    with http_recorder("/services/T0/B0/secret") as slack:
+        sinks = ["--slack-webhook-url", slack.url, "--max-attempts", "1", "--http-timeout", "300s"]
+        slack.default = Reply(503)
+        assert run(notify_args(kafka_bootstrap, unique_name, *sinks, "--exit-when-idle")).returncode == 3
+        slack.requests.clear()
+        slack.default = Reply(200, gate=gate)  # the sink takes the request and never answers
+        log = tmp_path / "redeliver.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver"),
+                                    stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
+                                    start_new_session=True)
+        try:
+            slack.wait_for(1, timeout=TIMEOUT)
+            os.killpg(proc.pid, signal.SIGTERM)
+            code = proc.wait(timeout=TIMEOUT)
+        finally:
+            gate.set()
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert code == 0, log.read_text()[-3000:]
+        assert "re-sent 0, skipped 0, failed 0 of 1 dead-lettered notification(s); stopped, 1 left " \
+            "for the next run" in log.read_text()
+        # Unanswered, so not done: the next run sends it, the one after nothing.
+        slack.default = Reply(200)
+        again = run(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver"))
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert slack_titles(slack) == ["alert 0", "alert 0"]
+        assert run(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver")).returncode == 0
+        assert len(slack.requests) == 2
