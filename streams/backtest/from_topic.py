@@ -37,6 +37,7 @@ from streams.core.records import iso, record_source
 from streams.core.state import Origin, Store
 from streams.kafka.availability import start_client
 from streams.kafka.security import PLAINTEXT, BrokerSecurity
+from streams.kafka.workarounds import all_topics_metadata
 
 # A partition this far ahead of the slowest one (records held for the merge) is paused.
 AHEAD = 20_000
@@ -144,9 +145,7 @@ async def plan_read(consumer: Any, topic: str, *, policy: Policy, since_ms: int 
     last stable offset), or the first record at or after `until`."""
     from aiokafka import TopicPartition
 
-    # The consumer's own metadata holds only the topics it was told of: ask for all
-    # (the cluster `topics()` fetches and drops).
-    cluster = await consumer._client.fetch_all_metadata()
+    cluster = await all_topics_metadata(consumer)
     partitions = sorted(cluster.partitions_for_topic(topic) or ())
     if not partitions:
         raise TopicError(f"topic not found: {topic}")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from streams.config import ConfigError
 from streams.kafka.availability import BrokerError, connection_error, quiet_bootstrap
+from streams.kafka.workarounds import broker_ids
 
 if TYPE_CHECKING:
     from streams.kafka.security import BrokerSecurity
@@ -91,7 +92,7 @@ async def replication_factor(admin: Any, replication: Replication) -> int:
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
     from aiokafka.errors import KafkaError
 
-    brokers = sorted(b.nodeId for b in admin._client.cluster.brokers())
+    brokers = broker_ids(admin)
     factor = replication.factor
     if factor is None:
         name = "default.replication.factor"

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from streams.core.records import HEADER_REASON
+from streams.kafka.workarounds import all_topics_metadata
 from streams.notify.service import (
     DEADLETTER_REASON,
     HEADER_ATTEMPTS,
@@ -250,8 +251,7 @@ async def run_redeliver(settings: NotifySettings, senders: dict[str, Sender] | N
         stack.push_async_callback(producer.stop)
         if senders is None:
             senders = await stack.enter_async_context(open_senders(settings))
-        # The consumers' own metadata holds only topics they were told of: ask for all.
-        cluster = await consumer._client.fetch_all_metadata()
+        cluster = await all_topics_metadata(consumer)
         records = await _read_dead_letters(consumer, settings,
                                            _partitions(cluster, settings.deadletter_topic))
         report.found = len(records)

@@ -53,18 +53,18 @@ from streams.core.records import (
 )
 from streams.core.state import Origin, Store, encode
 from streams.kafka.availability import BrokerWatch, retry_while_unavailable
+from streams.kafka.workarounds import (
+    aiokafka_producer,
+    last_stable_offset,
+    read_committed_consumer,
+    started_producer,
+)
 from streams.worker import metrics
 from streams.worker.batches import take_batches
 from streams.worker.offsets import OffsetGuard
 from streams.worker.outbox import Delivered, Outbox, refused_record
 from streams.worker.settings import BATCH_QUIET_S, WorkerSettings
 from streams.worker.tables import ChangelogMapping, RocksPartition
-from streams.worker.workarounds import (
-    aiokafka_producer,
-    last_stable_offset,
-    read_committed_consumer,
-    started_producer,
-)
 
 log = logging.getLogger("flapguard.worker")
 

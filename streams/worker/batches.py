@@ -19,7 +19,7 @@ from typing import Any
 
 from mode.utils.futures import notify
 
-from streams.worker.workarounds import read_passively, remove_processor
+from streams.kafka.workarounds import read_passively, remove_processor
 
 
 def take_batches(stream: Any, max_records: int, within: float, quiet: float

@@ -12,7 +12,7 @@ from faust.types import TP
 
 from streams.kafka.availability import retry_while_unavailable
 from streams.kafka.security import PLAINTEXT, BrokerSecurity
-from streams.worker.workarounds import committed_offset, count_as_done
+from streams.kafka.workarounds import committed_offset, count_as_done
 
 log = logging.getLogger("flapguard.worker")
 

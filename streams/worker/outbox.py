@@ -11,7 +11,7 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, R
 
 from streams.core.keys import partitions_for
 from streams.core.records import Headers
-from streams.worker.workarounds import partition_count, track_topic
+from streams.kafka.workarounds import partition_count, track_topic
 
 log = logging.getLogger("flapguard.worker")
 

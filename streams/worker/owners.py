@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from streams.config import ConfigError
 from streams.core.records import HEADER_APP_ID
 from streams.kafka.security import PLAINTEXT, BrokerSecurity
+from streams.kafka.workarounds import all_topics_metadata
 
 # Records read back from the end of each partition: the last one may be a transaction
 # marker, which holds none.
@@ -51,7 +52,7 @@ async def writers(bootstrap: str, topics: Iterable[str], security: BrokerSecurit
     await start_client(consumer, bootstrap, security)
     found: dict[str, set[str]] = {}
     try:
-        cluster = await consumer._client.fetch_all_metadata()  # every topic, fresh
+        cluster = await all_topics_metadata(consumer)
         tps = [TopicPartition(topic, p) for topic in set(topics)
                for p in sorted(cluster.partitions_for_topic(topic) or ())]
         if not tps:

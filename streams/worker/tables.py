@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 from faust.types import TP
 
+from streams.kafka.workarounds import is_rocksdb, rocks_db, rocks_key, table_key
 from streams.worker.outbox import Delivered, Outbox
-from streams.worker.workarounds import is_rocksdb, rocks_db, rocks_key, table_key
 
 
 class ChangelogMapping(MutableMapping[str, bytes]):

@@ -1,4 +1,4 @@
-"""The library internals `streams.worker.workarounds` relies on, pinned: each test fails
+"""The library internals `streams.kafka.workarounds` relies on, pinned: each test fails
 if faust-streaming or aiokafka changes what the workaround reaches into. (What the
 workarounds achieve is tested on the real broker: tests/worker/test_worker_survival.py.)"""
 
@@ -12,7 +12,7 @@ from faust.streams import Stream
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as driver
 
-from streams.worker import workarounds
+from streams.kafka import workarounds
 
 
 def test_faust_creates_its_consumer_read_uncommitted_unless_exactly_once() -> None:
@@ -78,3 +78,13 @@ def test_faust_s_rocksdb_store_keeps_one_database_per_partition_with_encoded_key
     for name in ("_db_for_partition", "_encode_key", "_decode_key", "set_persisted_offset"):
         assert callable(getattr(rocksdb.Store, name)), name
     assert workarounds.is_rocksdb(rocksdb.Store.__new__(rocksdb.Store))
+
+
+def test_aiokafka_s_clients_keep_the_cluster_metadata_where_the_workarounds_ask_for_it() -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    assert "self._client = AIOKafkaClient(" in inspect.getsource(aiokafka.AIOKafkaConsumer.__init__)
+    assert "self._client = AIOKafkaClient(" in inspect.getsource(AIOKafkaAdminClient.__init__)
+    assert inspect.iscoroutinefunction(AIOKafkaClient.fetch_all_metadata)
+    # topics() fetches every topic's metadata and keeps only their names.
+    assert "fetch_all_metadata" in inspect.getsource(aiokafka.AIOKafkaConsumer.topics)

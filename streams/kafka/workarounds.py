@@ -1,16 +1,16 @@
-"""Every place the worker reaches into faust-streaming's, aiokafka's or Faust's RocksDB
+"""Every place flapguard reaches into faust-streaming's, aiokafka's or Faust's RocksDB
 store's internals, for something their public API does not offer; each says the defect
 or the gap it answers. Checked against faust-streaming 0.15.3 and aiokafka 0.14.0
-(pinned in pyproject.toml); tests/worker/test_workarounds.py fails if either changes
-what is reached into here. docs/operations.md lists the defects.
+(pinned in pyproject.toml); tests/kafka/test_workarounds.py fails if either changes
+what is reached into here. docs/operations.md lists the defects. Faust and mode are
+imported where they are used: the forwarders, the notifier and the backtest run
+without them.
 """
 
 from __future__ import annotations
 
 import functools
 from typing import Any
-
-from mode.utils.aiter import aiter
 
 READ_COMMITTED = "read_committed"
 
@@ -75,6 +75,8 @@ def read_passively(stream: Any) -> None:
     as `Stream.take_events` does: Faust has no public way to build other batches
     (`streams.worker.batches` also closes a batch once the consumer has delivered all it
     had)."""
+    from mode.utils.aiter import aiter
+
     stream._enable_passive(aiter(stream.channel))
 
 
@@ -139,3 +141,19 @@ def table_key(store: Any, stored: bytes) -> str:
     """A stored key as the table's key."""
     decoded: str = store._decode_key(stored)
     return decoded
+
+
+# -- aiokafka's clients: the whole cluster's metadata ------------------------------------
+
+
+async def all_topics_metadata(client_owner: Any) -> Any:
+    """The cluster's metadata for every topic, fetched now, with the client of a started
+    aiokafka consumer: its own metadata holds only the topics it was told of, and the
+    public `topics()` fetches this and drops it."""
+    return await client_owner._client.fetch_all_metadata()
+
+
+def broker_ids(admin: Any) -> list[int]:
+    """The node ids of the cluster's brokers, as an aiokafka admin client's metadata has
+    them (it has no public call for them)."""
+    return sorted(b.nodeId for b in admin._client.cluster.brokers())
