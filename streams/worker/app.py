@@ -26,6 +26,7 @@ after a crash releases the same arrivals (docs/design.md §2).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -202,8 +203,11 @@ class Worker:
         self.engines: dict[int, PartitionEngine] = {}
         self.staged: dict[int, Callable[[], None]] = {}
         self.last_arrival: dict[int, float] = {}
-        self.release_sent: dict[int, Tick] = {}  # the last release tick, per keyed partition
-        self.ticks_sent: dict[int, int] = {}  # ticks sent and not processed yet, per partition
+        # The last tick sent to an idle partition, and when, per keyed partition.
+        self.idle_sent: dict[int, tuple[Tick, float]] = {}
+        # Offsets of this worker's own ticks on each keyed partition, once written.
+        self.own_ticks: dict[int, set[int]] = {}
+        self.noting: set[asyncio.Future[None]] = set()
         self.last_source: dict[int, float] = {}  # findings record last taken, per partition
         # Whether the findings topic has as many partitions as the keyed topic (known
         # once the topics are declared): then Faust assigns findings partition p with
@@ -552,7 +556,6 @@ class Worker:
         partition = message.partition
         outcomes: list[Outcome] = []
         if message.key == TICK_KEY:
-            self.ticks_sent[partition] = max(0, self.ticks_sent.get(partition, 0) - 1)
             tick = Tick.decode(message.value)
             if tick.release:
                 outcomes = engine.release_arrived(tick.arrived())
@@ -623,9 +626,14 @@ class Worker:
                 # what the buffer table holds.
                 await self.send_tick(partition, Tick())
             elif engine.pending and now - self.last_arrival[partition] >= idle_s:
-                tick = await self.release_tick(engine, actives)
-                if tick is not None and self.release_sent.get(partition) != tick:
-                    self.release_sent[partition] = tick
+                # With records still to come, a plain tick: a keyed record faust-streaming
+                # dropped with nothing after it shows to the offset guard once one follows.
+                tick = await self.release_tick(engine, actives) or Tick()
+                # The same tick again only once the first has had time to be processed
+                # (or was lost with a broker).
+                last = self.idle_sent.get(partition)
+                if last is None or last[0] != tick or now - last[1] >= idle_s:
+                    self.idle_sent[partition] = (tick, now)
                     await self.send_tick(partition, tick)
         for tp in actives:
             if tp.topic != self.source.get_topic_name():
@@ -646,7 +654,9 @@ class Worker:
         keyed_next = engine.next_seq
         if keyed_next is None:
             keyed_next = self.keyed_guard.expected_at(keyed) or 0
-        if keyed_end is None or keyed_end - keyed_next > self.ticks_sent.get(engine.p, 0):
+        own = self.own_ticks.setdefault(engine.p, set())
+        own.difference_update([offset for offset in own if offset < keyed_next])  # processed
+        if keyed_end is None or keyed_end - keyed_next > len(own):
             return None  # keyed records (not only ticks of this worker) are still to come
         source_before = None
         tp = TP(self.source.get_topic_name(), engine.p)
@@ -663,10 +673,16 @@ class Worker:
         return Tick(release=True, keyed_before=engine.next_seq, source_before=source_before)
 
     async def send_tick(self, partition: int, tick: Tick) -> None:
-        """A tick record on keyed partition `partition`."""
-        self.ticks_sent[partition] = self.ticks_sent.get(partition, 0) + 1
-        await self.app.producer.send(self.keyed.get_topic_name(), TICK_KEY, tick.encode(), partition,
-                                     None, None)
+        """A tick record on keyed partition `partition`; its offset is noted once written."""
+        written = await self.app.producer.send(self.keyed.get_topic_name(), TICK_KEY, tick.encode(),
+                                               partition, None, None)
+        noting = asyncio.ensure_future(self._note_tick(partition, written))
+        self.noting.add(noting)  # a task not referenced may be collected before it runs
+        noting.add_done_callback(self.noting.discard)
+
+    async def _note_tick(self, partition: int, written: Awaitable[Any]) -> None:
+        with contextlib.suppress(Exception):  # a tick lost with a broker is no record
+            self.own_ticks.setdefault(partition, set()).add((await written).offset)
 
     @staticmethod
     def refused(topic: str, headers: Headers, exc: BaseException) -> None:
@@ -687,8 +703,8 @@ class Worker:
 
     async def on_recover(self) -> None:
         self.engines.clear()
-        self.release_sent.clear()
-        self.ticks_sent.clear()
+        self.idle_sent.clear()
+        self.own_ticks.clear()
         # A findings partition is waited on for `STALL_S` from its (re)assignment.
         self.last_source.clear()
         self.source_guard.reset()
