@@ -40,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from streams import logs
     from streams.backtest.replay import MostlyUnparseable, replay_files
 
-    logs.setup("WARNING")  # its output is one line; warnings only besides it
+    # Its output is one line (and a one-line error): the Kafka client's own complaints,
+    # retried writes and refused connections alike, would only repeat it as noise.
+    logs.setup("CRITICAL")
     security = security_from(args)
     check_inputs(args.input, read_once=True)
     try:
