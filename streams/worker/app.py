@@ -512,14 +512,20 @@ class Worker:
         tp = TP(self.source.get_topic_name(), engine.p)
         if until is None or self.source_engine(engine.p, assigned) is not engine or tp not in assigned:
             return []
+        expected = await self.next_in_place(engine, tp)
+        if expected >= until:
+            return []
+        return await self.read_source(tp, engine, expected, until, out, lost=False)
+
+    async def next_in_place(self, engine: PartitionEngine, tp: TP) -> int:
+        """The findings offset of `tp` that `engine`, deciding it in place, is due next:
+        after the last it had, else the committed one, else the partition's first."""
         expected = engine.next_source
         if expected is None:
             expected = self.source_guard.expected_at(tp)
         if expected is None:
             expected = await self.source_guard.first_offset_at(tp)
-        if expected >= until:
-            return []
-        return await self.read_source(tp, engine, expected, until, out, lost=False)
+        return expected
 
     async def read_source(self, tp: TP, engine: PartitionEngine | None, expected: int, end: int,
                           out: Outbox, *, lost: bool = True) -> list[Outcome]:
@@ -662,12 +668,7 @@ class Worker:
         tp = TP(self.source.get_topic_name(), engine.p)
         if self.direct and tp in assigned:
             end = self.readable_end(tp)
-            expected = engine.next_source
-            if expected is None:
-                expected = self.source_guard.expected_at(tp)
-            if expected is None:
-                expected = await self.source_guard.first_offset_at(tp)
-            if end is None or end > expected:
+            if end is None or end > await self.next_in_place(engine, tp):
                 return None
             source_before = engine.next_source
         return Tick(release=True, keyed_before=engine.next_seq, source_before=source_before)
