@@ -41,6 +41,8 @@ class Query:
             return True
         if q in (record.get("late_pairs") or ()):
             return True
+        if any(c.get("finding_id") == q for c in record.get("closes") or ()):
+            return True
         return resource_of(record.get("key")) == q
 
     def matches_outcome(self, outcome: Outcome) -> bool:
@@ -52,6 +54,8 @@ class Query:
         if outcome.pairing is not None and outcome.pairing.paired_finding_id == q:
             return True
         if any(p.finding_id == q for p in outcome.late_pairs):
+            return True
+        if any(c.finding_id == q for c in outcome.closes):
             return True
         return outcome.rejected is not None and outcome.rejected.finding_id == q
 
@@ -211,6 +215,9 @@ def _line(r: dict[str, Any]) -> str:
         parts.append(f"paired with {short(r['paired_finding_id'])}{after}")
     if r.get("late_pairs"):
         parts.append("late pair of " + ", ".join(short(f) for f in r["late_pairs"]))
+    for c in r.get("closes") or ():
+        parts.append(f"closed the incident of {short(c.get('finding_id'))} ({c.get('reason')}, "
+                     f"dedup_key {c.get('dedup_key')})")
     if r.get("dedup_key"):
         parts.append(f"dedup_key {r['dedup_key']}")
     parts.append(f"at {where(r)}")

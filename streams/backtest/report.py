@@ -19,6 +19,8 @@ def render_report(summary: dict[str, Any]) -> str:
         lines.append(_source_text(source))
     for label, count in summary["by_reason"].items():
         lines.append(f"  {label:<42} {count}")
+    for reason, count in summary.get("closed", {}).items():
+        lines.append(f"  {'incidents closed: ' + reason:<42} {count}")
     labels = summary.get("labels")
     if labels:
         lines.append(

@@ -279,15 +279,20 @@ class Report:
     labels: LabelScore | None = None
     naive_seen: set[str] = field(default_factory=set)
     truths: Iterator[Truth] | None = None
+    # Incidents closed without their finding passing, by reason (archived, superseded).
+    closed: Counter[str] = field(default_factory=Counter)
 
     def add(self, outcome: Outcome) -> None:
         pairing = outcome.pairing
         kind = outcome.kind
         label = kind if kind is not None else outcome.reason or ""
         f = outcome.finding
-        if pairing is not None or outcome.late_pairs or f is None or self.truths is not None:
+        if (pairing is not None or outcome.late_pairs or outcome.closes or f is None
+                or self.truths is not None):
             gap = pairing.gap_seconds if pairing is not None and pairing.reason in _GAP_REASONS else None
             self.tally(outcome.origin, outcome.decision, label, f, gap, len(outcome.late_pairs))
+            for closure in outcome.closes:
+                self.closed[closure.reason.value] += 1
             return
         # `tally` for the usual decision (a finding, nothing paired, no labels), inlined:
         # this runs once per finding.
@@ -310,6 +315,8 @@ class Report:
         origin = Origin(record["input"], record["line"], record["index"])
         finding = parsed if isinstance(parsed, Finding) else None
         self.tally(origin, record["decision"], label, finding, gap, len(record.get("late_pairs", ())))
+        for closure in record.get("closes", ()):
+            self.closed[closure["reason"]] += 1
 
     def tally(self, origin: Origin, decision: str, label: str, f: Finding | None,
               gap: float | None, late_pairs: int) -> None:
@@ -401,6 +408,7 @@ class Report:
             "resolved": decisions.get(Decision.RESOLVED.value, 0),
             "dead_letters": decisions.get(Decision.DEAD_LETTER.value, 0),
             "late_pairs": self.late_pairs,
+            "closed": dict(sorted(self.closed.items())),
             "partitions": self.partitions,
             "window_seconds": self.policy.window_ms / 1000,
             "hold_seconds": self.policy.hold_ms / 1000,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -71,13 +71,23 @@ def add(sub: Subparsers) -> None:
            help="--via-kafka: give up if the worker has not decided everything by then")
 
 
+def write_alert_records(stream: IO[bytes], outcomes: list[Any]) -> None:
+    """`--alerts-out`: what the worker puts on the alerts topic for these decisions, in
+    the order it writes them, `emitted_at` as it would."""
+    from streams.core.records import alert_records
+
+    emitted = int(time.time() * 1000)
+    for outcome in outcomes:
+        for record in alert_records(outcome, emitted):
+            stream.write(orjson.dumps(record) + b"\n")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.from_topic is not None:
         return run_topic(args)
     from streams.backtest.report import render_report
     from streams.backtest.run import LabelChoice, LabelError, backtest_files, sweep
-    from streams.core.decide import Decision
-    from streams.core.records import alert_record, decision_record
+    from streams.core.records import decision_record
 
     for flag, value in (("--since", args.since), ("--until", args.until)):
         if value is not None:
@@ -106,12 +116,8 @@ def run(args: argparse.Namespace) -> int:
                 out.write(orjson.dumps(decision_record(outcome)) + b"\n")
 
         def write_alerts(outcomes: list[Any]) -> None:
-            # What the worker's outputs put on the alerts topic, `emitted_at` as it would.
             if alerts_out is not None:
-                emitted = int(time.time() * 1000)
-                for outcome in outcomes:
-                    if outcome.decision in (Decision.ALERT, Decision.RESOLVED):
-                        alerts_out.write(orjson.dumps(alert_record(outcome, emitted)) + b"\n")
+                write_alert_records(alerts_out, outcomes)
 
         if args.via_kafka:
             from streams.backtest.via_kafka import KafkaBacktestError, kafka_backtest
@@ -164,8 +170,7 @@ def run_topic(args: argparse.Namespace) -> int:
     from streams.backtest.from_topic import TopicError, backtest_topic
     from streams.backtest.report import render_report
     from streams.backtest.run import LabelError, read_labels
-    from streams.core.decide import Decision
-    from streams.core.records import alert_record, kafka_decision_record
+    from streams.core.records import kafka_decision_record
 
     if args.via_kafka:
         raise CliError("--via-kafka replays files: it does not go with --from-topic")
@@ -192,10 +197,7 @@ def run_topic(args: argparse.Namespace) -> int:
 
         def write_alerts(outcomes: list[Any]) -> None:
             assert alerts_out is not None
-            emitted = int(time.time() * 1000)
-            for outcome in outcomes:
-                if outcome.decision in (Decision.ALERT, Decision.RESOLVED):
-                    alerts_out.write(orjson.dumps(alert_record(outcome, emitted)) + b"\n")
+            write_alert_records(alerts_out, outcomes)
 
         result = backtest_topic(
             args.from_topic, bootstrap=args.bootstrap_servers, security=security, policy=policy,

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from heapq import heappop, heappush
 
 import msgspec
 
 from streams.core.findings import ACTIVE, ARCHIVED, FAILING, NOT_AVAILABLE, Finding, Rejected
 from streams.core.keys import bucket_key, bucket_start, buckets_covering, dedup_key
-from streams.core.policy import Policy
+from streams.core.policy import Policy, Severity
 from streams.core.state import (
     Archive,
     Bucket,
@@ -59,6 +60,8 @@ class Reason(StrEnum):
     REACTIVATED_AFTER_ARCHIVE = "reactivated_after_archive"
     CONSOLIDATION_SWITCH = "consolidation_switch"
     LATE_PAIR = "late_pair"
+    # Why an incident closed without its finding passing (docs/design.md §3, closing).
+    SUPERSEDED = "superseded"  # a successor opened an incident of its own
 
 
 # The members most events take, as globals: in Python 3.11 `Decision.SILENT` is looked
@@ -92,8 +95,25 @@ class Pairing:
         return (self.recreated_at - self.archived_at) / 1000
 
 
+class Closure(msgspec.Struct, frozen=True, gc=False):
+    """An incident closed by something else than a `resolved` decision (docs/design.md
+    §3, closing): `archived` (nothing continued the archived finding in time),
+    `superseded` (a successor opened an incident of its own) or `passed` (the finding
+    passed while archived). It becomes a `resolved` alert record."""
+
+    finding_id: str
+    dedup_key: str
+    reason: Reason
+    key: str  # partition key
+    # What the alert record shows: the closed finding's ARCHIVED event (None for an
+    # archive recorded before it was kept: the record then shows what the key says).
+    finding: Finding | None
+
+
 class Outcome(msgspec.Struct, gc=False):  # a Struct for speed, as `Finding`
-    """The one decision for one finding occurrence, with what the outputs need."""
+    """The one decision for one finding occurrence, with what the outputs need;
+    `closes`: the incidents closed as this decision was taken (before it, when their
+    time had come; by it, when it superseded them)."""
 
     origin: Origin
     decision: Decision
@@ -105,6 +125,7 @@ class Outcome(msgspec.Struct, gc=False):  # a Struct for speed, as `Finding`
     late_pairs: list[Pairing] = msgspec.field(default_factory=list)
     rejected: Rejected | None = None
     seq: int = -1  # arrival order, set by the engine
+    closes: tuple[Closure, ...] = ()  # a tuple: no list to build per decision
 
     @property
     def kind_or_reason(self) -> str | None:
@@ -128,6 +149,14 @@ def pairing_horizon(policy: Policy, moment: int) -> int:
     return moment - policy.first_sight_age_ms - policy.window_ms
 
 
+def closing_deadline(policy: Policy, archived_at: int) -> int:
+    """The last `UpdatedAt` that may still continue an archive of `archived_at`: a
+    reactivation within the window, or a re-creation created within the window (and so
+    updated within the first-sight age after that). Past it, the archived finding's
+    incident closes (docs/design.md §3, closing)."""
+    return archived_at + policy.window_ms + policy.first_sight_age_ms
+
+
 def _evaluated(status: str | None) -> str | None:
     return status if status is not None and status != NOT_AVAILABLE else None
 
@@ -139,6 +168,19 @@ class Decider:
         self.store = store
         self.policy = policy
         self.p = partition
+        # The open incidents of archived findings, by the moment they close if nothing
+        # continues them: (deadline, partition key, finding id, archived_at). Built from
+        # the store (a restarted worker closes what its state holds), kept as archives
+        # come; the store says at closing time whether each is still open.
+        self.timers: list[tuple[int, str, str, int]] = []
+        for key, bucket in store.buckets.items():
+            if bucket.p == partition:
+                for archive in bucket.archives:
+                    if not archive.used and archive.opened:
+                        self.timers.append(self._timer(key.rsplit("@", 1)[0], archive))
+        self.timers.sort()
+        # Incidents the decision being taken closes (`_decide` hands them to its outcome).
+        self._closing: list[Closure] = []
 
     # -- entry point ----------------------------------------------------------------
 
@@ -167,7 +209,58 @@ class Decider:
             outcome = self._bootstrap(f, origin)  # rule 4
         else:
             outcome = self._active(f, origin, state)  # rules 5-10
+        if self._closing:
+            outcome.closes = tuple(self._closing)
+            self._closing.clear()
         return outcome
+
+    # -- closing incidents (docs/design.md §3, closing) ---------------------------------
+
+    def _timer(self, partition_key: str, archive: Archive) -> tuple[int, str, str, int]:
+        return (closing_deadline(self.policy, archive.archived_at), partition_key,
+                archive.finding_id, archive.archived_at)
+
+    def close_due(self, moment: int) -> list[Closure]:
+        """Close, as `archived`, the open incidents of archived findings whose deadline
+        is before `moment`: the engine calls this before it decides an event stamped
+        `moment`, when nothing stamped at or before a deadline is still to be decided."""
+        timers = self.timers
+        closed: list[Closure] = []
+        while timers and timers[0][0] < moment:
+            _, partition_key, finding_id, archived_at = heappop(timers)
+            key = bucket_key(partition_key, bucket_start(archived_at, self.policy.bucket_ms))
+            bucket = self.store.buckets.get(key)
+            if bucket is None:
+                continue
+            for archive in bucket.archives:
+                if (archive.finding_id == finding_id and archive.archived_at == archived_at
+                        and not archive.used and archive.opened):
+                    archive.used = True
+                    self._end_incident(archive)
+                    self.store.buckets.put(key, bucket)
+                    closed.append(self._closure(archive, partition_key, Reason.ARCHIVED))
+        return closed
+
+    def _closure(self, archive: Archive, partition_key: str, reason: Reason) -> Closure:
+        return Closure(archive.finding_id, archive.dedup_key, reason, partition_key,
+                       archive.finding)
+
+    def _end_incident(self, archive: Archive) -> None:
+        """`archive`'s incident is no longer its finding's: closed, or taken over by a
+        successor (so that the finding, if it comes back, never resolves it again)."""
+        archive.opened = False
+        state = self.store.findings.get(archive.finding_id)
+        if state is not None and state.archived_at == archive.archived_at and state.opened is not False:
+            state.opened = False
+            self.store.findings.put(archive.finding_id, state)
+
+    def _succeeded(self, archives: list[Archive], partition_key: str, inherited: bool) -> None:
+        """A successor took the place of `archives`: the first one's incident carries on
+        under the successor if `inherited`; every other open one closes, `superseded`."""
+        for i, archive in enumerate(archives):
+            if archive.opened and not (inherited and i == 0):
+                self._closing.append(self._closure(archive, partition_key, Reason.SUPERSEDED))
+            self._end_incident(archive)
 
     def _reevaluated(self, f: Finding, origin: Origin, state: FindingState,
                      failing: bool) -> Outcome:
@@ -195,9 +288,11 @@ class Decider:
             last = _evaluated(f.previous_compliance_status)
         first_archive = state.archived_at is None
         late: list[Pairing] = []
+        predecessor = False
         if first_archive:
             state.archived_at = f.updated_at
             if f.is_control_finding and last in FAILING and not state.superseded:
+                predecessor = True
                 severity = state.severity if state.last_status in FAILING else int(f.severity)
                 archive = Archive(
                     finding_id=f.id,
@@ -206,16 +301,28 @@ class Decider:
                     severity=severity,
                     dedup_key=state.dedup_key or dedup_key(f.id, f.updated_at_text),
                     opened=opened(state),
+                    finding=f,
                 )
                 late = self._record_archive(f.partition_key, archive)
+                if archive.used:  # a re-creation that alerted on its own took its place
+                    state.opened = False
         self._absorb(state, f)
         if _evaluated(f.compliance_status) == PASSED:
+            if opened(state) and state.dedup_key is not None:  # and resolves its incident
+                self._closing.append(Closure(f.id, state.dedup_key, Reason.PASSED,
+                                             f.partition_key, f))
             state.notified = False  # PASSED ends the failing period, archived or not
             state.opened = False
             state.dedup_key = None
             if not first_archive and state.archived_at is not None:
                 # and its archive carries no risk on: a later failure is new risk.
                 self._use_own_archive(f.partition_key, f.id, state.archived_at)
+        elif first_archive and not predecessor and opened(state) and state.dedup_key is not None:
+            # No re-creation may continue it, its own reactivation may: its incident
+            # closes in time as a predecessor's does.
+            self._store_archive(f.partition_key, Archive(
+                f.id, f.standard, f.updated_at, state.severity, state.dedup_key,
+                finding=f, predecessor=False))
         self._save(f.id, state)
         outcome = Outcome(origin, _D_SILENT, f, reason=_R_ARCHIVED)
         outcome.dedup_key = state.dedup_key
@@ -243,9 +350,9 @@ class Decider:
         if state.record_state == ARCHIVED and state.archived_at is not None:
             archived_at = state.archived_at
             state.archived_at = None
-            self._use_own_archive(f.partition_key, f.id, archived_at)
+            own = self._use_own_archive(f.partition_key, f.id, archived_at)
             if alertable and state.last_status in FAILING:
-                return self._reactivated(f, origin, state, archived_at)  # rule 5
+                return self._reactivated(f, origin, state, archived_at, own)  # rule 5
         if alertable and not state.notified:
             outcome = self._unnotified(f, origin, state)  # rule 6
         elif alertable:
@@ -273,7 +380,8 @@ class Decider:
         return outcome
 
     def _reactivated(
-        self, f: Finding, origin: Origin, state: FindingState, archived_at: int
+        self, f: Finding, origin: Origin, state: FindingState, archived_at: int,
+        own: Archive | None,
     ) -> Outcome:
         # As a re-creation (rule 6): a continuation of the risk it had before its archive,
         # unless more severe now. Not notified before means muted (it carries on muted)
@@ -286,7 +394,12 @@ class Decider:
                               reason=Reason.REACTIVATED_AFTER_ARCHIVE, pairing=pairing)
         else:
             # Beyond the window, or more severe: a new incident under a key of its own
-            # (the old key would fold the escalation into the incident already open).
+            # (the old key would fold the escalation into the incident already open),
+            # and the one still open is superseded.
+            if opened(state) and state.dedup_key is not None:
+                self._closing.append(Closure(
+                    f.id, state.dedup_key, Reason.SUPERSEDED, f.partition_key,
+                    own.finding if own is not None and own.finding is not None else f))
             state.dedup_key = None
             state.opened = True
             outcome = Outcome(origin, Decision.ALERT, f, kind=AlertKind.REACTIVATED)
@@ -303,13 +416,14 @@ class Decider:
             return Outcome(origin, Decision.ALERT, f, kind=AlertKind.REGRESSION)
         if state.last_status is not None or not f.is_control_finding:
             return Outcome(origin, Decision.ALERT, f, kind=AlertKind.NEW)
-        pairing, severity, inherited, was_opened = self._pair_with_archive(f)
-        if pairing is None and f.standard is None:
-            pairing, severity, inherited, was_opened = self._pair_with_live(f)
-        if pairing is None:
+        paired = self._pair_with_archive(f)
+        if paired is None and f.standard is None:
+            paired = self._pair_with_live(f)
+        if paired is None:
             self._record_recreation(f)
             return Outcome(origin, Decision.ALERT, f, kind=AlertKind.NEW)
-        if int(f.severity) > severity:
+        pairing, escalated, inherited, was_opened = paired
+        if escalated:  # its predecessors' incidents were closed, `superseded`
             return Outcome(origin, Decision.ALERT, f, kind=AlertKind.NEW)
         state.dedup_key = inherited  # the re-creation takes its predecessor's place
         state.opened = was_opened
@@ -328,9 +442,11 @@ class Decider:
                 found.append((key, bucket))
         return found
 
-    def _pair_with_archive(self, f: Finding) -> tuple[Pairing | None, int, str, bool]:
+    def _pair_with_archive(self, f: Finding) -> tuple[Pairing, bool, str, bool] | None:
         """Rule 6: the nearest unused predecessor of the same pairing identity; for a
-        consolidated finding with none, the per-standard archives of its partition key."""
+        consolidated finding with none, the per-standard archives of its partition key.
+        Returns the pairing, whether `f` is more severe (it then opens an incident of
+        its own), and the incident it inherits otherwise: key, and whether open."""
         window = self.policy.window_ms
         # Archives older than this never pair (see `pairing_horizon`), swept or not.
         oldest = pairing_horizon(self.policy, f.updated_at)
@@ -338,51 +454,64 @@ class Decider:
         for key, bucket in self._buckets_near(f.partition_key, f.created_at):
             for archive in bucket.archives:
                 gap = abs(f.created_at - archive.archived_at)
-                if (not archive.used and gap <= window and archive.finding_id != f.id
-                        and archive.archived_at >= oldest):
+                if (not archive.used and archive.predecessor and gap <= window
+                        and archive.finding_id != f.id and archive.archived_at >= oldest):
                     candidates.append((gap, archive.finding_id, archive, key, bucket))
         same = [c for c in candidates if c[2].standard == f.standard]
         if same:
-            _, _, archive, key, bucket = min(same, key=lambda c: (c[0], c[1]))
-            archive.used = True
-            self.store.buckets.put(key, bucket)
-            pairing = Pairing(f.id, archive.finding_id, f.partition_key, archive.archived_at,
-                              f.created_at, Reason.RECREATED_AFTER_ARCHIVE)
-            return pairing, archive.severity, archive.dedup_key, archive.opened
-        switched = [c for c in candidates if f.standard is None and c[2].standard is not None]
-        if not switched:
-            return None, 0, "", False
-        # One consolidated finding replaces every per-standard one: use them all up.
-        for _, _, archive, key, bucket in switched:
-            archive.used = True
-            self.store.buckets.put(key, bucket)
-        _, _, first, _, _ = min(switched, key=lambda c: (c[0], c[1]))
+            used = [min(same, key=lambda c: (c[0], c[1]))]
+            reason = Reason.RECREATED_AFTER_ARCHIVE
+        else:
+            # One consolidated finding replaces every per-standard one: use them all up.
+            used = sorted((c for c in candidates if f.standard is None and c[2].standard is not None),
+                          key=lambda c: (c[0], c[1]))
+            if not used:
+                return None
+            used = used[:1] + sorted(used[1:], key=lambda c: c[1])
+            reason = Reason.CONSOLIDATION_SWITCH
+        first = used[0][2]
         pairing = Pairing(f.id, first.finding_id, f.partition_key, first.archived_at,
-                          f.created_at, Reason.CONSOLIDATION_SWITCH)
-        return pairing, max(c[2].severity for c in switched), first.dedup_key, first.opened
+                          f.created_at, reason)
+        escalated = int(f.severity) > max(c[2].severity for c in used)
+        inherited, was_opened = first.dedup_key, first.opened
+        for c in used:
+            c[2].used = True
+        self._succeeded([c[2] for c in used], f.partition_key, inherited=not escalated)
+        for _, _, _, key, bucket in used:
+            self.store.buckets.put(key, bucket)
+        return pairing, escalated, inherited, was_opened
 
-    def _pair_with_live(self, f: Finding) -> tuple[Pairing | None, int, str, bool]:
+    def _pair_with_live(self, f: Finding) -> tuple[Pairing, bool, str, bool] | None:
         """Consolidation switch, consolidated finding first: per-standard findings of the
-        same partition key are still ACTIVE, failing and notified."""
+        same partition key are still ACTIVE, failing and notified. They are replaced:
+        the first one's incident carries on under `f` unless `f` is more severe; the
+        others' close, `superseded`."""
         live = self.store.live.get(f.partition_key)
         if live is None or not live.members:
-            return None, 0, "", False
+            return None
         members = {m: live.members[m] for m in live.members if self._current(m, f) is not None}
         if not members:
-            return None, 0, "", False
+            return None
         first_id = min(members)
         first = members[first_id]
-        severity = max(m.severity for m in members.values())
-        for member_id in members:
+        escalated = int(f.severity) > max(m.severity for m in members.values())
+        for member_id in sorted(members):
             member = self.store.findings.get(member_id)
             if member is not None:
+                entry = members[member_id]
+                if entry.opened and (escalated or member_id != first_id):
+                    shown = msgspec.structs.replace(f, id=member_id, severity=Severity(entry.severity),
+                                                    generator_id=member.standard or f.generator_id)
+                    self._closing.append(Closure(member_id, entry.dedup_key, Reason.SUPERSEDED,
+                                                 f.partition_key, shown))
                 member.superseded = True
                 member.live = False
+                member.opened = False  # its incident is `f`'s now, or closed
                 self.store.findings.put(member_id, member)
         self.store.live.delete(f.partition_key)
         pairing = Pairing(f.id, first_id, f.partition_key, None, f.created_at,
                           Reason.CONSOLIDATION_SWITCH)
-        return pairing, severity, first.dedup_key, first.opened
+        return pairing, escalated, first.dedup_key, first.opened
 
     def _record_archive(self, partition_key: str, archive: Archive) -> list[Pairing]:
         """Store a new predecessor; if a re-creation already alerted for it, that is a
@@ -404,16 +533,26 @@ class Decider:
             _, _, rec, key, bucket = best
             rec.paired = True
             archive.used = True
+            # The re-creation alerted with an incident of its own: this one's closes.
+            if archive.opened:
+                self._closing.append(self._closure(archive, partition_key, Reason.SUPERSEDED))
+                archive.opened = False
             self.store.buckets.put(key, bucket)
             if rec.severity <= archive.severity:
                 late.append(Pairing(rec.finding_id, archive.finding_id, partition_key,
                                     archive.archived_at, rec.created_at, Reason.LATE_PAIR))
-        key = bucket_key(partition_key, bucket_start(archive.archived_at, self.policy.bucket_ms))
-        bucket = self.store.buckets.get(key) or Bucket(self.p, bucket_start(
-            archive.archived_at, self.policy.bucket_ms))
+        self._store_archive(partition_key, archive)
+        return late
+
+    def _store_archive(self, partition_key: str, archive: Archive) -> None:
+        """Add `archive` to its bucket; an open incident gets its closing timer."""
+        start = bucket_start(archive.archived_at, self.policy.bucket_ms)
+        key = bucket_key(partition_key, start)
+        bucket = self.store.buckets.get(key) or Bucket(self.p, start)
         bucket.archives.append(archive)
         self.store.buckets.put(key, bucket)
-        return late
+        if archive.opened and not archive.used:
+            heappush(self.timers, self._timer(partition_key, archive))
 
     def _record_recreation(self, f: Finding) -> None:
         start = bucket_start(f.created_at, self.policy.bucket_ms)
@@ -424,16 +563,20 @@ class Decider:
         )
         self.store.buckets.put(key, bucket)
 
-    def _use_own_archive(self, partition_key: str, finding_id: str, archived_at: int) -> None:
-        """A finding that is ACTIVE again can no longer be another's predecessor."""
+    def _use_own_archive(self, partition_key: str, finding_id: str,
+                         archived_at: int) -> Archive | None:
+        """A finding that is ACTIVE again (or PASSED) can no longer be another's
+        predecessor, and its incident, if open, is its own again: returns its archive."""
         key = bucket_key(partition_key, bucket_start(archived_at, self.policy.bucket_ms))
         bucket = self.store.buckets.get(key)
         if bucket is None:
-            return
+            return None
         for archive in bucket.archives:
             if archive.finding_id == finding_id and not archive.used:
                 archive.used = True
                 self.store.buckets.put(key, bucket)
+                return archive
+        return None
 
     # -- state ----------------------------------------------------------------------
 

@@ -201,6 +201,7 @@ class PartitionEngine:
         held_archives = self._held_archives
         hold = self.policy.hold_ms
         first_sight = self.policy.first_sight_age_ms
+        timers = self.decider.timers
         # A possible re-creation waits one hold more, so that archives stamped up to a
         # hold after it have surely arrived and can be decided first (`_archives_before`).
         waits_after = None if up_to is None else up_to - hold
@@ -219,6 +220,10 @@ class PartitionEngine:
                 self._waiting_until = top[0] + hold
                 break
             heappop(heap)
+            # Incidents whose closing deadline is before this event: nothing stamped at or
+            # before it is still to be decided (docs/design.md §3, closing).
+            closes = self.decider.close_due(top[0]) if timers and timers[0][0] < top[0] else None
+            first = len(out)
             if held_archives:
                 if may_pair:
                     if hold and finding.partition_key in held_archives:
@@ -234,6 +239,8 @@ class PartitionEngine:
             outcome = decide(finding, origin)
             outcome.seq = seq
             out.append(outcome)
+            if closes:  # they go out with the first decision taken after them
+                out[first].closes = (*closes, *out[first].closes)
             if expiry is not None and finding.id not in tracked:
                 # Its state's `updated_at` is at least this (it only grows).
                 tracked.add(finding.id)
@@ -297,10 +304,12 @@ class PartitionEngine:
         the tumbling windows of archives too). Returns the number of entries removed."""
         policy = self.policy
         removed = 0
-        # Every event still to be decided (late ones aside) has UpdatedAt >= watermark
-        # - hold, and treats states and archives older than its own horizons as gone
-        # (`Decider._current`, `pairing_horizon`): what is swept here is gone for all.
-        finding_horizon = watermark - policy.hold_ms - policy.state_ttl_ms
+        # Every event still to be decided (late ones aside) has UpdatedAt > watermark
+        # - 2 holds (a possible re-creation waits a second hold), and treats states and
+        # archives older than its own horizons as gone (`Decider._current`,
+        # `pairing_horizon`): what is swept here is gone for all.
+        settled = watermark - 2 * policy.hold_ms
+        finding_horizon = settled - policy.state_ttl_ms
         if not self._indexed:
             if self._scanned_at is None or watermark - self._scanned_at >= UNINDEXED_SCAN_EVERY_MS:
                 self._scanned_at = watermark
@@ -328,10 +337,12 @@ class PartitionEngine:
                     heappush(expiry, (current.updated_at, key))
         if not buckets:
             return removed
-        bucket_horizon = pairing_horizon(policy, watermark - policy.hold_ms)
-        # Buckets are few (archives of the last days): a plain scan.
+        bucket_horizon = pairing_horizon(policy, settled)
+        # Buckets are few (archives of the last days): a plain scan. One that holds an
+        # incident still to close stays until its timer has fired.
         for key, bucket in self.store.buckets.items():
-            if bucket.p == self.p and bucket.start + policy.bucket_ms <= bucket_horizon:
+            if (bucket.p == self.p and bucket.start + policy.bucket_ms <= bucket_horizon
+                    and not any(a.opened and not a.used for a in bucket.archives)):
                 self.store.buckets.delete(key)
                 removed += 1
         return removed

@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from streams.core.decide import Decision, Outcome, Pairing
+from streams.core.decide import Closure, Decision, Outcome, Pairing, Reason
+from streams.core.findings import Finding
 from streams.core.state import Origin
 
 # Kafka record headers: the file and line a replayed record came from; the reason a
@@ -89,14 +90,48 @@ def _headers_size(headers: Headers) -> int:
     return sum(len(name) + len(value) for name, value in headers)
 
 
+def alert_records(outcome: Outcome, emitted_at_ms: int) -> list[dict[str, Any]]:
+    """Every `securityhub.alerts` record of one decision, in order: the incidents it
+    closed, then its own alert or resolve, if any."""
+    records = [closure_record(c, emitted_at_ms) for c in outcome.closes]
+    if outcome.decision is Decision.ALERT or outcome.decision is Decision.RESOLVED:
+        records.append(alert_record(outcome, emitted_at_ms))
+    return records
+
+
 def alert_record(outcome: Outcome, emitted_at_ms: int) -> dict[str, Any]:
-    """`securityhub.alerts`: one per `alert` and per `resolved`."""
+    """`securityhub.alerts`: one per `alert` and per `resolved` (reason `passed`)."""
     f = outcome.finding
     assert f is not None and outcome.kind is not None
+    record = _alert_fields(f, f.id, outcome.dedup_key, outcome.kind.value, emitted_at_ms)
+    if outcome.decision is Decision.RESOLVED:
+        record["reason"] = Reason.PASSED.value
+    return record
+
+
+def closure_record(closure: Closure, emitted_at_ms: int) -> dict[str, Any]:
+    """`securityhub.alerts`: the `resolved` of an incident closed without its finding
+    passing; reason `archived` or `superseded` (docs/design.md §3, closing). It shows
+    the closed finding's archive where kept, else what its partition key says."""
+    f = closure.finding
+    if f is None:
+        account, region, control, resource = [*closure.key.split("|", 3), "", "", ""][:4]
+        record: dict[str, Any] = {
+            "dedup_key": closure.dedup_key, "kind": "resolved", "finding_id": closure.finding_id,
+            "account": account, "region": region, "control_id": control,
+            "resource_id": resource, "emitted_at": iso(emitted_at_ms)}
+    else:
+        record = _alert_fields(f, closure.finding_id, closure.dedup_key, "resolved", emitted_at_ms)
+    record["reason"] = closure.reason.value
+    return record
+
+
+def _alert_fields(f: Finding, finding_id: str, key: str | None, kind: str,
+                  emitted_at_ms: int) -> dict[str, Any]:
     return {
-        "dedup_key": outcome.dedup_key,
-        "kind": outcome.kind.value,
-        "finding_id": f.id,
+        "dedup_key": key,
+        "kind": kind,
+        "finding_id": finding_id,
         "account": f.account,
         "region": f.region,
         "control_id": f.control_id,
@@ -149,6 +184,9 @@ def decision_record(outcome: Outcome) -> dict[str, Any]:
         record["gap_seconds"] = outcome.pairing.gap_seconds
     if outcome.late_pairs:
         record["late_pairs"] = [p.finding_id for p in outcome.late_pairs]
+    if outcome.closes:
+        record["closes"] = [{"finding_id": c.finding_id, "dedup_key": c.dedup_key,
+                             "reason": c.reason.value} for c in outcome.closes]
     if f is not None:
         record["updated_at"] = f.updated_at_text
         record["control_id"] = f.control_id

@@ -69,6 +69,12 @@ class Archive:
     # Whether an incident is open under `dedup_key`; a re-creation that continues this
     # one inherits it. Archives written before this field counted as opened.
     opened: bool = True
+    # The ARCHIVED event that made it: what the `resolved` alert of its incident shows
+    # when the incident closes (docs/design.md §3, closing). None: written before.
+    finding: Finding | None = None
+    # False: an archived finding no re-creation may pair with (another product's, or a
+    # control finding replaced by a consolidated one) kept only for its open incident.
+    predecessor: bool = True
 
 
 @dataclass(slots=True)

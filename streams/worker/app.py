@@ -45,7 +45,7 @@ from streams.core.keys import partitions_for
 from streams.core.records import (
     HEADER_APP_ID,
     Headers,
-    alert_record,
+    alert_records,
     deadletter_headers,
     fit_dead_letter,
     kafka_decision_record,
@@ -603,9 +603,9 @@ class Worker:
         mark = self.mark
         metrics.decided_all(outcomes)
         for outcome in outcomes:
-            if outcome.decision in (Decision.ALERT, Decision.RESOLVED):
-                record = alert_record(outcome, emitted)
-                out.add_keyed(alerts, (outcome.dedup_key or "").encode(), orjson.dumps(record), mark)
+            if outcome.closes or outcome.decision in (Decision.ALERT, Decision.RESOLVED):
+                for record in alert_records(outcome, emitted):
+                    out.add_keyed(alerts, record["dedup_key"].encode(), orjson.dumps(record), mark)
             pairings = [outcome.pairing] if outcome.pairing else []
             for pairing in [*pairings, *outcome.late_pairs]:
                 out.add_keyed(suppressed, pairing.key.encode(), orjson.dumps(suppressed_record(pairing)),

@@ -77,6 +77,10 @@ DECISIONS_BY_ACCOUNT = Counter(
 ALERTS = Counter(
     "flapguard_alerts", "Records written to the alerts topic (alerts and resolutions)",
     ["kind", "severity", "control_id"], registry=REGISTRY)
+CLOSED = Counter(
+    "flapguard_incidents_closed", "Incidents closed without their finding passing: archived "
+    "(nothing continued it in time) or superseded (a successor opened its own)", ["reason"],
+    registry=REGISTRY)
 SUPPRESSIONS = Counter(
     "flapguard_suppressions", "Suppressed re-creations, by reason and control",
     ["reason", "control_id"], registry=REGISTRY)
@@ -298,6 +302,11 @@ def decided_all(outcomes: Iterable[Outcome]) -> None:
         for pairing in outcome.late_pairs:
             _child(LATE_PAIRS, control_of(f)).inc()
             _gap(pairing.reason.value, pairing.gap_seconds)
+        for closure in outcome.closes:
+            _child(CLOSED, closure.reason.value).inc()
+            shown = closure.finding
+            if shown is not None:
+                _child(ALERTS, Decision.RESOLVED.value, shown.severity.name, control_of(shown)).inc()
     for (decision, reason), count in tally.items():
         _child(DECISIONS, decision, reason_label(reason)).inc(count)
 

@@ -30,8 +30,15 @@ def lifecycle() -> list[dict[str, Any]]:
     """Stories of the alert lifecycle (docs/design.md §3), in event time after the
     generated history: an escalated reactivation and its resolve, a bootstrap that
     passes (no resolve), a re-creation stamped a minute before its predecessor's
-    archive, and a resolve of the incident it carries on."""
+    archive, and a resolve of the incident it carries on; then incidents that close
+    (§3, closing): a re-creation more severe than its predecessor (`superseded`), and a
+    finding archived for good, once event time is past its window (`archived`)."""
     low = finding("escalates", created=at(hours=-2), severity="LOW")
+    mild = finding("mild", created=at(hours=-1), control="RDS.13", severity="LOW")
+    severe = finding("severe", created=at(hours=8), control="RDS.13", severity="CRITICAL")
+    deleted = finding("deleted", created=at(hours=-1), control="EC2.8", resource=OTHER_RESOURCE)
+    later = finding("later", created=at(hours=60), control="S3.1", resource=OTHER_RESOURCE,
+                    status="PASSED")
     boot = finding("boot", created=at(days=-60), updated=at(), resource=OTHER_RESOURCE)
     old = finding("old", created=at(hours=-1), control="RDS.27")
     new = finding("new", created=at(hours=3, minutes=-1), control="RDS.27")
@@ -45,6 +52,11 @@ def lifecycle() -> list[dict[str, Any]]:
         evolve(low, updated=at(hours=4), record_state="ACTIVE", status="PASSED",
                severity="CRITICAL", reason_codes=[]),
         evolve(new, updated=at(hours=5), status="PASSED"),
+        mild, deleted,
+        archived(mild, at(hours=6)),
+        archived(deleted, at(hours=6), status="FAILED"),
+        severe,
+        later,
     ]
 
 
@@ -68,6 +80,8 @@ def test_the_alerts_topic_of_a_worker_holds_what_alerts_out_writes(
     expected = by_key([orjson.loads(line) for line in alerts_out.read_bytes().splitlines()])
     kinds = {r["kind"] for records in expected.values() for r in records}
     assert {"new", "reactivated", "resolved"} <= kinds
+    reasons = {r.get("reason") for records in expected.values() for r in records}
+    assert {"passed", "superseded", "archived"} <= reasons
     decided = len(decisions_out.read_bytes().splitlines())
 
     asyncio.run(replay_async([path], bootstrap=run.bootstrap, topic=run.topics["findings"],

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from msgspec.structs import replace
+
 from streams.core.findings import Finding
 from streams.core.keys import dedup_key
-from streams.core.policy import Policy
+from streams.core.policy import Policy, Severity
 
 FAILING = ("FAILED", "WARNING")
 
@@ -41,6 +43,7 @@ class Known:
     dedup_key: str | None = None
     archived_at: int | None = None
     superseded: bool = False  # replaced by a consolidated finding
+    archive_event: Finding | None = None  # its first ARCHIVED event since it was ACTIVE
 
 
 @dataclass
@@ -80,6 +83,8 @@ class Decided:
     late_pairs: list[str] = field(default_factory=list)
     suppressed: list[dict[str, Any]] = field(default_factory=list)
     alert: dict[str, Any] | None = None
+    # Incidents closed as it was taken (§3, closing), as alert records, in order.
+    closes: list[dict[str, Any]] = field(default_factory=list)
 
     def view(self) -> dict[str, Any]:
         out: dict[str, Any] = {"decision": self.decision, "label": self.label}
@@ -90,7 +95,14 @@ class Decided:
             out["gap_seconds"] = self.gap_seconds
         if self.late_pairs:
             out["late_pairs"] = self.late_pairs
+        if self.closes:
+            out["closes"] = [(c["finding_id"], c["dedup_key"], c["reason"]) for c in self.closes]
         return out
+
+    @property
+    def alerts(self) -> list[dict[str, Any]]:
+        """Its records on the alerts topic: the closed incidents', then its own."""
+        return self.closes + ([self.alert] if self.alert is not None else [])
 
 
 def evaluated(status: str | None) -> str | None:
@@ -107,6 +119,12 @@ def alert_fields(f: Finding, kind: str, key: str | None) -> dict[str, Any]:
         "updated_at": f.updated_at_text, "product_arn": f.product_arn,
         "generator_id": f.generator_id, "workflow_status": f.workflow_status,
     }
+
+
+def closed_fields(shown: Finding, finding_id: str, key: str, reason: str) -> dict[str, Any]:
+    """The `resolved` record of an incident closed without its finding passing: the
+    finding as last seen archived (§3, closing)."""
+    return {**alert_fields(shown, "resolved", key), "finding_id": finding_id, "reason": reason}
 
 
 def iso_ms(ms: int | None) -> str | None:
@@ -147,11 +165,43 @@ class Model:
         for i, f in enumerate(history):
             if decided[i] is not None:
                 continue
+            closed = self.close_archived(f.updated_at)
+            order = []
             if self.policy.hold_ms and self.may_pair(f):
-                for j in self.archives_after(history, decided, i):
-                    decided[j] = self.decide(history[j])
-            decided[i] = self.decide(f)
+                order = self.archives_after(history, decided, i)
+            for j in [*order, i]:
+                decided[j] = self.decide(history[j])
+            first = decided[order[0] if order else i]
+            assert first is not None
+            first.closes[:0] = closed  # they go out with the first decision after them
         return [d for d in decided if d is not None]
+
+    def close_archived(self, now: int) -> list[dict[str, Any]]:
+        """§3, closing: before an event stamped `now`, every archived finding whose open
+        incident nothing can continue any more (its archive is older than `now` by more
+        than the window plus the first-sight age) has it closed, `archived`."""
+        limit = self.policy.window_ms + self.policy.first_sight_age_ms
+        due = sorted(
+            (k.archived_at + limit, k.key, finding_id) for finding_id, k in self.known.items()
+            if k.record_state == "ARCHIVED" and k.archived_at is not None and k.opened
+            and k.archived_at + limit < now)
+        closed = []
+        for _, _key, finding_id in due:
+            k = self.known[finding_id]
+            assert k.archive_event is not None and k.dedup_key is not None
+            k.opened = False
+            for p in self.predecessors:
+                if p.finding_id == finding_id and p.archived_at == k.archived_at:
+                    p.used = True
+            closed.append(closed_fields(k.archive_event, finding_id, k.dedup_key, "archived"))
+        return closed
+
+    def successor_took(self, p: Predecessor) -> None:
+        """A successor took `p`'s place: its finding's incident is no longer its own."""
+        p.used = True
+        k = self.known.get(p.finding_id)
+        if k is not None and k.archived_at == p.archived_at:
+            k.opened = False
 
     def may_pair(self, f: Finding) -> bool:
         return (f.record_state != "ARCHIVED" and f.is_control_finding
@@ -226,24 +276,32 @@ class Model:
         if last is None:
             last = evaluated(f.previous_compliance_status)
         late: list[dict[str, Any]] = []
+        closes: list[dict[str, Any]] = []
         if known.archived_at is None:  # the first archive since it was last ACTIVE
             known.archived_at = f.updated_at
+            known.archive_event = f
             if f.is_control_finding and last in FAILING and not known.superseded:
                 severity = known.severity if known.last_status in FAILING else int(f.severity)
                 predecessor = Predecessor(
                     f.id, f.partition_key, f.standard, f.updated_at, severity,
                     known.dedup_key or dedup_key(f.id, f.updated_at_text), known.opened)
                 late = self.late_pair(predecessor)
+                if predecessor.used:  # a re-creation that alerted on its own took its place
+                    if predecessor.opened:
+                        closes.append(closed_fields(f, f.id, predecessor.dedup_key, "superseded"))
+                    known.opened = predecessor.opened = False
                 self.predecessors.append(predecessor)
         self.fold(known, f)
         if evaluated(f.compliance_status) == "PASSED":  # PASSED ends the failing period
+            if known.opened and known.dedup_key is not None:  # and resolves its incident
+                closes.append(closed_fields(f, f.id, known.dedup_key, "passed"))
             known.notified = known.opened = False
             known.dedup_key = None
             for p in self.predecessors:  # and no risk carries on from its archive
                 if p.finding_id == f.id:
                     p.used = True
         return Decided("silent", "archived", known.dedup_key,
-                       late_pairs=[p["finding_id"] for p in late], suppressed=late)
+                       late_pairs=[p["finding_id"] for p in late], suppressed=late, closes=closes)
 
     def late_pair(self, predecessor: Predecessor) -> list[dict[str, Any]]:
         """A predecessor after a re-creation that already alerted for it: a late pair."""
@@ -301,7 +359,7 @@ class Model:
             if known.opened:  # a resolve closes only an incident that was opened
                 key = known.dedup_key or dedup_key(f.id, f.updated_at_text)
                 decided = Decided("resolved", "resolved", key,
-                                  alert=alert_fields(f, "resolved", key))
+                                  alert={**alert_fields(f, "resolved", key), "reason": "passed"})
             else:
                 decided = Decided("silent", "passed")
             known.notified = known.opened = False
@@ -328,9 +386,13 @@ class Model:
                               suppressed=[suppressed_fields(f.id, f.id, f.partition_key, archived_at,
                                                             f.updated_at, "reactivated_after_archive")])
         else:
+            closes = []
+            if known.opened and known.dedup_key is not None:  # the old one is superseded
+                shown = known.archive_event or f
+                closes.append(closed_fields(shown, f.id, known.dedup_key, "superseded"))
             known.dedup_key = None  # a new incident
             known.opened = True
-            decided = Decided("alert", "reactivated")
+            decided = Decided("alert", "reactivated", closes=closes)
         known.notified = True
         self.fold(known, f)
         decided.dedup_key = known.dedup_key
@@ -352,15 +414,17 @@ class Model:
             self.recreations.append(Recreation(f.id, f.partition_key, f.standard, f.created_at,
                                                int(f.severity)))
             return Decided("alert", "new")
-        severity, inherited, opened, decided = paired
+        severity, inherited, opened, decided, closes = paired
         if int(f.severity) > severity:
-            return Decided("alert", "new")
+            return Decided("alert", "new", closes=closes)
         known.dedup_key = inherited
         known.opened = opened
         decided.dedup_key = inherited
         return decided
 
-    def pair_with_archive(self, f: Finding) -> tuple[int, str, bool, Decided] | None:
+    def pair_with_archive(
+        self, f: Finding
+    ) -> tuple[int, str, bool, Decided, list[dict[str, Any]]] | None:
         window = self.policy.window_ms
         oldest = f.updated_at - self.policy.first_sight_age_ms - window
         options = [p for p in self.predecessors
@@ -371,18 +435,26 @@ class Model:
             return min(ps, key=lambda p: (abs(f.created_at - p.archived_at), p.finding_id))
 
         same = [p for p in options if p.standard == f.standard]
-        if same:
-            p = nearest(same)
-            p.used = True
-            return p.severity, p.dedup_key, p.opened, self.paired(f, p, "recreated_after_archive")
         switched = [p for p in options if f.standard is None and p.standard is not None]
-        if not switched:
+        if same:
+            used, reason = [nearest(same)], "recreated_after_archive"
+        elif switched:  # one consolidated finding replaces every per-standard one
+            first = nearest(switched)
+            used = [first, *sorted((p for p in switched if p is not first), key=lambda p: p.finding_id)]
+            reason = "consolidation_switch"
+        else:
             return None
-        for p in switched:  # one consolidated finding replaces every per-standard one
-            p.used = True
-        p = nearest(switched)
-        return (max(s.severity for s in switched), p.dedup_key, p.opened,
-                self.paired(f, p, "consolidation_switch"))
+        first = used[0]
+        severity = max(p.severity for p in used)
+        escalated = int(f.severity) > severity
+        # Closed: every open incident of theirs but the one `f` carries on (none if
+        # `f` is more severe: it opens its own).
+        closes = [closed_fields(p_shown(self.known, p), p.finding_id, p.dedup_key, "superseded")
+                  for p in used if p.opened and (escalated or p is not first)]
+        inherited, opened = first.dedup_key, first.opened
+        for p in used:
+            self.successor_took(p)
+        return severity, inherited, opened, self.paired(f, first, reason), closes
 
     def paired(self, f: Finding, p: Predecessor, reason: str) -> Decided:
         record = suppressed_fields(f.id, p.finding_id, f.partition_key, p.archived_at,
@@ -390,7 +462,9 @@ class Model:
         return Decided("suppressed", reason, paired_finding_id=p.finding_id,
                        gap_seconds=(f.created_at - p.archived_at) / 1000, suppressed=[record])
 
-    def pair_with_live(self, f: Finding) -> tuple[int, str, bool, Decided] | None:
+    def pair_with_live(
+        self, f: Finding
+    ) -> tuple[int, str, bool, Decided, list[dict[str, Any]]] | None:
         """Consolidated finding first: per-standard findings of its partition key still
         ACTIVE, failing and notified."""
         live = {
@@ -402,13 +476,31 @@ class Model:
         }
         if not live:
             return None
+        first = min(live)
+        severity = max(k.severity for k in live.values())
+        escalated = int(f.severity) > severity
+        closes = []
+        for finding_id in sorted(live):
+            k = live[finding_id]
+            if k.opened and (escalated or finding_id != first):
+                assert k.dedup_key is not None
+                shown = replace(f, id=finding_id, severity=Severity(k.severity),
+                                generator_id=k.standard or f.generator_id)
+                closes.append(closed_fields(shown, finding_id, k.dedup_key, "superseded"))
+        inherited, opened = live[first].dedup_key, live[first].opened
         for k in live.values():
             k.superseded = True
-        first = min(live)
+            k.opened = False  # its incident is `f`'s now, or closed
         record = suppressed_fields(f.id, first, f.partition_key, None, f.created_at,
                                    "consolidation_switch")
         decided = Decided("suppressed", "consolidation_switch", paired_finding_id=first,
                           gap_seconds=None, suppressed=[record])
-        key = live[first].dedup_key
-        assert key is not None
-        return max(k.severity for k in live.values()), key, live[first].opened, decided
+        assert inherited is not None
+        return severity, inherited, opened, decided, closes
+
+
+def p_shown(known: dict[str, Known], p: Predecessor) -> Finding:
+    """What a predecessor's closing record shows: its finding's archive."""
+    shown = known[p.finding_id].archive_event
+    assert shown is not None
+    return shown

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from streams.core.decide import Decision, Outcome
 from streams.core.engine import PartitionEngine
 from streams.core.policy import Policy, Severity
-from streams.core.records import alert_record, suppressed_record
+from streams.core.records import alert_records, suppressed_record
 from streams.core.state import Origin, Store
 from tests.builders import (
     CIS140,
@@ -199,12 +199,13 @@ def real_view(o: Outcome) -> dict[str, Any]:
         out["gap_seconds"] = o.pairing.gap_seconds
     if o.late_pairs:
         out["late_pairs"] = [p.finding_id for p in o.late_pairs]
+    if o.closes:
+        out["closes"] = [(c.finding_id, c.dedup_key, c.reason.value) for c in o.closes]
     return out
 
 
 def real_alerts(outcomes: list[Outcome]) -> list[dict[str, Any]]:
-    records = [alert_record(o, 0) for o in outcomes
-               if o.decision in (Decision.ALERT, Decision.RESOLVED)]
+    records = [record for o in outcomes for record in alert_records(o, 0)]
     for record in records:
         del record["emitted_at"]
     return records
@@ -229,7 +230,7 @@ def test_the_backtest_decides_every_history_as_the_reference_model(
     real = backtest([e.obj for e in events], policy=policy)
     model = model_decisions(events, policy)
     assert [real_view(o) for o in real] == [d.view() for d in model]
-    assert real_alerts(real) == [d.alert for d in model if d.alert is not None]
+    assert real_alerts(real) == [record for d in model for record in d.alerts]
     assert real_suppressed(real) == [s for d in model for s in d.suppressed]
 
 
@@ -371,3 +372,66 @@ def test_every_alertable_failing_period_alerts_unless_it_continues_notified_risk
     policy = make_policy(min_severity)
     show(events, policy)
     assert violations(decided_in_order(events, policy), policy) == []
+
+
+# -- every opened incident ends ---------------------------------------------------------------
+
+
+def unended(decided: list[Outcome], policy: Policy) -> list[str]:
+    """Safety and liveness of incidents (docs/design.md §3, closing), from the outputs
+    alone: a `resolved` (of a passing finding, or a closure) ends only an incident that
+    is open, and at the end of the history every incident still open belongs to a
+    finding still failing, or archived too recently for its incident to have closed
+    (nothing later than its archive plus the window and the first-sight age was
+    decided)."""
+    owner: dict[str, str] = {}  # open incident -> the finding carrying it
+    found: list[str] = []
+    last: dict[str, Any] = {}  # finding -> its last event
+    archived_since: dict[str, int] = {}  # finding -> its first archive since ACTIVE
+    latest = 0
+
+    def end(key: str | None, why: str) -> None:
+        if key not in owner:
+            found.append(f"{why} ends {key}, which is not open")
+        owner.pop(key or "", None)
+
+    for o in decided:
+        f = o.finding
+        assert f is not None
+        for closure in o.closes:
+            end(closure.dedup_key, f"closing {closure.finding_id} ({closure.reason})")
+        if o.reason == "duplicate_event":
+            continue
+        latest = max(latest, f.updated_at)
+        last[f.id] = f
+        if f.record_state == "ARCHIVED":
+            archived_since.setdefault(f.id, f.updated_at)
+        else:
+            archived_since.pop(f.id, None)
+        if o.decision is Decision.ALERT:
+            assert o.dedup_key is not None
+            owner[o.dedup_key] = f.id
+        elif o.decision is Decision.RESOLVED:
+            end(o.dedup_key, f"the resolve of {f.id}")
+        elif o.decision is Decision.SUPPRESSED and o.dedup_key in owner:
+            owner[o.dedup_key] = f.id  # it carries the incident on
+    limit = policy.window_ms + policy.first_sight_age_ms
+    for key, finding_id in owner.items():
+        f = last[finding_id]
+        failing = f.compliance_status in (None, "FAILED", "WARNING", "NOT_AVAILABLE")
+        if f.record_state == "ARCHIVED":
+            if archived_since[finding_id] + limit < latest:
+                found.append(f"{key} of {finding_id} still open, archived long ago")
+        elif not failing:
+            found.append(f"{key} of {finding_id} still open, the finding passed")
+    return found
+
+
+@DIFFERENTIAL
+@given(histories(), st.sampled_from([Severity.LOW, Severity.MEDIUM]))
+def test_every_opened_incident_ends_and_only_open_ones_end(
+    events: list[Event], min_severity: Severity
+) -> None:
+    policy = make_policy(min_severity)
+    show(events, policy)
+    assert unended(decided_in_order(events, policy), policy) == []

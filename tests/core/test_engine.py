@@ -378,10 +378,13 @@ def test_sweep_removes_buckets_that_can_no_longer_pair_and_keeps_live_ones() -> 
         return sorted(b.start for _, b in feed.store.buckets.items() if b.archives)
 
     assert archive_buckets() == [epoch_ms(at()), epoch_ms(at(hours=5))]
-    # A re-creation decided from now on has UpdatedAt >= watermark - hold and CreatedAt
-    # >= that - first-sight age: pairing needs archived_at >= that - window. At this
-    # watermark the bucket [0h, 1h) is wholly older than that horizon (1h + 1ms).
-    removed = feed.engine.sweep(epoch_ms(at(hours=3, minutes=5)) + 1)
+    # A re-creation decided from now on has UpdatedAt > watermark - 2 holds (a possible
+    # re-creation waits a second hold) and CreatedAt >= that - first-sight age: pairing
+    # needs archived_at >= that - window. At this watermark the bucket [0h, 1h) is
+    # wholly older than that horizon (1h + 1ms).
+    # (The 0h archive's incident closed when the 5h archive was decided, past its
+    # deadline: a bucket is removed only once no incident in it is open.)
+    removed = feed.engine.sweep(epoch_ms(at(hours=3, minutes=10)) + 1)
     assert removed == 3  # the 0h archive bucket and the two alerted-creation buckets of -1d
     assert archive_buckets() == [epoch_ms(at(hours=5))]
     # The bucket kept is live: a re-creation still pairs with it.
@@ -389,6 +392,23 @@ def test_sweep_removes_buckets_that_can_no_longer_pair_and_keeps_live_ones() -> 
                                              resource=OTHER_RESOURCE))] == []
     feed.flush()
     assert feed.by_name()["new"] == [("suppressed", "recreated_after_archive")]
+
+
+def test_sweep_keeps_a_bucket_while_an_incident_in_it_is_open() -> None:
+    p = Policy(window_ms=HOUR, hold_ms=5 * MINUTE, first_sight_age_ms=HOUR, bucket_ms=HOUR,
+               sweep_every_ms=1000 * 24 * HOUR)
+    feed = Feed(p)
+    gone = finding("gone", created=at(hours=-2))
+    feed(gone)
+    feed(archived(gone, at()))
+    feed.flush()
+    far = epoch_ms(at(days=2))  # every horizon is past the 0h bucket
+    assert feed.engine.sweep(far) == 1  # its alerted creation's bucket, of -2h
+    assert [b.start for _, b in feed.store.buckets.items()] == [epoch_ms(at())]
+    closed = feed.engine.decider.close_due(epoch_ms(at(hours=2)) + 1)  # its deadline: 2h
+    assert [(c.finding_id, c.reason) for c in closed] == [(gone["Id"], "archived")]
+    assert feed.engine.sweep(far) == 1
+    assert list(feed.store.buckets.items()) == []
 
 
 def test_sweep_keeps_a_bucket_that_ends_just_after_the_horizon() -> None:
@@ -399,7 +419,7 @@ def test_sweep_keeps_a_bucket_that_ends_just_after_the_horizon() -> None:
     feed(early)
     feed(archived(early, at()))
     feed.flush()
-    feed.engine.sweep(epoch_ms(at(hours=3, minutes=5)) - 1)  # horizon 1h - 1ms
+    feed.engine.sweep(epoch_ms(at(hours=3, minutes=10)) - 1)  # horizon 1h - 1ms
     assert [b.start for _, b in feed.store.buckets.items() if b.archives] == [epoch_ms(at())]
 
 
