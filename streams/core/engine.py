@@ -12,7 +12,7 @@ from collections.abc import Callable
 from heapq import heapify, heappop, heappush
 
 from streams.core.decide import Decider, Outcome, pairing_horizon
-from streams.core.findings import ARCHIVED, Finding
+from streams.core.findings import ARCHIVED, SECURITY_HUB_PRODUCT_SUFFIX, Finding
 from streams.core.policy import Policy
 from streams.core.state import Arrival, FindingState, Origin, PartitionMeta, Store
 
@@ -85,6 +85,7 @@ class PartitionEngine:
         self._tracked: set[str] = set()
         self._indexed = expiry_index
         self._scanned_at: int | None = None  # watermark of the last full scan, unindexed
+        self.late = 0  # late arrivals not yet reported (the worker's metrics take them)
         self._buckets_swept_at: int | None = None  # watermark of the last bucket scan
 
     @property
@@ -129,8 +130,15 @@ class PartitionEngine:
                 if finding.record_state == ARCHIVED:
                     self._count_archive(finding, 1)
         watermark = meta.watermark
-        if watermark is None or updated_at > watermark:
-            meta.watermark = watermark = updated_at
+        if watermark is not None and updated_at < watermark - self.policy.hold_ms:
+            self.late += 1  # decided on arrival, not reordered (docs/design.md §2)
+        # The watermark rule (docs/design.md §2): Security Hub's own findings move it by
+        # their `UpdatedAt` (AWS's clock); any other product's by its `UpdatedAt` less
+        # the future tolerance, so that one skewed clock cannot move it ahead of time.
+        mark = (updated_at if finding.product_arn.endswith(SECURITY_HUB_PRODUCT_SUFFIX)
+                else updated_at - self.policy.future_tolerance_ms)
+        if watermark is None or mark > watermark:
+            meta.watermark = watermark = mark
         if self.durable:
             self.store.meta.put(self._meta_key, meta)
         up_to = watermark - self.policy.hold_ms

@@ -108,8 +108,12 @@ PENDING_HOLDS = Gauge(
     "flapguard_pending_holds", "Findings held in the reorder buffer", ["partition"],
     registry=REGISTRY)
 WATERMARK = Gauge(
-    "flapguard_watermark_timestamp_seconds", "Highest UpdatedAt seen on a keyed partition "
-    "(event time)", ["partition"], registry=REGISTRY)
+    "flapguard_watermark_timestamp_seconds", "Watermark of a keyed partition (event time: "
+    "the highest UpdatedAt of Security Hub findings, other products' less the future "
+    "tolerance)", ["partition"], registry=REGISTRY)
+LATE = Counter(
+    "flapguard_late_events", "Findings that arrived after the watermark had passed their "
+    "UpdatedAt + hold: decided on arrival, not reordered", ["partition"], registry=REGISTRY)
 LAST_RECEIVED = Gauge(
     "flapguard_last_finding_received_timestamp_seconds", "Wall-clock time a keyed partition "
     "last received a finding", ["partition"], registry=REGISTRY)
@@ -341,6 +345,9 @@ def partition_state(engine: PartitionEngine, *, received: bool) -> None:
     _child(PENDING_HOLDS, label).set(engine.pending)
     if engine.watermark is not None:
         _child(WATERMARK, label).set(engine.watermark / 1000)
+    if engine.late:
+        _child(LATE, label).inc(engine.late)
+        engine.late = 0
     if received:
         _child(LAST_RECEIVED, label).set(time.time())
 

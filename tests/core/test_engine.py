@@ -170,6 +170,35 @@ def test_recreation_stamped_just_before_its_predecessors_archive_pairs_with_it(
     assert feed.engine.pending == 1  # "other"
 
 
+@pytest.mark.parametrize(("product", "pairs"), [("imported", True), ("securityhub", False)])
+def test_one_skewed_clock_of_another_product_does_not_switch_off_the_hold(
+    product: str, pairs: bool
+) -> None:
+    # A finding of another product stamped 55 min ahead (within the future tolerance)
+    # arrives between the re-creation and the archive stamped a minute after it. Counted
+    # at face value it would move the watermark past both holds, and the re-creation
+    # would be decided before its predecessor's archive arrived (docs/design.md §2,
+    # the watermark rule). Security Hub's own clock is AWS's, and counts as it is.
+    feed = Feed(policy(hold="5m"))
+    old = finding("old", created=at(days=-10), updated=at(days=-10))
+    feed(old)
+    feed(finding("new", created=at(minutes=-1)))
+    feed(finding("skewed", created=at(minutes=55), resource=OTHER_RESOURCE, product=product))
+    feed(archived(old, at()))
+    feed.flush()
+    expected = ("suppressed", "recreated_after_archive") if pairs else ("alert", "new")
+    assert feed.by_name()["new"] == [expected]
+
+
+def test_another_products_findings_alone_still_move_the_watermark() -> None:
+    feed = Feed(policy(hold="5m", future_tolerance="1h"))
+    first = finding("first", product="imported", created=at())
+    assert feed(first) == []
+    assert feed(finding("second", product="imported", created=at(hours=1))) == []
+    released = feed(finding("third", product="imported", created=at(hours=1, minutes=6)))
+    assert [o.finding.id for o in released if o.finding] == [first["Id"]]
+
+
 def test_an_archive_more_than_a_hold_after_the_recreation_is_a_late_pair() -> None:
     feed = Feed(policy(hold="5m"))
     old = finding("old", created=at(days=-10), updated=at(days=-10))
@@ -746,3 +775,12 @@ def test_the_engine_remembers_the_records_it_expects_next_from_each_input() -> N
     assert (engine.next_seq, engine.next_source) == (2, 41)
     again = PartitionEngine(feed.store, feed.policy, 0)  # it is state
     assert (again.next_seq, again.next_source) == (2, 41)
+
+
+def test_late_arrivals_are_counted_for_the_metrics() -> None:
+    feed = Feed(policy(hold="5m"))
+    feed(finding("now", created=at(hours=1)))
+    feed(finding("within", created=at(hours=1, minutes=-4)))
+    assert feed.engine.late == 0
+    feed(finding("late", created=at(minutes=54), resource=OTHER_RESOURCE))
+    assert feed.engine.late == 1
