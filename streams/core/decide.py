@@ -454,13 +454,23 @@ class Decider:
         for key, bucket in self._buckets_near(f.partition_key, f.created_at):
             for archive in bucket.archives:
                 gap = abs(f.created_at - archive.archived_at)
-                if (not archive.used and archive.predecessor and gap <= window
-                        and archive.finding_id != f.id and archive.archived_at >= oldest):
+                if (archive.predecessor and gap <= window and archive.finding_id != f.id
+                        and archive.archived_at >= oldest
+                        and (not archive.used or self._reverse_open(archive, f))):
                     candidates.append((gap, archive.finding_id, archive, key, bucket))
         same = [c for c in candidates if c[2].standard == f.standard]
+        reverse = [c for c in candidates if f.standard is not None and c[2].standard is None]
         if same:
             used = [min(same, key=lambda c: (c[0], c[1]))]
             reason = Reason.RECREATED_AFTER_ARCHIVE
+        elif reverse:
+            # Consolidation turned off: one per-standard finding per enabled standard
+            # replaces the consolidated one. Each of them continues it; the first
+            # carries its incident on, the others inherit the key with no incident.
+            used = [min(reverse, key=lambda c: (c[0], c[1]))]
+            assert f.standard is not None
+            used[0][2].standards.append(f.standard)
+            reason = Reason.CONSOLIDATION_SWITCH
         else:
             # One consolidated finding replaces every per-standard one: use them all up.
             used = sorted((c for c in candidates if f.standard is None and c[2].standard is not None),
@@ -480,6 +490,13 @@ class Decider:
         for _, _, _, key, bucket in used:
             self.store.buckets.put(key, bucket)
         return pairing, escalated, inherited, was_opened
+
+    @staticmethod
+    def _reverse_open(archive: Archive, f: Finding) -> bool:
+        """A consolidated archive already replaced by per-standard findings of other
+        standards is still a predecessor for `f`'s standard (consolidation turned off)."""
+        return (bool(archive.standards) and f.standard is not None
+                and f.standard not in archive.standards)
 
     def _pair_with_live(self, f: Finding) -> tuple[Pairing, bool, str, bool] | None:
         """Consolidation switch, consolidated finding first: per-standard findings of the

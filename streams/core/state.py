@@ -75,6 +75,9 @@ class Archive:
     # False: an archived finding no re-creation may pair with (another product's, or a
     # control finding replaced by a consolidated one) kept only for its open incident.
     predecessor: bool = True
+    # A consolidated archive replaced by per-standard findings (consolidation turned
+    # off): the standards that took its place so far; one of each more may still.
+    standards: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -56,6 +56,9 @@ class Predecessor:
     dedup_key: str
     opened: bool
     used: bool = False
+    # A consolidated predecessor replaced by per-standard findings (consolidation
+    # turned off): their standards. It stays one for each other standard.
+    standards: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -199,6 +202,7 @@ class Model:
     def successor_took(self, p: Predecessor) -> None:
         """A successor took `p`'s place: its finding's incident is no longer its own."""
         p.used = True
+        p.opened = False  # carried on by the successor, or closed
         k = self.known.get(p.finding_id)
         if k is not None and k.archived_at == p.archived_at:
             k.opened = False
@@ -428,16 +432,23 @@ class Model:
         window = self.policy.window_ms
         oldest = f.updated_at - self.policy.first_sight_age_ms - window
         options = [p for p in self.predecessors
-                   if p.key == f.partition_key and not p.used and p.finding_id != f.id
-                   and abs(f.created_at - p.archived_at) <= window and p.archived_at >= oldest]
+                   if p.key == f.partition_key and p.finding_id != f.id
+                   and abs(f.created_at - p.archived_at) <= window and p.archived_at >= oldest
+                   and (not p.used or (p.standards and f.standard is not None
+                                       and f.standard not in p.standards))]
 
         def nearest(ps: list[Predecessor]) -> Predecessor:
             return min(ps, key=lambda p: (abs(f.created_at - p.archived_at), p.finding_id))
 
         same = [p for p in options if p.standard == f.standard]
         switched = [p for p in options if f.standard is None and p.standard is not None]
+        reverse = [p for p in options if f.standard is not None and p.standard is None]
         if same:
             used, reason = [nearest(same)], "recreated_after_archive"
+        elif reverse:  # per-standard findings, one per standard, replace a consolidated one
+            used, reason = [nearest(reverse)], "consolidation_switch"
+            assert f.standard is not None
+            used[0].standards.append(f.standard)
         elif switched:  # one consolidated finding replaces every per-standard one
             first = nearest(switched)
             used = [first, *sorted((p for p in switched if p is not first), key=lambda p: p.finding_id)]

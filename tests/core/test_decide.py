@@ -567,10 +567,24 @@ def test_per_standard_findings_of_different_standards_never_pair() -> None:
     assert summary(run(finding("fsbp", created=at(hours=1), standard=FSBP))) == SUPPRESSED_RECREATED
 
 
-def test_a_per_standard_finding_never_pairs_with_a_consolidated_predecessor() -> None:
+def test_consolidation_turned_off_suppresses_one_per_standard_finding_per_standard() -> None:
+    # Issue class 4: the consolidated finding is archived and one per-standard finding
+    # per enabled standard is created for the same resource and control.
     run = Run()
-    failing_then_archived(run)  # consolidated
-    assert summary(run(finding("fsbp", created=at(hours=1), standard=FSBP))) == ALERT_NEW
+    failing_then_archived(run)  # consolidated, alerted at -10 days
+    key = run.outcomes[0].dedup_key
+    fsbp = run(finding("fsbp", created=at(hours=1), standard=FSBP))
+    cis = run(finding("cis", created=at(hours=1), standard=CIS140))
+    assert [summary(fsbp), summary(cis)] == [("suppressed", "consolidation_switch")] * 2
+    assert fsbp.dedup_key == cis.dedup_key == key
+    # The first carries the incident on: its pass resolves it, the other's is silent.
+    assert summary(run(evolve(finding("cis", created=at(hours=1), standard=CIS140),
+                              updated=at(hours=2), status="PASSED"))) == ("silent", "passed")
+    resolved = run(evolve(finding("fsbp", created=at(hours=1), standard=FSBP),
+                          updated=at(hours=2), status="PASSED"))
+    assert summary(resolved) == ("resolved", "resolved") and resolved.dedup_key == key
+    # A second finding of a standard that already took its place is new risk.
+    assert summary(run(finding("fsbp2", created=at(hours=3), standard=FSBP))) == ALERT_NEW
 
 
 @pytest.mark.parametrize("change", [
