@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "streams"
 # What the core may import: the standard library's pure modules, the JSON codecs and numpy
 # (murmur2 of many keys at once), itself, and how configuration is written.
 CORE_STDLIB = frozenset({
-    "__future__", "bisect", "collections", "dataclasses", "datetime", "enum", "functools",
+    "__future__", "bisect", "collections", "dataclasses", "datetime", "enum", "fnmatch", "functools",
     "hashlib", "heapq", "itertools", "json", "math", "operator", "re", "struct", "typing",
 })
 CORE_THIRD_PARTY = frozenset({"msgspec", "numpy", "orjson"})

@@ -108,7 +108,7 @@ class WarmUp:
 def warm_start(policy: Policy, since_ms: int) -> int:
     """Where the warm-up starts: a predecessor archived this long before `since` may
     still pair with a finding decided after it (docs/design.md §2)."""
-    return max(0, since_ms - policy.window_ms - policy.first_sight_age_ms)
+    return max(0, since_ms - policy.widest_window_ms - policy.first_sight_age_ms)
 
 
 class TopicProgress(Progress):
@@ -386,7 +386,7 @@ async def _backtest_topic(
         keyed = partitions or len(plan.spans)
         if not any(s.end > s.counted for s in plan.spans.values()):
             raise TopicError(f"{topic} holds no record in the range asked for")
-        warm = WarmUp(policy.window_ms + policy.first_sight_age_ms, since_ms, plan.warm_short)
+        warm = WarmUp(policy.widest_window_ms + policy.first_sight_age_ms, since_ms, plan.warm_short)
         counted = plan.counted_from
         warming = any(s.counted > s.start for s in plan.spans.values())
         main = Run(policy, keyed, counted, warm, on_decision, labels() if labels else None, warming,
@@ -411,7 +411,7 @@ async def _backtest_topic(
             report.seconds = seconds
     finally:
         await consumer.stop()
-    rows = [_row(report) for report in reports[1:]]
+    rows = [SweepRow.of(report) for report in reports[1:]]
     widest = max(reports[1:], key=lambda r: r.policy.window_ms) if sweep else None
     return TopicBacktest(reports[0], rows, widest, warm, plan)
 
@@ -430,10 +430,3 @@ async def _drive(batches: AsyncIterator[list[Any]], runs: list[Run], warm: WarmU
             # Let the consumer send its next fetch and take in the answer meanwhile.
             await asyncio.sleep(0)
 
-
-def _row(report: Report) -> SweepRow:
-    score = report.labels
-    decisions = report.decisions
-    return SweepRow(report.policy.window_ms, report.policy.hold_ms, decisions.get("alert", 0),
-                    decisions.get("suppressed", 0), score.missed if score else None,
-                    score.false_alerts if score else None, report.naive_alerts)

@@ -554,11 +554,34 @@ class SweepRow:
     missed: int | None
     false_alerts: int | None
     naive_alerts: int
+    # control -> {"alerts": n, "suppressed": n}: to choose a pairing policy per control.
+    by_control: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, report: Report) -> SweepRow:
+        score = report.labels
+        decisions = report.decisions
+        by_control = {control: {"alerts": counts.get("alert", 0),
+                                "suppressed": counts.get("suppressed", 0)}
+                      for control, counts in report._breakdown(2, all_decisions=True).items()}
+        return cls(report.policy.window_ms, report.policy.hold_ms, decisions.get("alert", 0),
+                   decisions.get("suppressed", 0), score.missed if score else None,
+                   score.false_alerts if score else None, report.naive_alerts, by_control)
 
     def to_json(self) -> dict[str, Any]:
         return {"window_seconds": self.window_ms / 1000, "hold_seconds": self.hold_ms / 1000,
                 "alerts": self.alerts, "suppressed": self.suppressed, "missed": self.missed,
                 "false": self.false_alerts, "naive_alerts": self.naive_alerts}
+
+
+def sweep_by_control(rows: list[SweepRow]) -> dict[str, list[dict[str, Any]]]:
+    """Per control, each window's alerts and suppressions: the data a per-control pairing
+    policy is chosen from (docs/backtest.md)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        for control, counts in row.by_control.items():
+            out.setdefault(control, []).append({"window_seconds": row.window_ms / 1000, **counts})
+    return dict(sorted(out.items()))
 
 
 LabelChoice = list[Path] | Literal["beside"] | None
@@ -600,12 +623,7 @@ def sweep(
     for window in windows:
         report = backtest_files(paths, policy=replace(policy, window_ms=window), partitions=partitions,
                                 now_ms=now_ms, labels=labels, progress=progress)
-        score = report.labels
-        decisions = report.decisions
-        rows.append(SweepRow(window, policy.hold_ms, decisions.get("alert", 0),
-                             decisions.get("suppressed", 0),
-                             score.missed if score else None, score.false_alerts if score else None,
-                             report.naive_alerts))
+        rows.append(SweepRow.of(report))
         if widest is None or window >= widest.policy.window_ms:
             widest = report
     return rows, widest

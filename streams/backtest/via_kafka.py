@@ -23,7 +23,7 @@ import orjson
 
 from streams.backtest.run import LabelChoice, Report, label_files, read_labels, read_occurrences
 from streams.config import format_duration, format_size
-from streams.core.policy import Policy
+from streams.core.policy import Policy, pairing_toml
 from streams.kafka.security import PLAINTEXT, BrokerSecurity
 from streams.kafka.topics import delete_topics
 from streams.worker.process import worker_process
@@ -52,7 +52,18 @@ def worker_command(bootstrap: str, app_id: str, topics: dict[str, str], *, polic
         "--max-depth", str(policy.max_depth), "--max-string-length", str(policy.max_string_length),
         "--idle-flush", IDLE_FLUSH, "--session-timeout", SESSION_TIMEOUT,
         "--data-dir", str(data_dir), "--metrics-address", "off",
+        *pairing_args(policy, data_dir),
     ]
+
+
+def pairing_args(policy: Policy, data_dir: Path) -> list[str]:
+    """`--pairing FILE` for the worker: the policy's per-control rules, written out."""
+    if not policy.pairing:
+        return []
+    path = data_dir / "pairing.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(pairing_toml(policy.pairing))
+    return ["--pairing", str(path)]
 
 
 def _plain_inputs(paths: list[Path], workdir: Path) -> dict[str, Path]:

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.from_topic is not None:
         return run_topic(args)
     from streams.backtest.report import render_report
-    from streams.backtest.run import LabelChoice, LabelError, backtest_files, sweep
+    from streams.backtest.run import LabelChoice, LabelError, backtest_files, sweep, sweep_by_control
     from streams.core.records import decision_record
 
     for flag, value in (("--since", args.since), ("--until", args.until)):
@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             rows, widest = sweep(args.input, args.sweep, policy=policy, partitions=args.partitions,
                                  now_ms=now_ms, labels=labels)
             summary["sweep"] = [row.to_json() for row in rows]
+            summary["sweep_by_control"] = sweep_by_control(rows)
         else:
             rows, widest = [], None
         # Gaps as paired under the widest window run: it sees the longest ones.
@@ -169,7 +170,7 @@ def run_topic(args: argparse.Namespace) -> int:
     decided in the same pass)."""
     from streams.backtest.from_topic import TopicError, backtest_topic
     from streams.backtest.report import render_report
-    from streams.backtest.run import LabelError, read_labels
+    from streams.backtest.run import LabelError, read_labels, sweep_by_control
     from streams.core.records import kafka_decision_record
 
     if args.via_kafka:
@@ -217,6 +218,7 @@ def run_topic(args: argparse.Namespace) -> int:
     summary["source"] = result.source_json()
     if args.sweep:
         summary["sweep"] = [row.to_json() for row in result.rows]
+        summary["sweep_by_control"] = sweep_by_control(result.rows)
     widest = result.widest
     if widest is None or widest.policy.window_ms <= policy.window_ms:
         widest = report

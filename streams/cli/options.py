@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
 from streams.config import ConfigError, env_name, format_duration, format_size, parse_duration_ms, parse_size
-from streams.core.policy import Policy, Severity
+from streams.core.policy import PairingRule, Policy, Severity, pairing_rules
 from streams.kafka.producer import CODECS, ProducerSettings
 from streams.kafka.security import BrokerSecurity
 from streams.kafka.topics import Replication
@@ -173,6 +173,21 @@ def moment_ms(text: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
+def load_pairing(text: str) -> tuple[PairingRule, ...]:
+    """A pairing policy file (docs/design.md §3, pairing policy), read and checked."""
+    import tomllib
+    from pathlib import Path
+
+    path = Path(text)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {text}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{text}: not TOML: {exc}") from None
+    return pairing_rules(data, text)
+
+
 def add_policy(parser: argparse.ArgumentParser) -> None:
     d = Policy()
     option(parser, "--window", default=format_duration(d.window_ms), convert=parse_duration_ms,
@@ -187,6 +202,9 @@ def add_policy(parser: argparse.ArgumentParser) -> None:
            help="a finding first seen this long after its creation is a bootstrap, not new")
     option(parser, "--state-ttl", default=format_duration(d.state_ttl_ms),
            convert=parse_duration_ms, help="forget a finding this long after its last update")
+    option(parser, "--pairing", default=None, convert=load_pairing,
+           help="per-control pairing policy (TOML: [[pairing]] controls, window, archives); "
+           "see streams/data/pairing.example.toml")
     option(parser, "--max-message-bytes", default=format_size(d.max_message_bytes), convert=parse_size,
            help="a larger message is a dead letter (oversized)")
     option(parser, "--max-findings-per-message", default=str(d.max_findings_per_message),
@@ -209,6 +227,7 @@ def policy_from(args: argparse.Namespace) -> Policy:
         max_findings_per_message=args.max_findings_per_message,
         max_depth=args.max_depth,
         max_string_length=args.max_string_length,
+        pairing=args.pairing or (),
     )
 
 

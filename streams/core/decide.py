@@ -7,6 +7,7 @@ the design, first match wins.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from heapq import heappop, heappush
@@ -141,20 +142,28 @@ def rejected_outcome(rejected: Rejected, origin: Origin, seq: int = -1) -> Outco
                    seq=seq)
 
 
-def pairing_horizon(policy: Policy, moment: int) -> int:
-    """The oldest archive a finding decided at `moment` may pair with. A new finding
-    was created no more than the first-sight age before its update (else it is a
-    bootstrap), so this changes nothing for it; a finding that stayed unevaluated for
-    longer than that no longer pairs with archives from before its time."""
-    return moment - policy.first_sight_age_ms - policy.window_ms
+def pairing_horizon(policy: Policy, moment: int, window_ms: int | None = None) -> int:
+    """The oldest archive a finding decided at `moment` may pair with (under `window_ms`;
+    by default the widest window of any control). A new finding was created no more
+    than the first-sight age before its update (else it is a bootstrap), so this
+    changes nothing for it; a finding that stayed unevaluated for longer than that no
+    longer pairs with archives from before its time."""
+    window = policy.widest_window_ms if window_ms is None else window_ms
+    return moment - policy.first_sight_age_ms - window
 
 
-def closing_deadline(policy: Policy, archived_at: int) -> int:
+def closing_deadline(policy: Policy, archived_at: int, control_id: str) -> int:
     """The last `UpdatedAt` that may still continue an archive of `archived_at`: a
-    reactivation within the window, or a re-creation created within the window (and so
-    updated within the first-sight age after that). Past it, the archived finding's
+    reactivation within the control's window, or a re-creation created within it (and
+    so updated within the first-sight age after that). Past it, the archived finding's
     incident closes (docs/design.md §3, closing)."""
-    return archived_at + policy.window_ms + policy.first_sight_age_ms
+    return archived_at + policy.window_for(control_id) + policy.first_sight_age_ms
+
+
+def control_of_key(partition_key: str) -> str:
+    """The control id of a partition key (account | region | control | resource)."""
+    parts = partition_key.split("|", 3)
+    return parts[2] if len(parts) > 2 else ""
 
 
 def _evaluated(status: str | None) -> str | None:
@@ -217,7 +226,8 @@ class Decider:
     # -- closing incidents (docs/design.md §3, closing) ---------------------------------
 
     def _timer(self, partition_key: str, archive: Archive) -> tuple[int, str, str, int]:
-        return (closing_deadline(self.policy, archive.archived_at), partition_key,
+        return (closing_deadline(self.policy, archive.archived_at, control_of_key(partition_key)),
+                partition_key,
                 archive.finding_id, archive.archived_at)
 
     def close_due(self, moment: int) -> list[Closure]:
@@ -254,13 +264,22 @@ class Decider:
             state.opened = False
             self.store.findings.put(archive.finding_id, state)
 
-    def _succeeded(self, archives: list[Archive], partition_key: str, inherited: bool) -> None:
-        """A successor took the place of `archives`: the first one's incident carries on
-        under the successor if `inherited`; every other open one closes, `superseded`."""
-        for i, archive in enumerate(archives):
-            if archive.opened and not (inherited and i == 0):
-                self._closing.append(self._closure(archive, partition_key, Reason.SUPERSEDED))
-            self._end_incident(archive)
+    def _carry_on(self, incidents: Sequence[tuple[str, str, bool, Finding | None]],
+                  partition_key: str, escalated: bool) -> tuple[str, bool]:
+        """A successor replaces predecessors whose incidents are `incidents`: (finding
+        id, dedup_key, open, what a closing shows), first in pairing order. Unless it is
+        more severe (`escalated`: it opens its own), it carries on the first open one (or,
+        with none open, the first's key); every other open one closes, `superseded`.
+        Returns the key it inherits and whether an incident is open under it."""
+        carried = None if escalated else next((i for i in incidents if i[2]), incidents[0])
+        closed: set[str] = set() if carried is None else {carried[1]}
+        for finding_id, key, was_open, shown in incidents:
+            if was_open and key not in closed:
+                closed.add(key)
+                self._closing.append(Closure(finding_id, key, Reason.SUPERSEDED, partition_key,
+                                             shown))
+        first = carried or incidents[0]
+        return first[1], first[2] and carried is not None
 
     def _reevaluated(self, f: Finding, origin: Origin, state: FindingState,
                      failing: bool) -> Outcome:
@@ -291,7 +310,9 @@ class Decider:
         predecessor = False
         if first_archive:
             state.archived_at = f.updated_at
-            if f.is_control_finding and last in FAILING and not state.superseded:
+            if (f.is_control_finding and last in FAILING and not state.superseded
+                    and self.policy.archive_may_precede(f.control_id, f.compliance_status,
+                                                        f.reason_codes)):
                 predecessor = True
                 severity = state.severity if state.last_status in FAILING else int(f.severity)
                 archive = Archive(
@@ -386,7 +407,7 @@ class Decider:
         # As a re-creation (rule 6): a continuation of the risk it had before its archive,
         # unless more severe now. Not notified before means muted (it carries on muted)
         # or below the minimum (so anything alertable now is more severe).
-        if (f.updated_at - archived_at <= self.policy.window_ms
+        if (f.updated_at - archived_at <= self.policy.window_for(f.control_id)
                 and int(f.severity) <= state.severity):
             pairing = Pairing(f.id, f.id, f.partition_key, archived_at, f.updated_at,
                               Reason.REACTIVATED_AFTER_ARCHIVE)
@@ -432,8 +453,8 @@ class Decider:
 
     # -- pairing --------------------------------------------------------------------
 
-    def _buckets_near(self, partition_key: str, moment: int) -> list[tuple[str, Bucket]]:
-        window = self.policy.window_ms
+    def _buckets_near(self, partition_key: str, moment: int,
+                      window: int) -> list[tuple[str, Bucket]]:
         found = []
         for start in buckets_covering(moment - window, moment + window, self.policy.bucket_ms):
             key = bucket_key(partition_key, start)
@@ -447,11 +468,11 @@ class Decider:
         consolidated finding with none, the per-standard archives of its partition key.
         Returns the pairing, whether `f` is more severe (it then opens an incident of
         its own), and the incident it inherits otherwise: key, and whether open."""
-        window = self.policy.window_ms
+        window = self.policy.window_for(f.control_id)
         # Archives older than this never pair (see `pairing_horizon`), swept or not.
-        oldest = pairing_horizon(self.policy, f.updated_at)
+        oldest = pairing_horizon(self.policy, f.updated_at, window)
         candidates: list[tuple[int, str, Archive, str, Bucket]] = []
-        for key, bucket in self._buckets_near(f.partition_key, f.created_at):
+        for key, bucket in self._buckets_near(f.partition_key, f.created_at, window):
             for archive in bucket.archives:
                 gap = abs(f.created_at - archive.archived_at)
                 if (archive.predecessor and gap <= window and archive.finding_id != f.id
@@ -483,10 +504,12 @@ class Decider:
         pairing = Pairing(f.id, first.finding_id, f.partition_key, first.archived_at,
                           f.created_at, reason)
         escalated = int(f.severity) > max(c[2].severity for c in used)
-        inherited, was_opened = first.dedup_key, first.opened
+        inherited, was_opened = self._carry_on(
+            [(c[2].finding_id, c[2].dedup_key, c[2].opened, c[2].finding) for c in used],
+            f.partition_key, escalated)
         for c in used:
             c[2].used = True
-        self._succeeded([c[2] for c in used], f.partition_key, inherited=not escalated)
+            self._end_incident(c[2])
         for _, _, _, key, bucket in used:
             self.store.buckets.put(key, bucket)
         return pairing, escalated, inherited, was_opened
@@ -510,32 +533,33 @@ class Decider:
         if not members:
             return None
         first_id = min(members)
-        first = members[first_id]
         escalated = int(f.severity) > max(m.severity for m in members.values())
+        incidents = []
         for member_id in sorted(members):
             member = self.store.findings.get(member_id)
             if member is not None:
                 entry = members[member_id]
-                if entry.opened and (escalated or member_id != first_id):
-                    shown = msgspec.structs.replace(f, id=member_id, severity=Severity(entry.severity),
-                                                    generator_id=member.standard or f.generator_id)
-                    self._closing.append(Closure(member_id, entry.dedup_key, Reason.SUPERSEDED,
-                                                 f.partition_key, shown))
+                shown = msgspec.structs.replace(f, id=member_id, severity=Severity(entry.severity),
+                                                generator_id=member.standard or f.generator_id)
+                incidents.append((member_id, entry.dedup_key, entry.opened, shown))
                 member.superseded = True
                 member.live = False
                 member.opened = False  # its incident is `f`'s now, or closed
                 self.store.findings.put(member_id, member)
         self.store.live.delete(f.partition_key)
+        if not incidents:
+            return None
+        inherited, was_opened = self._carry_on(incidents, f.partition_key, escalated)
         pairing = Pairing(f.id, first_id, f.partition_key, None, f.created_at,
                           Reason.CONSOLIDATION_SWITCH)
-        return pairing, escalated, first.dedup_key, first.opened
+        return pairing, escalated, inherited, was_opened
 
     def _record_archive(self, partition_key: str, archive: Archive) -> list[Pairing]:
         """Store a new predecessor; if a re-creation already alerted for it, that is a
         late pair: recorded, never a second alert."""
-        window = self.policy.window_ms
+        window = self.policy.window_for(control_of_key(partition_key))
         best: tuple[int, str, Recreation, str, Bucket] | None = None
-        for key, bucket in self._buckets_near(partition_key, archive.archived_at):
+        for key, bucket in self._buckets_near(partition_key, archive.archived_at, window):
             for rec in bucket.recreations:
                 gap = abs(rec.created_at - archive.archived_at)
                 pairs = rec.standard == archive.standard or (

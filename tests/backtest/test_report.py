@@ -133,6 +133,14 @@ def test_sweep_trades_missed_true_alerts_against_false_alerts_and_plots(tmp_path
     assert (row_30h["alerts"], row_30h["suppressed"], row_30h["missed"]) == (
         report["alerts"], report["suppressed"], report["labels"]["missed_true_alerts"])
     assert report["gaps_window_seconds"] == 48 * 3600  # gaps from the widest window
+    # Per control, each window: what a per-control pairing policy is chosen from.
+    per_control = report["sweep_by_control"]
+    assert per_control and set(per_control) <= set(report["by_control"])
+    for rows_of_control in per_control.values():
+        assert [r["window_seconds"] / 3600 for r in rows_of_control] == [1, 6, 12, 24, 30, 48]
+    for i, row in enumerate(rows):
+        assert sum(c[i]["suppressed"] for c in per_control.values()) == row["suppressed"]
+        assert sum(c[i]["alerts"] for c in per_control.values()) == row["alerts"]
     data = plot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from typing import Any
 
 from msgspec.structs import replace
 
 from streams.core.findings import Finding
 from streams.core.keys import dedup_key
-from streams.core.policy import Policy, Severity
+from streams.core.policy import PairingRule, Policy, Severity
 
 FAILING = ("FAILED", "WARNING")
 
@@ -183,11 +184,15 @@ class Model:
         """§3, closing: before an event stamped `now`, every archived finding whose open
         incident nothing can continue any more (its archive is older than `now` by more
         than the window plus the first-sight age) has it closed, `archived`."""
-        limit = self.policy.window_ms + self.policy.first_sight_age_ms
+        def deadline(k: Known) -> int:
+            assert k.archived_at is not None
+            control = k.key.split("|")[2]
+            return k.archived_at + self.window(control) + self.policy.first_sight_age_ms
+
         due = sorted(
-            (k.archived_at + limit, k.key, finding_id) for finding_id, k in self.known.items()
+            (deadline(k), k.key, finding_id) for finding_id, k in self.known.items()
             if k.record_state == "ARCHIVED" and k.archived_at is not None and k.opened
-            and k.archived_at + limit < now)
+            and deadline(k) < now)
         closed = []
         for _, _key, finding_id in due:
             k = self.known[finding_id]
@@ -206,6 +211,26 @@ class Model:
         k = self.known.get(p.finding_id)
         if k is not None and k.archived_at == p.archived_at:
             k.opened = False
+
+    # -- the pairing policy (§3): per control, the first rule whose patterns match ----------
+
+    def rule(self, control: str) -> PairingRule | None:
+        for rule in self.policy.pairing:
+            if any(fnmatchcase(control, pattern) for pattern in rule.controls):
+                return rule
+        return None
+
+    def window(self, control: str) -> int:
+        rule = self.rule(control)
+        return rule.window_ms if rule is not None and rule.window_ms is not None else self.policy.window_ms
+
+    def may_precede(self, archive: Finding) -> bool:
+        """Whether this archive's signature lets it be a predecessor under its rule."""
+        rule = self.rule(archive.control_id)
+        if rule is None or rule.archives == "any":
+            return True
+        return (archive.compliance_status == "NOT_AVAILABLE"
+                and "CONFIG_RETURNS_NOT_APPLICABLE" in archive.reason_codes)
 
     def may_pair(self, f: Finding) -> bool:
         return (f.record_state != "ARCHIVED" and f.is_control_finding
@@ -284,7 +309,8 @@ class Model:
         if known.archived_at is None:  # the first archive since it was last ACTIVE
             known.archived_at = f.updated_at
             known.archive_event = f
-            if f.is_control_finding and last in FAILING and not known.superseded:
+            if (f.is_control_finding and last in FAILING and not known.superseded
+                    and self.may_precede(f)):
                 severity = known.severity if known.last_status in FAILING else int(f.severity)
                 predecessor = Predecessor(
                     f.id, f.partition_key, f.standard, f.updated_at, severity,
@@ -309,7 +335,7 @@ class Model:
 
     def late_pair(self, predecessor: Predecessor) -> list[dict[str, Any]]:
         """A predecessor after a re-creation that already alerted for it: a late pair."""
-        window = self.policy.window_ms
+        window = self.window(predecessor.key.split("|")[2])
         options = [
             r for r in self.recreations
             if r.key == predecessor.key and not r.paired and r.finding_id != predecessor.finding_id
@@ -383,7 +409,8 @@ class Model:
     def reactivated(self, f: Finding, known: Known, archived_at: int) -> Decided:
         # The same rule as a re-creation: a continuation within the window, never when
         # more severe than before the archive.
-        if f.updated_at - archived_at <= self.policy.window_ms and int(f.severity) <= known.severity:
+        if (f.updated_at - archived_at <= self.window(f.control_id)
+                and int(f.severity) <= known.severity):
             decided = Decided("suppressed", "reactivated_after_archive",
                               paired_finding_id=f.id,
                               gap_seconds=(f.updated_at - archived_at) / 1000,
@@ -429,7 +456,7 @@ class Model:
     def pair_with_archive(
         self, f: Finding
     ) -> tuple[int, str, bool, Decided, list[dict[str, Any]]] | None:
-        window = self.policy.window_ms
+        window = self.window(f.control_id)
         oldest = f.updated_at - self.policy.first_sight_age_ms - window
         options = [p for p in self.predecessors
                    if p.key == f.partition_key and p.finding_id != f.id
@@ -458,11 +485,8 @@ class Model:
         first = used[0]
         severity = max(p.severity for p in used)
         escalated = int(f.severity) > severity
-        # Closed: every open incident of theirs but the one `f` carries on (none if
-        # `f` is more severe: it opens its own).
-        closes = [closed_fields(p_shown(self.known, p), p.finding_id, p.dedup_key, "superseded")
-                  for p in used if p.opened and (escalated or p is not first)]
-        inherited, opened = first.dedup_key, first.opened
+        inherited, opened, closes = carry_on(
+            [(p.finding_id, p.dedup_key, p.opened, p_shown(self.known, p)) for p in used], escalated)
         for p in used:
             self.successor_took(p)
         return severity, inherited, opened, self.paired(f, first, reason), closes
@@ -490,15 +514,14 @@ class Model:
         first = min(live)
         severity = max(k.severity for k in live.values())
         escalated = int(f.severity) > severity
-        closes = []
+        incidents = []
         for finding_id in sorted(live):
             k = live[finding_id]
-            if k.opened and (escalated or finding_id != first):
-                assert k.dedup_key is not None
-                shown = replace(f, id=finding_id, severity=Severity(k.severity),
-                                generator_id=k.standard or f.generator_id)
-                closes.append(closed_fields(shown, finding_id, k.dedup_key, "superseded"))
-        inherited, opened = live[first].dedup_key, live[first].opened
+            assert k.dedup_key is not None
+            shown = replace(f, id=finding_id, severity=Severity(k.severity),
+                            generator_id=k.standard or f.generator_id)
+            incidents.append((finding_id, k.dedup_key, k.opened, shown))
+        inherited, opened, closes = carry_on(incidents, escalated)
         for k in live.values():
             k.superseded = True
             k.opened = False  # its incident is `f`'s now, or closed
@@ -515,3 +538,22 @@ def p_shown(known: dict[str, Known], p: Predecessor) -> Finding:
     shown = known[p.finding_id].archive_event
     assert shown is not None
     return shown
+
+
+def carry_on(incidents: list[tuple[str, str, bool, Finding]], escalated: bool
+             ) -> tuple[str, bool, list[dict[str, Any]]]:
+    """§3, closing: a successor replacing predecessors (`incidents`: finding id, key,
+    open, what its closing shows; in pairing order) carries on the first open incident
+    (or, none open, the first's key with none), unless more severe; every other open
+    incident, each key once, closes `superseded`."""
+    open_ones = [i for i in incidents if i[2]]
+    carried = None if escalated else (open_ones[0] if open_ones else incidents[0])
+    closes: list[dict[str, Any]] = []
+    done = {carried[1]} if carried is not None else set()
+    for finding_id, key, was_open, shown in incidents:
+        if was_open and key not in done:
+            done.add(key)
+            closes.append(closed_fields(shown, finding_id, key, "superseded"))
+    if carried is None:
+        return incidents[0][1], False, closes
+    return carried[1], carried[2], closes

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from streams.core.decide import Decision, Outcome
 from streams.core.engine import PartitionEngine
-from streams.core.policy import Policy, Severity
+from streams.core.policy import Archives, PairingRule, Policy, Severity, pairing_toml
 from streams.core.records import alert_records, suppressed_record
 from streams.core.state import Origin, Store
 from tests.builders import (
@@ -54,16 +54,22 @@ DIFFERENTIAL = settings(CORE, max_examples=EXAMPLES)
 WINDOW_H, HOLD_M, FIRST_SIGHT_H, TTL_D = 6, 10, 12, 3
 
 
+# A pairing policy (docs/design.md §3): EC2.8 pairs within 2 h, and only with the
+# NOT_AVAILABLE archives of Config's NOT_APPLICABLE; RDS.45 takes the defaults.
+PAIRING = (PairingRule("ec2", ("EC2.*",), 2 * 60 * MINUTE, Archives.NOT_APPLICABLE),)
+
+
 def make_policy(min_severity: Severity) -> Policy:
     return Policy(window_ms=WINDOW_H * 60 * MINUTE, hold_ms=HOLD_M * MINUTE,
                   first_sight_age_ms=FIRST_SIGHT_H * 60 * MINUTE,
-                  state_ttl_ms=TTL_D * 24 * 60 * MINUTE, min_severity=min_severity)
+                  state_ttl_ms=TTL_D * 24 * 60 * MINUTE, min_severity=min_severity,
+                  pairing=PAIRING)
 
 
 def command(policy: Policy) -> str:
     return (f"flapguard backtest --window {WINDOW_H}h --hold {HOLD_M}m --first-sight-age "
             f"{FIRST_SIGHT_H}h --state-ttl {TTL_D}d --min-severity {policy.min_severity.name} "
-            "--input FILE --decisions-out -")
+            "--pairing PAIRING.toml --input FILE --decisions-out -")
 
 
 SEVERITIES = ["INFORMATIONAL", "LOW", "MEDIUM", "MEDIUM", "HIGH", "CRITICAL"]
@@ -183,6 +189,7 @@ def next_event(draw: st.DrawFn, obj: dict[str, Any], t: int, is_archived: bool) 
 
 def show(events: list[Event], policy: Policy) -> None:
     """On failure: the history as a file `flapguard backtest` takes, and the command."""
+    note(f"PAIRING.toml:\n{pairing_toml(policy.pairing)}")
     note(f"history ({len(events)} events), for `{command(policy)}`:\n"
          + jsonl(e.obj for e in events).decode())
 
