@@ -451,6 +451,7 @@ class Model:
         known.dedup_key = inherited
         known.opened = opened
         decided.dedup_key = inherited
+        decided.closes = closes  # the other predecessors' open incidents
         return decided
 
     def pair_with_archive(
