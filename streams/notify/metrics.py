@@ -61,7 +61,7 @@ LAST_COMMIT = Gauge(
     "committed a delivered batch", registry=REGISTRY)
 
 # Counters start at 0 (a series born at 1 shows no `increase()` for its first event).
-for _kind in [*(k.value for k in Kind), OTHER]:
+for _kind in dict.fromkeys([*(k.value for k in Kind), OTHER]):
     for _severity in [*(s.name for s in Severity), OTHER]:
         ALERTS_CONSUMED.labels(kind=_kind, severity=_severity)
 for _sink in DELIVERY_SINKS:
@@ -117,3 +117,22 @@ def alert_delivered(sink: str, seconds: float) -> None:
 
 def backlog(sink: str, records: int) -> None:
     BACKLOG.labels(sink=sink_label(sink)).set(records)
+
+
+HELD = Gauge(
+    "flapguard_notify_held_alerts", "Alerts a sink holds in groups, waiting for group_wait or "
+    "group_interval (not committed until their group's message is sent)", ["sink"], registry=REGISTRY)
+GROUPED_MESSAGES = Counter(
+    "flapguard_notify_grouped_messages", "Messages that listed a group of alerts (each alert is "
+    "also counted in deliveries_total)", ["sink"], registry=REGISTRY)
+for _sink in DELIVERY_SINKS:
+    HELD.labels(sink=_sink)
+    GROUPED_MESSAGES.labels(sink=_sink)
+
+
+def held(sink: str, alerts: int) -> None:
+    HELD.labels(sink=sink_label(sink)).set(alerts)
+
+
+def grouped_message(sink: str) -> None:
+    GROUPED_MESSAGES.labels(sink=sink_label(sink)).inc()
