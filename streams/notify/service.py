@@ -488,6 +488,10 @@ async def no_records(records: list[dict[str, Any]]) -> None:
     return None
 
 
+async def no_wait() -> None:
+    return None
+
+
 @dataclass(slots=True)
 class LaneContext:
     """What every lane of one notifier shares."""
@@ -908,12 +912,22 @@ async def run_notify(settings: NotifySettings, senders: dict[str, Sender] | None
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
                                 **settings.writes.aiokafka_kwargs(), **settings.security.aiokafka_kwargs())
 
+    recording: list[asyncio.Future[Any]] = []
+
     async def record(deliveries: list[dict[str, Any]]) -> None:
-        """Delivery records, acknowledged before the deliveries they record are committed."""
-        if settings.deliveries_topic and deliveries:
-            await asyncio.gather(*[
-                producer.send_and_wait(settings.deliveries_topic, orjson.dumps(d),
-                                       key=str(d["dedup_key"]).encode()) for d in deliveries])
+        """Delivery records, queued: a page never waits for one (they are acknowledged
+        before the deliveries they record are committed, see `acknowledged`)."""
+        if settings.deliveries_topic:
+            for d in deliveries:
+                recording.append(await producer.send(settings.deliveries_topic, orjson.dumps(d),
+                                                     key=str(d["dedup_key"]).encode()))
+
+    async def acknowledged() -> None:
+        """Every delivery record queued so far is on the broker (else this raises)."""
+        waiting = list(recording)
+        del recording[:len(waiting)]
+        if waiting:
+            await asyncio.gather(*waiting)
 
     async with contextlib.AsyncExitStack() as stack:
         if senders is None:
@@ -939,7 +953,7 @@ async def run_notify(settings: NotifySettings, senders: dict[str, Sender] | None
 
         async def lane_or_stop_all(lane: Lane) -> None:
             try:
-                await run_lane(lane, settings, dead_letter, stop, legacy)
+                await run_lane(lane, settings, dead_letter, stop, legacy, acknowledged)
             except BaseException:
                 stop.set()  # the other lanes stop too, committing what they delivered
                 raise
@@ -966,7 +980,8 @@ async def _topics_and_legacy_offsets(settings: NotifySettings) -> tuple[set[str]
 
 
 async def run_lane(lane: Lane, settings: NotifySettings, dead_letter: DeadLetter,
-                   stop: asyncio.Event, legacy: dict[Any, int]) -> None:
+                   stop: asyncio.Event, legacy: dict[Any, int],
+                   before_commit: Callable[[], Awaitable[None]] = no_wait) -> None:
     """One lane's consumer group: fetch, deliver (or hold in groups), commit exactly what
     was delivered or dead-lettered; until stopped, or caught up with `exit_when_idle`."""
     from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
@@ -982,7 +997,7 @@ async def run_lane(lane: Lane, settings: NotifySettings, dead_letter: DeadLetter
         **settings.security.aiokafka_kwargs(),
     )
 
-    progress = LaneProgress(lane.name)
+    progress = LaneProgress(lane.name, before_commit=before_commit)
 
     class StartWhereTheSharedGroupWas(ConsumerRebalanceListener):  # type: ignore[misc]
         async def on_partitions_revoked(self, revoked: Any) -> None:
@@ -1085,6 +1100,8 @@ class LaneProgress:
     committed: dict[Any, CommitPoint] = field(default_factory=dict)
     batch: BatchProgress = field(default_factory=BatchProgress)
     reported_at: float = float("-inf")
+    # Waited for before each commit: the delivery records of what it commits.
+    before_commit: Callable[[], Awaitable[None]] = field(default=lambda: no_wait())
 
     async def commit(self, consumer: Any, ledger: Ledger[Any]) -> None:
         """Commit what moved: each partition's first record not finished, and in the
@@ -1100,6 +1117,7 @@ class LaneProgress:
                  if point is not None and self.committed.get(tp) != point}
         if not moved:
             return
+        await self.before_commit()
         try:
             await consumer.commit({tp: (p.offset, p.metadata) for tp, p in moved.items()})
             log.debug("%s: committed %s", self.lane, moved)
