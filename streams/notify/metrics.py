@@ -54,8 +54,8 @@ ALERT_LATENCY = Histogram(
     "limiting and retries included", ["sink"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
 BACKLOG = Gauge(
     "flapguard_notify_backlog", "Alerts-topic records a sink has not yet delivered or "
-    "dead-lettered (its consumer group's lag on the partitions this notifier holds; "
-    "`securityhub`: the write-back)", ["sink"], registry=REGISTRY)
+    "dead-lettered, on the partitions this notifier holds: those not handled yet, and those "
+    "held in groups (`securityhub`: the write-back)", ["sink"], registry=REGISTRY)
 LAST_COMMIT = Gauge(
     "flapguard_notify_last_commit_timestamp_seconds", "Wall-clock time the notifier last "
     "committed a delivered batch", registry=REGISTRY)
@@ -126,8 +126,9 @@ GROUPED_MESSAGES = Counter(
     "flapguard_notify_grouped_messages", "Messages that listed a group of alerts (each alert is "
     "also counted in deliveries_total)", ["sink"], registry=REGISTRY)
 for _sink in DELIVERY_SINKS:
-    HELD.labels(sink=_sink)
     GROUPED_MESSAGES.labels(sink=_sink)
+for _sink in (*DELIVERY_SINKS, "securityhub"):  # every lane's, for the backlog alert rule
+    HELD.labels(sink=_sink)
 
 
 def held(sink: str, alerts: int) -> None:

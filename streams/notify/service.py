@@ -1032,7 +1032,7 @@ async def run_lane(lane: Lane, settings: NotifySettings, dead_letter: DeadLetter
             batch = await consumer.getmany(timeout_ms=500, max_records=settings.batch_size)
             if not any(batch.values()):
                 await progress.commit(consumer, lane.ledger)  # groups sent meanwhile
-                await progress.report_backlog(consumer)
+                await progress.report_backlog(consumer, lane.ledger)
                 if settings.exit_when_idle and await _caught_up(consumer):
                     if not lane.holding():
                         break
@@ -1055,7 +1055,7 @@ async def run_lane(lane: Lane, settings: NotifySettings, dead_letter: DeadLetter
                 await asyncio.wait({delivering}, timeout=COMMIT_EVERY_S)
                 finished = delivering.done()
                 await progress.commit(consumer, lane.ledger)
-                await progress.report_backlog(consumer)
+                await progress.report_backlog(consumer, lane.ledger)
             delivering.result()
         stop_groups = not stop.is_set()  # caught up: nothing is held
         if stop_groups:
@@ -1127,17 +1127,22 @@ class LaneProgress:
             return
         self.committed.update(moved)
 
-    async def report_backlog(self, consumer: Any) -> None:
-        """Records on the assigned partitions this lane has not committed yet (held alerts
-        included; at most every few seconds: it costs a request to the broker)."""
+    async def report_backlog(self, consumer: Any, ledger: Ledger[Any]) -> None:
+        """Alerts on the assigned partitions this lane has not delivered or dead-lettered
+        yet: those not handled, and those held in groups (at most every few seconds: it
+        costs a request to the broker)."""
         now = time.monotonic()
         if now - self.reported_at < BACKLOG_EVERY_S:
             return
         self.reported_at = now
         assigned = [tp for tp in consumer.assignment() if tp in self.committed]
         ends = await consumer.end_offsets(assigned) if assigned else {}
-        notify_metrics.backlog(self.lane, sum(max(0, ends[tp] - self.committed[tp].offset)
-                                              for tp in assigned))
+        waiting = 0
+        for tp in assigned:
+            part = ledger.parts.get(tp)
+            handled = max(self.committed[tp].offset, part.upto if part is not None else 0)
+            waiting += max(0, ends[tp] - handled) + (len(part.held) if part is not None else 0)
+        notify_metrics.backlog(self.lane, waiting)
 
 
 async def _caught_up(consumer: Any) -> bool:
