@@ -43,7 +43,7 @@ from streams.kafka.security import BrokerSecurity
 from streams.kafka.topics import create_topics
 from streams.notify import metrics as notify_metrics
 from streams.notify.deliveries import Origin, Outcome, delivery_record
-from streams.notify.grouping import GroupKey, Groups, group_key
+from streams.notify.grouping import GROUPED_SINKS, GroupKey, Groups, group_key
 from streams.notify.ledger import METADATA_LIMIT, CommitPoint, Ledger
 from streams.notify.routing import Routes
 from streams.notify.sinks import (
@@ -664,6 +664,8 @@ class SinkLane:
     async def run_groups(self, dead_letter: DeadLetter) -> None:
         """Send each group's message when it is due, until asked to stop. A stop leaves
         what is held (and a message cut short) uncommitted: the next notifier sends it."""
+        if self.name not in GROUPED_SINKS or not self.context.settings.routes.groups_any():
+            return  # never holds anything
         while not self.context.stopping():
             now = time.monotonic()
             due = self.groups.take_all(now) if self.flush_everything else self.groups.take_due(now)
