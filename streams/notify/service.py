@@ -1015,6 +1015,7 @@ async def run_lane(lane: Lane, settings: NotifySettings, dead_letter: DeadLetter
                 lane.ledger.revoked(tp)
 
         async def on_partitions_assigned(self, assigned: Any) -> None:
+            log.debug("%s: assigned %s", lane.name, sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
             for tp in assigned:
                 committed = await consumer.committed(tp)
                 if committed is None and tp in legacy:
