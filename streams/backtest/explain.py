@@ -160,8 +160,20 @@ def delivery_wanted(query: Query, keys: set[str]) -> Callable[[dict[str, Any]], 
 
 
 def alert_keys(records: list[dict[str, Any]]) -> set[str]:
-    return {str(r["dedup_key"]) for r in records
-            if r.get("dedup_key") and r.get("decision") in ("alert", "resolved")}
+    """The dedup_keys of the timeline's alerts, and of the incidents its decisions close."""
+    return {key for r in records for key, _ in written_alerts(r)}
+
+
+def written_alerts(decision: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The alerts-topic records a decision wrote, as (dedup_key, resolved): its own alert
+    or resolve, and the `resolved` of each incident it closed (`closes`)."""
+    out = []
+    if decision.get("decision") in ("alert", "resolved") and decision.get("dedup_key"):
+        out.append((str(decision["dedup_key"]), decision.get("decision") == "resolved"))
+    for closed in decision.get("closes") or ():
+        if isinstance(closed, dict) and closed.get("dedup_key"):
+            out.append((str(closed["dedup_key"]), True))
+    return out
 
 
 def deliveries_from_file(path: Path, query: Query, keys: set[str]) -> list[dict[str, Any]]:
@@ -207,13 +219,11 @@ def topic_exists(topic: str, *, bootstrap: str, security: BrokerSecurity = PLAIN
 
 
 def deliveries_of(decision: dict[str, Any], deliveries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What the notifier did with the alert a decision wrote (a `resolved` and the alert it
+    """What the notifier did with the alerts a decision wrote (a `resolved` and the alert it
     closes share a dedup_key; the kind tells them apart), by sink, each sink's in time order."""
-    if decision.get("decision") not in ("alert", "resolved") or not decision.get("dedup_key"):
-        return []
-    resolved = decision.get("decision") == "resolved"
-    found = [d for d in deliveries if d.get("dedup_key") == decision["dedup_key"]
-             and (d.get("kind") == "resolved") == resolved]
+    wanted = set(written_alerts(decision))
+    found = [d for d in deliveries
+             if (str(d.get("dedup_key") or ""), d.get("kind") == "resolved") in wanted]
     return sorted(found, key=lambda d: (str(d.get("sink")), str(d.get("at") or "")))
 
 
@@ -286,7 +296,7 @@ def render(query: Query, records: list[dict[str, Any]],
         lines.append(f"  key {keys[0]}")
     for r in ordered:
         lines.append("  " + _line(r))
-        if deliveries is not None and r.get("decision") in ("alert", "resolved"):
+        if deliveries is not None and written_alerts(r):
             done = deliveries_of(r, deliveries)
             lines.extend("      " + delivery_line(d) for d in done)
             if not done:

@@ -55,7 +55,15 @@ def add(sub: Subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import orjson
 
-    from streams.backtest.explain import Query, deliveries_of, from_file, from_topic, render, timeline
+    from streams.backtest.explain import (
+        Query,
+        deliveries_of,
+        from_file,
+        from_topic,
+        render,
+        timeline,
+        written_alerts,
+    )
 
     query = Query(args.query.strip())
     if not query.text:
@@ -77,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     deliveries = _deliveries(args, query, records)
     if args.json:
         for record in timeline(records):
-            if deliveries is not None and record.get("decision") in ("alert", "resolved"):
+            if deliveries is not None and written_alerts(record):
                 record = {**record, "deliveries": deliveries_of(record, deliveries)}
             print(orjson.dumps(record).decode())
     else:

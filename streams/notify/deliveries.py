@@ -64,8 +64,3 @@ def delivery_record(
     record.update({name: value for name, value in optional.items() if value is not None})
     return record
 
-
-def about(record: dict[str, Any]) -> tuple[str, bool]:
-    """The alert a delivery (or a decision) record is about: its dedup_key, and whether it
-    is the `resolved` that closes it (a trigger and its resolve share the dedup_key)."""
-    return str(record.get("dedup_key") or ""), record.get("kind") == "resolved"

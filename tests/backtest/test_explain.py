@@ -216,3 +216,27 @@ def test_explain_reads_no_deliveries_unless_asked_when_the_decisions_are_a_file(
     assert main(["explain", ARCHIVED, "--decisions", str(decisions),
                  "--deliveries", str(decisions.with_name("missing.jsonl"))]) == 1
     assert "deliveries file not found" in capsys.readouterr().err
+
+
+def test_an_incident_closed_by_another_decision_shows_the_resolve_deliveries_under_it() -> None:
+    """A decision that closes incidents (`closes`: archived, superseded) wrote their
+    `resolved` records: what the notifier did with those shows under it, not under the
+    alert that opened the incident."""
+    from streams.backtest.explain import Query, render
+
+    opened = {"input": "f", "line": 1, "finding_id": ARCHIVED, "decision": "alert", "kind": "new",
+              "dedup_key": DEDUP, "updated_at": "2025-08-12T03:10:44.000Z", "control_id": "RDS.45"}
+    closing = {"input": "f", "line": 9, "finding_id": RECREATED, "decision": "silent", "reason": "archived",
+               "closes": [{"finding_id": ARCHIVED, "dedup_key": DEDUP, "reason": "archived"}],
+               "updated_at": "2025-10-03T00:00:00.000Z", "control_id": "RDS.45"}
+    deliveries = [
+        {"sink": "pagerduty", "outcome": "delivered", "at": "2026-01-01T00:00:00.000Z", "dedup_key": DEDUP,
+         "kind": "new"},
+        {"sink": "pagerduty", "outcome": "delivered", "at": "2026-01-02T00:00:00.000Z", "dedup_key": DEDUP,
+         "kind": "resolved", "reason": "archived"},
+    ]
+    lines = render(Query(ARCHIVED), [opened, closing], deliveries).splitlines()
+    assert [line.split()[1:3] for line in lines if line.lstrip().startswith("->")] == [
+        ["pagerduty", "delivered"], ["pagerduty", "delivered"]]
+    assert lines[1].split()[1:3] == ["alert", "new"] and "2026-01-01" in lines[2]
+    assert lines[3].split()[1:3] == ["silent", "archived"] and "2026-01-02" in lines[4]
