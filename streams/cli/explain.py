@@ -42,6 +42,11 @@ def add(sub: Subparsers) -> None:
     option(explain, "--partitions", default=None, convert=positive_int,
            help="--from-topic: keyed partitions of the worker reproduced (default: the topic's "
            "partition count)")
+    option(explain, "--deliveries", default=None, convert=Path,
+           help="what the notifier delivered, from a file of its delivery records (JSON lines)")
+    option(explain, "--deliveries-topic", default=None,
+           help="the notifier's deliveries topic, read whole (default: securityhub.deliveries "
+           "when the decisions come from a broker and it exists; `off`: none)")
     add_broker(explain)
     explain.add_argument("--json", action="store_true",
                          help="print the decisions as JSON lines instead of the timeline")
@@ -50,7 +55,15 @@ def add(sub: Subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import orjson
 
-    from streams.backtest.explain import Query, from_file, from_topic, render, timeline
+    from streams.backtest.explain import (
+        Query,
+        deliveries_of,
+        from_file,
+        from_topic,
+        render,
+        timeline,
+        written_alerts,
+    )
 
     query = Query(args.query.strip())
     if not query.text:
@@ -69,12 +82,49 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("give --decisions FILE, --decisions-topic TOPIC or --from-topic TOPIC")
     if not records:
         raise CliError(f"no decision about {query.text} in {source}")
+    deliveries = _deliveries(args, query, records)
     if args.json:
         for record in timeline(records):
+            if deliveries is not None and written_alerts(record):
+                record = {**record, "deliveries": deliveries_of(record, deliveries)}
             print(orjson.dumps(record).decode())
     else:
-        print(render(query, records))
+        print(render(query, records, deliveries))
     return 0
+
+
+DEFAULT_DELIVERIES_TOPIC = "securityhub.deliveries"
+
+
+def _deliveries(args: argparse.Namespace, query: object,
+                records: list[dict[str, object]]) -> list[dict[str, object]] | None:
+    """What the notifier delivered for the timeline's alerts; None when nothing says."""
+    from streams.backtest.explain import (
+        Query,
+        alert_keys,
+        deliveries_from_file,
+        deliveries_from_topic,
+        topic_exists,
+    )
+
+    assert isinstance(query, Query)
+    keys = alert_keys(records)
+    if args.deliveries is not None:
+        if not args.deliveries.is_file():
+            raise CliError(f"deliveries file not found: {args.deliveries}")
+        return deliveries_from_file(args.deliveries, query, keys)
+    topic = args.deliveries_topic
+    if topic is not None and topic.strip() in ("", "off"):
+        return None
+    broker = dict(bootstrap=args.bootstrap_servers, security=security_from(args))
+    if topic is None:
+        # By default only where the decisions came from a broker, and only if it is there.
+        if args.decisions is not None or not topic_exists(DEFAULT_DELIVERIES_TOPIC, **broker):
+            return None
+        topic = DEFAULT_DELIVERIES_TOPIC
+    elif not topic_exists(topic, **broker):
+        raise CliError(f"deliveries topic not found: {topic}")
+    return deliveries_from_topic(topic, query, keys, **broker)
 
 
 def _decide_again(args: argparse.Namespace, query: object) -> list[dict[str, object]]:

@@ -54,6 +54,9 @@ def add(sub: Subparsers) -> None:
            help="Kafka consumer groups: GROUP_ID.SINK for each sink (its lag is that sink's backlog)")
     option(notify, "--deadletter-topic", default=d.deadletter_topic,
            help="where alerts go that could not be delivered (error in headers)")
+    option(notify, "--deliveries-topic", default=d.deliveries_topic,
+           help="where each delivery is recorded (sink, outcome, time, dedup_key) for "
+           "`flapguard explain`; created if missing; `off`: nowhere")
     option(notify, "--routes", default=None, convert=Path,
            help="TOML routes file (see streams/data/routes.example.toml); default: every alert "
            "to every configured sink")
@@ -122,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         writes=producer_from(args),
         alerts_topic=args.alerts_topic,
         suppressed_topic=args.suppressed_topic, deadletter_topic=args.deadletter_topic,
+        deliveries_topic=None if args.deliveries_topic.strip() in ("", "off") else args.deliveries_topic,
         group_id=args.group_id, routes=load_routes(args.routes) if args.routes else Routes(),
         stdout=args.stdout, slack_webhook_url=args.slack_webhook_url, slack_rate=args.slack_rate,
         pagerduty_routing_key=args.pagerduty_routing_key, pagerduty_url=args.pagerduty_url,

@@ -54,14 +54,14 @@ ALERT_LATENCY = Histogram(
     "limiting and retries included", ["sink"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
 BACKLOG = Gauge(
     "flapguard_notify_backlog", "Alerts-topic records a sink has not yet delivered or "
-    "dead-lettered (its consumer group's lag on the partitions this notifier holds; "
-    "`securityhub`: the write-back)", ["sink"], registry=REGISTRY)
+    "dead-lettered, on the partitions this notifier holds: those not handled yet, and those "
+    "held in groups (`securityhub`: the write-back)", ["sink"], registry=REGISTRY)
 LAST_COMMIT = Gauge(
     "flapguard_notify_last_commit_timestamp_seconds", "Wall-clock time the notifier last "
     "committed a delivered batch", registry=REGISTRY)
 
 # Counters start at 0 (a series born at 1 shows no `increase()` for its first event).
-for _kind in [*(k.value for k in Kind), OTHER]:
+for _kind in dict.fromkeys([*(k.value for k in Kind), OTHER]):
     for _severity in [*(s.name for s in Severity), OTHER]:
         ALERTS_CONSUMED.labels(kind=_kind, severity=_severity)
 for _sink in DELIVERY_SINKS:
@@ -117,3 +117,23 @@ def alert_delivered(sink: str, seconds: float) -> None:
 
 def backlog(sink: str, records: int) -> None:
     BACKLOG.labels(sink=sink_label(sink)).set(records)
+
+
+HELD = Gauge(
+    "flapguard_notify_held_alerts", "Alerts a sink holds in groups, waiting for group_wait or "
+    "group_interval (not committed until their group's message is sent)", ["sink"], registry=REGISTRY)
+GROUPED_MESSAGES = Counter(
+    "flapguard_notify_grouped_messages", "Messages that listed a group of alerts (each alert is "
+    "also counted in deliveries_total)", ["sink"], registry=REGISTRY)
+for _sink in DELIVERY_SINKS:
+    GROUPED_MESSAGES.labels(sink=_sink)
+for _sink in (*DELIVERY_SINKS, "securityhub"):  # every lane's, for the backlog alert rule
+    HELD.labels(sink=_sink)
+
+
+def held(sink: str, alerts: int) -> None:
+    HELD.labels(sink=sink_label(sink)).set(alerts)
+
+
+def grouped_message(sink: str) -> None:
+    GROUPED_MESSAGES.labels(sink=sink_label(sink)).inc()

@@ -5,7 +5,10 @@ Routes are tried in order. The first route whose matchers all hold decides the s
 unless it says `continue = true`: then the next matching routes add theirs too. An
 alert no route matches goes to `default_sinks` (every configured sink when unset).
 A `resolved` alert notifies only where `notify_resolved` (per route, else the file's
-top-level value, default true) allows it. See `streams/data/routes.example.toml`.
+top-level value, default true) allows it. A route may group what it sends to Slack and
+SNS (`group_by`, `group_wait`, `group_interval`; the top-level values are the defaults
+of routes that give none, and apply to alerts no route matches): see
+`streams.notify.grouping`. See `streams/data/routes.example.toml`.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from streams.config import ConfigError
+from streams.config import ConfigError, parse_duration_ms
 from streams.core.policy import Severity
-from streams.notify.sinks import Alert, Kind
+from streams.notify.grouping import GROUP_LABELS, GROUPED_SINKS, NO_GROUPING, Grouping
+from streams.notify.sinks import Alert, Kind, ResolveReason
 
 SINK_NAMES = ("stdout", "slack", "pagerduty", "sns")
 
@@ -38,6 +42,8 @@ class Match:
     # `.../RDS.45` GeneratorId; a pattern may also match the record's control as written.
     controls: tuple[str, ...] = ()
     kinds: tuple[Kind, ...] = ()
+    # Why a `resolved` alert closed its incident; an alert of another kind never matches.
+    reasons: tuple[ResolveReason, ...] = ()
 
     def holds(self, alert: Alert) -> bool:
         return (
@@ -47,6 +53,7 @@ class Match:
             and (not self.controls or any(fnmatchcase(c, p) for p in self.controls
                                           for c in (alert.control_id, alert.record_control_id)))
             and (not self.kinds or alert.kind in self.kinds)
+            and (not self.reasons or alert.reason in self.reasons)
         )
 
 
@@ -57,6 +64,22 @@ class Route:
     sinks: tuple[str, ...]
     notify_resolved: bool = True
     continue_: bool = False
+    # None: every alert alone, at once (today's behaviour, and the default).
+    grouping: Grouping | None = None
+
+
+# The name of the "route" of alerts that no route matches (grouped by the top level).
+DEFAULT_ROUTE = "(default)"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One sink an alert goes to, and how: grouped by the first route that sent it there
+    (None: alone, at once)."""
+
+    sink: str
+    route: str
+    grouping: Grouping | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,24 +87,39 @@ class Routes:
     routes: tuple[Route, ...] = ()
     default_sinks: tuple[str, ...] | None = None
     notify_resolved: bool = True
+    grouping: Grouping | None = None  # for alerts no route matches
 
     def sinks_for(self, alert: Alert, configured: Sequence[str]) -> list[str]:
         """The sinks this alert goes to, in configuration order, each once."""
-        chosen: list[str] = []
+        return [d.sink for d in self.deliveries_for(alert, configured)]
+
+    def deliveries_for(self, alert: Alert, configured: Sequence[str]) -> list[Delivery]:
+        """Where this alert goes, each sink once, grouped as the first route sending it
+        there says (PagerDuty and stdout never: one event per alert, at once)."""
+        chosen: list[Delivery] = []
         matched = False
         for route in self.routes:
             if not route.match.holds(alert):
                 continue
             matched = True
             if not alert.resolved or route.notify_resolved:
-                chosen.extend(route.sinks)
+                chosen.extend(Delivery(s, route.name, route.grouping) for s in route.sinks)
             if not route.continue_:
                 break
         if not matched:
             if alert.resolved and not self.notify_resolved:
                 return []
-            chosen = list(configured if self.default_sinks is None else self.default_sinks)
-        return [s for s in dict.fromkeys(chosen) if s in configured]
+            sinks = configured if self.default_sinks is None else self.default_sinks
+            chosen = [Delivery(s, DEFAULT_ROUTE, self.grouping) for s in sinks]
+        first: dict[str, Delivery] = {}
+        for delivery in chosen:
+            if delivery.sink in configured and delivery.sink not in first:
+                grouped = delivery.grouping if delivery.sink in GROUPED_SINKS else None
+                first[delivery.sink] = Delivery(delivery.sink, delivery.route, grouped)
+        return list(first.values())
+
+    def groups_any(self) -> bool:
+        return self.grouping is not None or any(r.grouping is not None for r in self.routes)
 
     def sinks_named(self) -> set[str]:
         named = {s for r in self.routes for s in r.sinks}
@@ -98,26 +136,66 @@ def load_routes(path: Path) -> Routes:
     return parse_routes(data, str(path))
 
 
+GROUP_KEYS = {"group_by", "group_wait", "group_interval"}
+
+
 def parse_routes(data: dict[str, Any], where: str = "routes") -> Routes:
-    _known(data, {"default_sinks", "notify_resolved", "route"}, where)
+    _known(data, {"default_sinks", "notify_resolved", "route", *GROUP_KEYS}, where)
     raw_routes = data.get("route", [])
     if not isinstance(raw_routes, list):
         raise RoutingError(f"{where}: `route` must be an array of tables ([[route]])")
-    routes = tuple(_route(r, i, where) for i, r in enumerate(raw_routes))
+    top = _grouping(data, None, where)
+    routes = tuple(_route(r, i, where, top) for i, r in enumerate(raw_routes))
     default = data.get("default_sinks")
     return Routes(
         routes=routes,
         default_sinks=None if default is None else _sinks(default, f"{where}: default_sinks"),
         notify_resolved=_bool(data.get("notify_resolved", True), f"{where}: notify_resolved"),
+        grouping=top,
     )
 
 
-def _route(raw: Any, index: int, where: str) -> Route:
+def _grouping(raw: dict[str, Any], inherited: Grouping | None, where: str) -> Grouping | None:
+    """A table's grouping: off unless it (or, for a route, the top level) sets one of the
+    three keys; `group_by = ["..."]` turns it off."""
+    if not GROUP_KEYS & set(raw):
+        return inherited
+    base = inherited or Grouping()
+    by = base.by
+    if "group_by" in raw:
+        by = _strings(raw["group_by"], f"{where}: group_by")
+        if NO_GROUPING in by:
+            if len(by) > 1:
+                raise RoutingError(f'{where}: group_by ["{NO_GROUPING}"] turns grouping off: '
+                                   "nothing else goes with it")
+            return None
+        for label in by:
+            if label not in GROUP_LABELS:
+                raise RoutingError(f"{where}: group_by: unknown label {label!r} (one of "
+                                   f"{', '.join(GROUP_LABELS)}, or \"{NO_GROUPING}\" for no grouping)")
+        by = tuple(dict.fromkeys(by))
+    return Grouping(by=by, wait_s=_duration_s(raw, "group_wait", base.wait_s, where),
+                    interval_s=_duration_s(raw, "group_interval", base.interval_s, where))
+
+
+def _duration_s(raw: dict[str, Any], name: str, default: float, where: str) -> float:
+    if name not in raw:
+        return default
+    value = raw[name]
+    if not isinstance(value, str):
+        raise RoutingError(f"{where}: {name}: write a duration as a string, like \"30s\" or \"5m\"")
+    try:
+        return parse_duration_ms(value) / 1000
+    except ConfigError as exc:
+        raise RoutingError(f"{where}: {name}: {exc}") from None
+
+
+def _route(raw: Any, index: int, where: str, grouping: Grouping | None) -> Route:
     if not isinstance(raw, dict):
         raise RoutingError(f"{where}: route #{index + 1} must be a table")
     name = str(raw.get("name") or f"#{index + 1}")
     here = f"{where}: route {name}"
-    _known(raw, {"name", "match", "sinks", "notify_resolved", "continue"}, here)
+    _known(raw, {"name", "match", "sinks", "notify_resolved", "continue", *GROUP_KEYS}, here)
     if "sinks" not in raw:
         raise RoutingError(f"{here}: `sinks` is required (use [] to silence what it matches)")
     match = raw.get("match", {})
@@ -129,16 +207,18 @@ def _route(raw: Any, index: int, where: str) -> Route:
         sinks=_sinks(raw["sinks"], f"{here}: sinks"),
         notify_resolved=_bool(raw.get("notify_resolved", True), f"{here}: notify_resolved"),
         continue_=_bool(raw.get("continue", False), f"{here}: continue"),
+        grouping=_grouping(raw, grouping, here),
     )
 
 
 def _match(raw: dict[str, Any], where: str) -> Match:
-    keys = {"min_severity", "max_severity", "accounts", "regions", "controls", "kinds"}
+    keys = {"min_severity", "max_severity", "accounts", "regions", "controls", "kinds", "reasons"}
     _known(raw, keys, f"{where}: match")
     try:
         severity = Severity.parse(str(raw.get("min_severity", "INFORMATIONAL")))
         ceiling = Severity.parse(str(raw.get("max_severity", "CRITICAL")))
         kinds = tuple(Kind(k) for k in _strings(raw.get("kinds", []), f"{where}: kinds"))
+        reasons = tuple(ResolveReason(r) for r in _strings(raw.get("reasons", []), f"{where}: reasons"))
     except ValueError as exc:
         raise RoutingError(f"{where}: {exc}") from None
     return Match(
@@ -148,6 +228,7 @@ def _match(raw: dict[str, Any], where: str) -> Match:
         regions=_strings(raw.get("regions", []), f"{where}: regions"),
         controls=_strings(raw.get("controls", []), f"{where}: controls"),
         kinds=kinds,
+        reasons=reasons,
     )
 
 

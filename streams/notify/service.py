@@ -42,6 +42,9 @@ from streams.kafka.producer import ProducerSettings
 from streams.kafka.security import BrokerSecurity
 from streams.kafka.topics import create_topics
 from streams.notify import metrics as notify_metrics
+from streams.notify.deliveries import Origin, Outcome, delivery_record
+from streams.notify.grouping import GROUPED_SINKS, GroupKey, Groups, group_key
+from streams.notify.ledger import METADATA_LIMIT, CommitPoint, Ledger
 from streams.notify.routing import Routes
 from streams.notify.sinks import (
     Alert,
@@ -49,7 +52,9 @@ from streams.notify.sinks import (
     Kind,
     pagerduty_event,
     parse_alert,
+    slack_group_message,
     slack_message,
+    sns_group_message,
     sns_message,
     stdout_line,
 )
@@ -140,6 +145,9 @@ class Sender(Protocol):
 
     async def send(self, alert: Alert) -> None: ...
 
+    async def send_group(self, labels: str, alerts: list[Alert]) -> None:
+        """One message listing `alerts` (a group that `labels` describes)."""
+
 
 # ------------------------------------------------------------------------ stopping
 
@@ -225,10 +233,19 @@ class HttpSender:
     def body(self, alert: Alert) -> dict[str, Any]:
         raise NotImplementedError
 
+    def group_body(self, labels: str, alerts: list[Alert]) -> dict[str, Any]:
+        raise NotImplementedError(f"{self.name} messages are never grouped")
+
     async def send(self, alert: Alert) -> None:
+        await self.post(self.body(alert))
+
+    async def send_group(self, labels: str, alerts: list[Alert]) -> None:
+        await self.post(self.group_body(labels, alerts))
+
+    async def post(self, body: dict[str, Any]) -> None:
         import aiohttp
 
-        payload = orjson.dumps(self.body(alert))
+        payload = orjson.dumps(body)
         try:
             async with self.session.post(
                 self.url, data=payload, headers={"Content-Type": "application/json"},
@@ -251,6 +268,9 @@ class SlackSender(HttpSender):
     def body(self, alert: Alert) -> dict[str, Any]:
         return slack_message(alert)
 
+    def group_body(self, labels: str, alerts: list[Alert]) -> dict[str, Any]:
+        return slack_group_message(labels, alerts)
+
 
 class PagerDutySender(HttpSender):
     def __init__(self, url: str, routing_key: str, session: Any, timeout_s: float) -> None:
@@ -270,7 +290,12 @@ class SnsSender:
         self.client = client
 
     async def send(self, alert: Alert) -> None:
-        message = sns_message(alert)
+        await self.publish(sns_message(alert))
+
+    async def send_group(self, labels: str, alerts: list[Alert]) -> None:
+        await self.publish(sns_group_message(labels, alerts))
+
+    async def publish(self, message: Any) -> None:
         try:
             await asyncio.to_thread(
                 self.client.publish, TopicArn=self.topic_arn, Subject=message.subject,
@@ -287,6 +312,10 @@ class StdoutSender:
     async def send(self, alert: Alert) -> None:
         sys.stdout.buffer.write(stdout_line(alert))
         sys.stdout.buffer.flush()
+
+    async def send_group(self, labels: str, alerts: list[Alert]) -> None:
+        for alert in alerts:  # never grouped: one line per alert
+            await self.send(alert)
 
 
 def aws_error(exc: Exception) -> DeliveryError:
@@ -352,6 +381,8 @@ class NotifySettings:
     pagerduty_routing_key: str | None = None
     pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
     sns_topic_arn: str | None = None
+    # Where each delivery is recorded, for `flapguard explain` (None: nowhere).
+    deliveries_topic: str | None = "securityhub.deliveries"
     write_back: bool = False
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     http_timeout_s: float = 10.0
@@ -429,10 +460,36 @@ class Lane(Protocol):
 
     name: str
     topics: list[str]
+    # Per partition, what is finished and what is held: what may be committed.
+    ledger: Ledger[Any]
+    # Send every held group now, due or not (caught up with --exit-when-idle).
+    flush_everything: bool
 
     async def deliver(self, batch: Batch, dead_letter: DeadLetter, progress: BatchProgress) -> None:
-        """Deliver `batch`, moving `progress.done` as each record is delivered or
-        dead-lettered (progress is committed as it is made)."""
+        """Deliver `batch`, moving `progress.done` and the ledger as each record is
+        delivered, dead-lettered or held (progress is committed as it is made)."""
+
+    async def run_groups(self, dead_letter: DeadLetter) -> None:
+        """Send held groups as they fall due, until asked to stop (returns at once for a
+        lane that never holds)."""
+
+    def holding(self) -> bool:
+        """Whether alerts are held (not sent, not committed)."""
+
+    def drop(self, revoked: set[Any]) -> None:
+        """Forget what is held of partitions revoked from this member."""
+
+
+# Where a lane writes its delivery records (acknowledged before it reports them done).
+RecordDeliveries = Callable[[list[dict[str, Any]]], Awaitable[None]]
+
+
+async def no_records(records: list[dict[str, Any]]) -> None:
+    return None
+
+
+async def no_wait() -> None:
+    return None
 
 
 @dataclass(slots=True)
@@ -444,13 +501,50 @@ class LaneContext:
     rng: random.Random
     stop: asyncio.Event | None
     configured: list[str]
+    record: RecordDeliveries = no_records
+
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """An alert held in a group: its record (and partition), and the route that grouped it."""
+
+    tp: Any
+    record: Any
+    alert: Alert
+    route: str
+
+
+# How often a lane holding groups looks for a group that is due.
+GROUP_TICK_S = 0.1
+# The most alerts one lane holds: beyond, the group holding the oldest goes out at once
+# (memory, and the commit that has to say which held records it leaves uncommitted).
+HELD_LIMIT = 10_000
+
+
+def origin_of(record: Any) -> Origin:
+    return Origin(record.topic, record.partition, record.offset)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _is_at(tp: Any, offset: int, held: Held) -> bool:
+    return bool(held.tp == tp and held.record.offset == offset)
 
 
 class SinkLane:
     """Delivers to one sink. A partition's records go in order, one at a time (a `resolved`
     never overtakes its trigger, and a stop leaves nothing delivered beyond what is
     committed); partitions go side by side. The primary lane also counts the records and
-    dead-letters those that are not alerts (once, whichever sinks there are)."""
+    dead-letters those that are not alerts (once, whichever sinks there are).
+
+    An alert its route groups (Slack, SNS) is held in its group instead, and `run_groups`
+    sends each group's message when it is due; the ledger keeps a held alert's offset
+    uncommitted until then."""
 
     def __init__(self, sender: Sender, context: LaneContext, *, primary: bool) -> None:
         self.sender = sender
@@ -458,60 +552,172 @@ class SinkLane:
         self.context = context
         self.primary = primary
         self.topics = [context.settings.alerts_topic]
+        self.ledger: Ledger[Any] = Ledger()
+        self.groups: Groups[Held] = Groups()
+        # Send every held group now, due or not (caught up with --exit-when-idle).
+        self.flush_everything = False
 
     async def deliver(self, batch: Batch, dead_letter: DeadLetter, progress: BatchProgress) -> None:
         async def partition(key: Any, records: list[Any]) -> None:
             for record in records:
-                stopping = self.context.stop is not None and self.context.stop.is_set()
-                if stopping or key in progress.revoked:
+                if self.context.stopping() or key in progress.revoked:
                     return
+                if self.ledger.finished_before(key, record.offset):
+                    # Finished before a restart (or a rebalance), after a record still held then.
+                    self.ledger.handled(key, record.offset)
+                    progress.done[key] = record.offset + 1
+                    continue
                 try:
-                    failures = await self.deliver_one(record)
+                    failures, held = await self.deliver_one(key, record)
                 except Interrupted:
                     return
                 if failures:
                     await dead_letter(failures)
+                if not held:
+                    self.ledger.handled(key, record.offset)
                 progress.done[key] = record.offset + 1
 
         await asyncio.gather(*(partition(key, records) for key, records in batch.items() if records))
 
-    async def deliver_one(self, record: Any) -> list[Failure]:
+    async def deliver_one(self, key: Any, record: Any) -> tuple[list[Failure], bool]:
+        """What failed for good, and whether the alert is held in a group."""
         try:
             alert = parse_alert(record.value or b"")
         except AlertError as exc:
             if not self.primary:
-                return []
+                return [], False
             self.context.counts.records += 1
             notify_metrics.consumed(None)
-            return [Failure(record, "parse", str(exc), 0)]
+            return [Failure(record, "parse", str(exc), 0)], False
         if self.primary:
             self.context.counts.records += 1
             notify_metrics.consumed(alert)
-        if self.name not in self.context.settings.routes.sinks_for(alert, self.context.configured):
-            return []
+        routes = self.context.settings.routes
+        delivery = next((d for d in routes.deliveries_for(alert, self.context.configured)
+                         if d.sink == self.name), None)
+        if delivery is None:
+            why = ("notify_resolved is off for its route" if alert.resolved
+                   and self._routed_unless_resolved(alert) else "not routed to this sink")
+            await self.context.record([delivery_record(
+                self.name, Outcome.SKIPPED, alert, origin_of(record), now_ms(), why=why)])
+            return [], False
+        if delivery.grouping is not None:
+            self.groups.add(group_key(delivery.route, delivery.grouping, alert), delivery.grouping,
+                            Held(key, record, alert, delivery.route), time.monotonic())
+            self.ledger.hold(key, record.offset)
+            notify_metrics.held(self.name, self.groups.held())
+            return [], True
         error, attempts = await self._send(alert)
         if error is not None:
-            return [Failure(record, self.name, error, attempts)]
+            await self.context.record([delivery_record(
+                self.name, Outcome.DEAD_LETTERED, alert, origin_of(record), now_ms(),
+                route=delivery.route, error=error, attempts=attempts)])
+            return [Failure(record, self.name, error, attempts)], False
         self.context.counts.delivered += 1
         # From the alert record's Kafka timestamp (when the worker wrote it) to delivery.
         notify_metrics.alert_delivered(self.name, time.time() - record.timestamp / 1000)
-        return []
+        await self.context.record([delivery_record(
+            self.name, Outcome.DELIVERED, alert, origin_of(record), now_ms(), route=delivery.route,
+            attempts=attempts)])
+        return [], False
+
+    def _routed_unless_resolved(self, alert: Alert) -> bool:
+        """Whether a `resolved` alert would reach this sink but for `notify_resolved`."""
+        from dataclasses import replace
+
+        trigger = replace(alert, kind=Kind.NEW, kind_name="new", reason_name="")
+        return any(d.sink == self.name for d in self.context.settings.routes.deliveries_for(
+            trigger, self.context.configured))
 
     async def _send(self, alert: Alert) -> tuple[str | None, int]:
+        return await self._attempts(functools.partial(self.sender.send, alert), 1,
+                                    f"{self.sender.name} delivery of {alert.dedup_key}")
+
+    async def _attempts(self, send: Callable[[], Awaitable[None]], alerts: int,
+                        what: str) -> tuple[str | None, int]:
         sender, stop = self.sender, self.context.stop
 
         async def attempt() -> None:
             if sender.limiter is not None:
                 await sender.limiter.wait(stop)
             notify_metrics.attempted(sender.name)
-            await finish_or_stop(sender.send(alert), stop)
+            await finish_or_stop(send(), stop)
 
         started = time.monotonic()
         error, attempts = await with_retries(attempt, self.context.settings.retry, self.context.rng,
-                                             f"{sender.name} delivery of {alert.dedup_key}", stop)
-        notify_metrics.delivery_done(sender.name, delivered=error is None, attempts=attempts,
-                                     seconds=time.monotonic() - started)
+                                             what, stop)
+        for _ in range(alerts):
+            notify_metrics.delivery_done(sender.name, delivered=error is None, attempts=attempts,
+                                         seconds=time.monotonic() - started)
         return error, attempts
+
+    # -- groups
+
+    def holding(self) -> bool:
+        return self.ledger.held() > 0
+
+    def drop(self, revoked: set[Any]) -> None:
+        """Forget what is held of partitions another member delivers now."""
+        self.groups.drop(lambda held: held.tp in revoked)
+        notify_metrics.held(self.name, self.groups.held())
+
+    async def run_groups(self, dead_letter: DeadLetter) -> None:
+        """Send each group's message when it is due, until asked to stop. A stop leaves
+        what is held (and a message cut short) uncommitted: the next notifier sends it."""
+        if self.name not in GROUPED_SINKS or not self.context.settings.routes.groups_any():
+            return  # never holds anything
+        while not self.context.stopping():
+            now = time.monotonic()
+            due = self.groups.take_all(now) if self.flush_everything else self.groups.take_due(now)
+            due += self._overdue(now)
+            for key, members in due:
+                try:
+                    failures = await self.send_group(key, members)
+                except Interrupted:
+                    return
+                if failures:
+                    await dead_letter(failures)
+                for held in members:
+                    self.ledger.release(held.tp, held.record.offset)
+                notify_metrics.held(self.name, self.groups.held())
+            try:
+                await pause(GROUP_TICK_S, self.context.stop)
+            except Interrupted:
+                return
+
+    def _overdue(self, now: float) -> list[tuple[GroupKey, list[Held]]]:
+        """Groups that must go out before they are due: the one holding a partition's
+        oldest record when the commit could no longer say what is held beyond it, or when
+        the lane holds too much."""
+        out: list[tuple[GroupKey, list[Held]]] = []
+        for tp in list(self.ledger.parts):
+            point = self.ledger.point(tp)
+            oldest = self.ledger.oldest_held(tp)
+            if point is None or oldest is None:
+                continue
+            if len(point.metadata) > METADATA_LIMIT or self.groups.held() > HELD_LIMIT:
+                out += self.groups.take_holding(functools.partial(_is_at, tp, oldest), now)
+        return out
+
+    async def send_group(self, key: GroupKey, members: list[Held]) -> list[Failure]:
+        """One message for `members`; each alert's outcome is recorded and counted alone."""
+        alerts = [held.alert for held in members]
+        labels = key.describe()
+        error, attempts = await self._attempts(
+            functools.partial(self.sender.send_group, labels, alerts), len(alerts),
+            f"{self.name} message of {len(alerts)} alert(s) ({labels})")
+        outcome = Outcome.DELIVERED if error is None else Outcome.DEAD_LETTERED
+        at = now_ms()
+        await self.context.record([delivery_record(
+            self.name, outcome, held.alert, origin_of(held.record), at, route=held.route,
+            group=labels, group_size=len(alerts), error=error, attempts=attempts) for held in members])
+        if error is not None:
+            return [Failure(held.record, self.name, error, attempts) for held in members]
+        self.context.counts.delivered += len(members)
+        notify_metrics.grouped_message(self.name)
+        for held in members:
+            notify_metrics.alert_delivered(self.name, time.time() - held.record.timestamp / 1000)
+        return []
 
 
 class WriteBackLane:
@@ -527,6 +733,8 @@ class WriteBackLane:
         self.primary = primary
         settings = context.settings
         self.topics = [settings.alerts_topic, settings.suppressed_topic]
+        self.ledger: Ledger[Any] = Ledger()
+        self.flush_everything = False
 
     async def deliver(self, batch: Batch, dead_letter: DeadLetter, progress: BatchProgress) -> None:
         records = [r for rs in batch.values() for r in rs]
@@ -537,6 +745,18 @@ class WriteBackLane:
         if failures:
             await dead_letter(failures)
         progress.done.update({key: rs[-1].offset + 1 for key, rs in batch.items() if rs})
+        for key, rs in batch.items():
+            if rs:
+                self.ledger.handled(key, rs[-1].offset)
+
+    def holding(self) -> bool:
+        return False
+
+    def drop(self, revoked: set[Any]) -> None:
+        return None
+
+    async def run_groups(self, dead_letter: DeadLetter) -> None:
+        return None
 
     async def write_back(self, records: list[Any]) -> list[Failure]:
         items: list[tuple[Any, WriteBackItem]] = []
@@ -631,10 +851,11 @@ class Notifier:
 
     def __init__(self, settings: NotifySettings, senders: dict[str, Sender],
                  securityhub: Any = None, rng: random.Random | None = None,
-                 stop: asyncio.Event | None = None) -> None:
+                 stop: asyncio.Event | None = None, record: RecordDeliveries = no_records) -> None:
         self.settings = settings
         self.counts = Counts()
-        context = LaneContext(settings, self.counts, rng or random.Random(), stop, list(senders))
+        context = LaneContext(settings, self.counts, rng or random.Random(), stop, list(senders),
+                              record)
         # The primary lane counts what is read and dead-letters what is not an alert: the
         # one least likely to lag (Slack, rate-limited, only when it is the only sink).
         primary = min(senders, default=None, key=lambda name: PRIMARY_PREFERENCE.index(name)
@@ -652,7 +873,8 @@ class Notifier:
             notify_metrics.dead_lettered(failure.sink)
 
     async def deliver_batch(self, records: list[Any]) -> list[Failure]:
-        """Every lane's delivery of `records`, side by side; what failed for good."""
+        """Every lane's delivery of `records`, side by side, held groups sent at once at
+        the end; what failed for good."""
         failures: list[Failure] = []
 
         async def collect(more: list[Failure]) -> None:
@@ -665,6 +887,9 @@ class Notifier:
                 if r.topic in lane.topics:
                     batch.setdefault((r.topic, r.partition), []).append(r)
             await lane.deliver(batch, collect, BatchProgress())
+            if isinstance(lane, SinkLane):
+                for key, members in lane.groups.take_all(time.monotonic()):
+                    await collect(await lane.send_group(key, members))
 
         await asyncio.gather(*(one(lane) for lane in self.lanes))
         return failures
@@ -681,14 +906,35 @@ async def run_notify(settings: NotifySettings, senders: dict[str, Sender] | None
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await create_topics(settings.bootstrap_servers, {settings.deadletter_topic: 1},
+    created = {settings.deadletter_topic: 1}
+    if settings.deliveries_topic:
+        created[settings.deliveries_topic] = 1
+    await create_topics(settings.bootstrap_servers, created,
                         replication=settings.writes.replication, security=settings.security)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
                                 **settings.writes.aiokafka_kwargs(), **settings.security.aiokafka_kwargs())
+
+    recording: list[asyncio.Future[Any]] = []
+
+    async def record(deliveries: list[dict[str, Any]]) -> None:
+        """Delivery records, queued: a page never waits for one (they are acknowledged
+        before the deliveries they record are committed, see `acknowledged`)."""
+        if settings.deliveries_topic:
+            for d in deliveries:
+                recording.append(await producer.send(settings.deliveries_topic, orjson.dumps(d),
+                                                     key=str(d["dedup_key"]).encode()))
+
+    async def acknowledged() -> None:
+        """Every delivery record queued so far is on the broker (else this raises)."""
+        waiting = list(recording)
+        del recording[:len(waiting)]
+        if waiting:
+            await asyncio.gather(*waiting)
+
     async with contextlib.AsyncExitStack() as stack:
         if senders is None:
             senders = await stack.enter_async_context(open_senders(settings))
-        notifier = Notifier(settings, senders, securityhub, stop=stop)
+        notifier = Notifier(settings, senders, securityhub, stop=stop, record=record)
         topics = sorted({t for lane in notifier.lanes for t in lane.topics})
         known, legacy = await _topics_and_legacy_offsets(settings)
         missing = [t for t in topics if t not in known]
@@ -709,7 +955,7 @@ async def run_notify(settings: NotifySettings, senders: dict[str, Sender] | None
 
         async def lane_or_stop_all(lane: Lane) -> None:
             try:
-                await run_lane(lane, settings, dead_letter, stop, legacy)
+                await run_lane(lane, settings, dead_letter, stop, legacy, acknowledged)
             except BaseException:
                 stop.set()  # the other lanes stop too, committing what they delivered
                 raise
@@ -736,13 +982,15 @@ async def _topics_and_legacy_offsets(settings: NotifySettings) -> tuple[set[str]
 
 
 async def run_lane(lane: Lane, settings: NotifySettings, dead_letter: DeadLetter,
-                   stop: asyncio.Event, legacy: dict[Any, int]) -> None:
-    """One lane's consumer group: fetch, deliver, commit exactly what was delivered or
-    dead-lettered; until stopped, or caught up with `exit_when_idle`."""
+                   stop: asyncio.Event, legacy: dict[Any, int],
+                   before_commit: Callable[[], Awaitable[None]] = no_wait) -> None:
+    """One lane's consumer group: fetch, deliver (or hold in groups), commit exactly what
+    was delivered or dead-lettered; until stopped, or caught up with `exit_when_idle`."""
     from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
+    group = settings.lane_group(lane.name)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=settings.lane_group(lane.name),
+        bootstrap_servers=settings.bootstrap_servers, group_id=group,
         enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=settings.batch_size,
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=max(100, settings.session_timeout_ms // 10),
@@ -751,19 +999,23 @@ async def run_lane(lane: Lane, settings: NotifySettings, dead_letter: DeadLetter
         **settings.security.aiokafka_kwargs(),
     )
 
-    progress = LaneProgress(lane.name)
+    progress = LaneProgress(lane.name, before_commit=before_commit)
 
     class StartWhereTheSharedGroupWas(ConsumerRebalanceListener):  # type: ignore[misc]
         async def on_partitions_revoked(self, revoked: Any) -> None:
             # Still ours until this returns: commit what was delivered on them, and stop
-            # delivering them (their new owner starts after the commit).
+            # delivering them (their new owner starts after the commit, and skips what the
+            # commit says was finished beyond it).
             log.debug("%s: revoked %s; done %s", lane.name, revoked, progress.batch.done)
             progress.batch.revoked.update(revoked)
-            await progress.commit(consumer, progress.batch.done)
+            await progress.commit(consumer, lane.ledger)
+            lane.drop(set(revoked))
             for tp in revoked:
                 progress.committed.pop(tp, None)
+                lane.ledger.revoked(tp)
 
         async def on_partitions_assigned(self, assigned: Any) -> None:
+            log.debug("%s: assigned %s", lane.name, sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
             for tp in assigned:
                 committed = await consumer.committed(tp)
                 if committed is None and tp in legacy:
@@ -771,18 +1023,31 @@ async def run_lane(lane: Lane, settings: NotifySettings, dead_letter: DeadLetter
                     committed = legacy[tp]
                 if committed is None:
                     committed = (await consumer.beginning_offsets([tp]))[tp]
-                progress.committed[tp] = committed
+                progress.committed[tp] = CommitPoint(committed)
 
     await consumer.start()
+    groups = asyncio.ensure_future(lane.run_groups(dead_letter))
     try:
         consumer.subscribe(lane.topics, listener=StartWhereTheSharedGroupWas())
         while not stop.is_set():
+            if groups.done():
+                groups.result()  # a failure (the dead-letter topic unwritable) stops the lane
             batch = await consumer.getmany(timeout_ms=500, max_records=settings.batch_size)
             if not any(batch.values()):
-                await progress.report_backlog(consumer)
+                await progress.commit(consumer, lane.ledger)  # groups sent meanwhile
+                await progress.report_backlog(consumer, lane.ledger)
                 if settings.exit_when_idle and await _caught_up(consumer):
-                    break
+                    if not lane.holding():
+                        break
+                    lane.flush_everything = True  # nothing more will come: send what is held
                 continue
+            # Records may arrive before the rebalance listener is done: the ledger of a new
+            # partition is read here, from the commit, before any of its records is handled.
+            new = [tp for tp, records in batch.items() if records and tp not in lane.ledger.parts]
+            commits = await _committed(settings, group, new)
+            for tp in new:
+                offset, metadata = commits.get(tp, (batch[tp][0].offset, ""))
+                lane.ledger.assigned(tp, offset, metadata)
             progress.batch = BatchProgress()
             delivering = asyncio.ensure_future(lane.deliver(batch, dead_letter, progress.batch))
             finished = False
@@ -792,11 +1057,35 @@ async def run_lane(lane: Lane, settings: NotifySettings, dead_letter: DeadLetter
                 # before the commit: the batch may finish while a commit is in flight.
                 await asyncio.wait({delivering}, timeout=COMMIT_EVERY_S)
                 finished = delivering.done()
-                await progress.commit(consumer, progress.batch.done)
-                await progress.report_backlog(consumer)
+                await progress.commit(consumer, lane.ledger)
+                await progress.report_backlog(consumer, lane.ledger)
             delivering.result()
+        stop_groups = not stop.is_set()  # caught up: nothing is held
+        if stop_groups:
+            groups.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await groups
+        # What the groups sent last; held alerts stay uncommitted for the next notifier.
+        await progress.commit(consumer, lane.ledger)
     finally:
+        if not groups.done():
+            groups.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await groups
         await consumer.stop()
+
+
+async def _committed(settings: NotifySettings, group: str, partitions: list[Any]
+                     ) -> dict[Any, tuple[int, str]]:
+    """A group's committed offsets with their metadata (what a lane that held alerts had
+    finished beyond the offset), for `partitions`."""
+    from streams.kafka.topics import admin_client
+
+    if not partitions:
+        return {}
+    async with admin_client(settings.bootstrap_servers, settings.security, timeout=30) as admin:
+        offsets = await admin.list_consumer_group_offsets(group, partitions=partitions)
+    return {tp: (meta.offset, meta.metadata or "") for tp, meta in offsets.items() if meta.offset >= 0}
 
 
 # How often a lane commits the progress of a batch still being delivered, and reports
@@ -811,24 +1100,29 @@ class LaneProgress:
     batch it is delivering."""
 
     lane: str
-    committed: dict[Any, int] = field(default_factory=dict)
+    committed: dict[Any, CommitPoint] = field(default_factory=dict)
     batch: BatchProgress = field(default_factory=BatchProgress)
     reported_at: float = float("-inf")
+    # Waited for before each commit: the delivery records of what it commits.
+    before_commit: Callable[[], Awaitable[None]] = field(default=lambda: no_wait())
 
-    async def commit(self, consumer: Any, done: dict[Any, int]) -> None:
-        """Commit what moved in `done` (offsets after what was delivered or dead-lettered)."""
+    async def commit(self, consumer: Any, ledger: Ledger[Any]) -> None:
+        """Commit what moved: each partition's first record not finished, and in the
+        metadata what is held beyond it."""
         from aiokafka import TopicPartition
         from aiokafka.errors import CommitFailedError, IllegalStateError
 
         # A partition revoked mid-batch is another member's now: it delivers again what
         # this one did not commit (at least once; the repeats carry the same dedup_key).
         assigned = consumer.assignment()
-        moved = {TopicPartition(tp.topic, tp.partition): offset for tp, offset in list(done.items())
-                 if tp in assigned and self.committed.get(tp) != offset}
+        points = {tp: ledger.point(tp) for tp in assigned}
+        moved = {TopicPartition(tp.topic, tp.partition): point for tp, point in points.items()
+                 if point is not None and self.committed.get(tp) != point}
         if not moved:
             return
+        await self.before_commit()
         try:
-            await consumer.commit(moved)
+            await consumer.commit({tp: (p.offset, p.metadata) for tp, p in moved.items()})
             log.debug("%s: committed %s", self.lane, moved)
             notify_metrics.committed(time.time())
         except (CommitFailedError, IllegalStateError) as exc:
@@ -836,16 +1130,22 @@ class LaneProgress:
             return
         self.committed.update(moved)
 
-    async def report_backlog(self, consumer: Any) -> None:
-        """Records on the assigned partitions this lane has not committed yet (at most
-        every few seconds: it costs a request to the broker)."""
+    async def report_backlog(self, consumer: Any, ledger: Ledger[Any]) -> None:
+        """Alerts on the assigned partitions this lane has not delivered or dead-lettered
+        yet: those not handled, and those held in groups (at most every few seconds: it
+        costs a request to the broker)."""
         now = time.monotonic()
         if now - self.reported_at < BACKLOG_EVERY_S:
             return
         self.reported_at = now
         assigned = [tp for tp in consumer.assignment() if tp in self.committed]
         ends = await consumer.end_offsets(assigned) if assigned else {}
-        notify_metrics.backlog(self.lane, sum(max(0, ends[tp] - self.committed[tp]) for tp in assigned))
+        waiting = 0
+        for tp in assigned:
+            part = ledger.parts.get(tp)
+            handled = max(self.committed[tp].offset, part.upto if part is not None else 0)
+            waiting += max(0, ends[tp] - handled) + (len(part.held) if part is not None else 0)
+        notify_metrics.backlog(self.lane, waiting)
 
 
 async def _caught_up(consumer: Any) -> bool:

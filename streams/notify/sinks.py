@@ -34,6 +34,43 @@ class Kind(Enum):
     REGRESSION = "regression"
     REACTIVATED = "reactivated"
     RESOLVED = "resolved"
+    # A kind this notifier does not know (a newer worker's): rendered generically, as an
+    # alert, under its own name (`Alert.kind_name`), never dead-lettered.
+    OTHER = "other"
+
+    @classmethod
+    def of(cls, text: str) -> Kind:
+        try:
+            return cls(text)
+        except ValueError:
+            return cls.OTHER
+
+
+class ResolveReason(Enum):
+    """Why a `resolved` alert closed its incident (the record's `reason`)."""
+
+    PASSED = "passed"          # the finding passed (also a record with no reason)
+    ARCHIVED = "archived"      # archived, and not re-created within the window: gone
+    SUPERSEDED = "superseded"  # a successor finding opened its own incident
+    OTHER = "other"            # a reason this notifier does not know: shown as written
+
+    @classmethod
+    def of(cls, text: str) -> ResolveReason:
+        if not text:
+            return cls.PASSED
+        try:
+            return cls(text)
+        except ValueError:
+            return cls.OTHER
+
+
+# What a message says about why an incident closed.
+RESOLVE_WHY = {
+    ResolveReason.PASSED: "the finding passed",
+    ResolveReason.ARCHIVED: "the finding was archived and not re-created within the window "
+    "(the resource or the control is gone)",
+    ResolveReason.SUPERSEDED: "a successor finding opened its own incident",
+}
 
 
 class AlertError(ValueError):
@@ -65,10 +102,32 @@ class Alert:
     # A per-standard finding's standard (`CIS AWS Foundations Benchmark v1.4.0`); None when
     # consolidated.
     standard: str | None = None
+    # The kind as the record wrote it (differs from `kind.value` only for Kind.OTHER).
+    kind_name: str = ""
+    # A `resolved` alert's reason as written ("" when it gives none).
+    reason_name: str = ""
 
     @property
     def resolved(self) -> bool:
         return self.kind is Kind.RESOLVED
+
+    @property
+    def kind_label(self) -> str:
+        return self.kind_name or self.kind.value
+
+    @property
+    def reason(self) -> ResolveReason | None:
+        """Why a `resolved` alert closed its incident; None for any other kind."""
+        return ResolveReason.of(self.reason_name) if self.resolved else None
+
+    def closed_because(self) -> str:
+        """Why the incident closed, in words (a reason it does not know: as written)."""
+        reason = self.reason
+        if reason is None:
+            return ""
+        if reason is ResolveReason.OTHER:
+            return f"closed: {self.reason_name}"
+        return RESOLVE_WHY[reason]
 
 
 def parse_alert(value: bytes) -> Alert:
@@ -89,10 +148,8 @@ def alert_from_record(record: dict[str, Any]) -> Alert:
     for required in ("dedup_key", "kind", "finding_id"):
         if not text(required):
             raise AlertError(f"missing field {required}")
-    try:
-        kind = Kind(record["kind"])
-    except ValueError:
-        raise AlertError(f"unknown kind {str(record['kind'])[:40]!r}") from None
+    kind_name = word(text("kind"))
+    kind = Kind.of(kind_name)
     try:
         severity = Severity.parse(text("severity") or "INFORMATIONAL")
     except ValueError:
@@ -106,10 +163,19 @@ def alert_from_record(record: dict[str, Any]) -> Alert:
         compliance_status=text("compliance_status"), created_at=text("created_at"),
         updated_at=text("updated_at"), product_arn=text("product_arn"), raw=record,
         record_control_id=control_id, standard=standard_label(generator_id),
+        kind_name=kind_name, reason_name=word(text("reason")),
     )
 
 
 # ----------------------------------------------------------------------------- text
+
+_NOT_WORD = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def word(text: str) -> str:
+    """A kind or reason as written, reduced to a short plain word (letters, digits, `_.-`):
+    a name this notifier does not know is shown, and cannot carry markup anywhere."""
+    return _NOT_WORD.sub("?", text.strip())[:40]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
@@ -187,8 +253,10 @@ def slack_code(text: str, limit: int = SLACK_FIELD_LIMIT) -> str:
 
 def _headline(alert: Alert) -> str:
     if alert.resolved:
-        return f"Resolved ({alert.severity.name})"
-    return f"{alert.severity.name} security finding ({alert.kind.value})"
+        reason = alert.reason
+        why = "" if reason is ResolveReason.PASSED else f", {alert.reason_name}"
+        return f"Resolved ({alert.severity.name}{why})"
+    return f"{alert.severity.name} security finding ({alert.kind_label})"
 
 
 def slack_fallback(alert: Alert) -> str:
@@ -209,6 +277,11 @@ def slack_message(alert: Alert) -> dict[str, Any]:
     headline = _headline(alert)
     title = slack_code(alert.title or "(no title)", SLACK_TITLE_LIMIT)
     standard = [field("Standard", alert.standard)] if alert.standard else []
+    why = (f"closed: {slack_code(alert.reason_name)}" if alert.reason is ResolveReason.OTHER
+           else alert.closed_because())
+    closed = [{"type": "section", "text": {"type": "mrkdwn", "verbatim": True,
+                                            "text": f"*Closed because* {why}"}}
+              ] if alert.resolved else []
     return {
         "text": slack_fallback(alert),
         "blocks": [
@@ -226,6 +299,7 @@ def slack_message(alert: Alert) -> dict[str, Any]:
                     *standard,
                 ],
             },
+            *closed,
             {
                 "type": "context",
                 "elements": [
@@ -275,7 +349,7 @@ def pagerduty_event(alert: Alert, routing_key: str) -> dict[str, Any]:
         "summary": cut(summary, PAGERDUTY_SUMMARY_LIMIT),
         "source": cut(one_line(alert.resource_id or alert.account or "unknown"), 255),
         "severity": PAGERDUTY_SEVERITY[alert.severity],
-        "class": alert.kind.value,
+        "class": alert.kind_label,
         "custom_details": details,
     }
     # Optional fields are left out rather than sent empty.
@@ -328,7 +402,8 @@ def sns_attributes(alert: Alert) -> dict[str, dict[str, str]]:
         "severity": alert.severity.name,
         "account": alert.account,
         "control": alert.control_id,
-        "kind": alert.kind.value,
+        "kind": alert.kind_label,
+        **({"reason": (alert.reason or ResolveReason.PASSED).value} if alert.resolved else {}),
     }
     return {name: {"DataType": "String", "StringValue": cut(one_line(v), 256) or "unknown"}
             for name, v in values.items()}
@@ -337,13 +412,14 @@ def sns_attributes(alert: Alert) -> dict[str, dict[str, str]]:
 def sns_message(alert: Alert, limit: int = SNS_MESSAGE_LIMIT) -> SnsMessage:
     """A readable text body for email subscribers (the JSON record follows for machines)."""
     attributes = sns_attributes(alert)
-    subject = ascii_subject(f"[{alert.severity.name}] {alert.control_id} {alert.kind.value}: {alert.title}")
+    subject = ascii_subject(f"[{alert.severity.name}] {alert.control_id} {alert.kind_label}: {alert.title}")
     lines = [
         f"{_headline(alert)}",
         "",
         f"Title:         {cut(one_line(alert.title), SNS_FIELD_LIMIT)}",
         f"Severity:      {alert.severity.name}",
-        f"Kind:          {alert.kind.value}",
+        f"Kind:          {alert.kind_label}",
+        *([f"Closed:        {alert.closed_because()}"] if alert.resolved else []),
         f"Control:       {cut(one_line(alert.control_id), SNS_FIELD_LIMIT)}",
         *([f"Standard:      {cut(one_line(alert.standard), SNS_FIELD_LIMIT)}"] if alert.standard else []),
         f"Resource:      {cut(one_line(alert.resource_id), SNS_FIELD_LIMIT)}",
@@ -372,3 +448,103 @@ def sns_message(alert: Alert, limit: int = SNS_MESSAGE_LIMIT) -> SnsMessage:
 def stdout_line(alert: Alert) -> bytes:
     """One JSON line: the record as received (for pipes and jq)."""
     return orjson.dumps(alert.raw) + b"\n"
+
+
+# --------------------------------------------------------------------------- groups
+
+# A grouped message lists at most this many alerts, then says how many more it holds.
+GROUP_LIST_LIMIT = 30
+SLACK_SECTION_LIMIT = 2900  # Slack's section text limit is 3000 characters
+
+
+def group_counts(alerts: list[Alert]) -> str:
+    """`10 new, 2 resolved`: the kinds of a group's alerts, most frequent first."""
+    counts: dict[str, int] = {}
+    for alert in alerts:
+        counts[alert.kind_label] = counts.get(alert.kind_label, 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def highest_severity(alerts: list[Alert]) -> Severity:
+    return max((a.severity for a in alerts), default=Severity.INFORMATIONAL)
+
+
+def _group_line(alert: Alert) -> str:
+    emoji = ":white_check_mark:" if alert.resolved else _EMOJI[alert.severity]
+    what = f"resolved ({alert.reason_name or 'passed'})" if alert.resolved else alert.kind_label
+    standard = f" ({slack_code(alert.standard, 60)})" if alert.standard else ""
+    return (f"{emoji} *{alert.severity.name}* {what} {slack_code(alert.control_id, 40)}{standard} on "
+            f"{slack_code(alert.resource_id, 150)} {slack_code(alert.title or '(no title)', 100)} "
+            f"<{console_url(alert)}|finding> {slack_code(short_id(alert.finding_id), 20)}")
+
+
+def short_id(finding_id: str) -> str:
+    return finding_id if len(finding_id) <= 13 else "…" + finding_id[-12:]
+
+
+def slack_group_message(labels: str, alerts: list[Alert]) -> dict[str, Any]:
+    """One Block Kit message for a group of alerts (`labels`: what they share, e.g.
+    `account 111111111111, control RDS.45`): the first GROUP_LIST_LIMIT are listed, one
+    line each, and the message says how many more it stands for."""
+    if len(alerts) == 1:
+        return slack_message(alerts[0])
+    listed, more = alerts[:GROUP_LIST_LIMIT], len(alerts) - GROUP_LIST_LIMIT
+    top = highest_severity(alerts)
+    headline = f"{len(alerts)} security findings ({group_counts(alerts)})"
+    shared = f"{_EMOJI[top]} highest {top.name} · {slack_code(labels, 400)}"
+    sections: list[str] = []
+    for line in map(_group_line, listed):
+        if sections and len(sections[-1]) + 1 + len(line) <= SLACK_SECTION_LIMIT:
+            sections[-1] += "\n" + line
+        else:
+            sections.append(line[:SLACK_SECTION_LIMIT])
+    tail = [{"type": "context", "elements": [{"type": "mrkdwn", "verbatim": True, "text":
+             f"… and {more} more in this group, not listed here (the alerts topic has every one)"}]}
+            ] if more > 0 else []
+    return {
+        "text": (f"{cut(headline, 200)}, highest {top.name}: {slack_code(labels, 400)}; first "
+                 f"{_headline(alerts[0])}: {slack_code(alerts[0].control_id)} on "
+                 f"{slack_code(alerts[0].resource_id)}"),
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "emoji": True, "text": cut(headline, 150)}},
+            {"type": "section", "text": {"type": "mrkdwn", "verbatim": True, "text": shared}},
+            *({"type": "section", "text": {"type": "mrkdwn", "verbatim": True, "text": text}}
+              for text in sections),
+            *tail,
+        ],
+    }
+
+
+def sns_group_message(labels: str, alerts: list[Alert], limit: int = SNS_MESSAGE_LIMIT) -> SnsMessage:
+    """One SNS message for a group: a line per alert (the first GROUP_LIST_LIMIT), then the
+    records. Attributes: the highest severity, and account, control and kind where every
+    alert shares them (else `mixed`), so that filter policies still work."""
+    if len(alerts) == 1:
+        return sns_message(alerts[0], limit)
+    top = highest_severity(alerts)
+
+    def shared(values: set[str]) -> str:
+        return values.pop() if len(values) == 1 else "mixed"
+
+    values = {"severity": top.name, "account": shared({a.account for a in alerts}),
+              "control": shared({a.control_id for a in alerts}),
+              "kind": shared({a.kind_label for a in alerts})}
+    attributes = {name: {"DataType": "String", "StringValue": cut(one_line(v), 256) or "unknown"}
+                  for name, v in values.items()}
+    subject = ascii_subject(f"[{top.name}] {len(alerts)} findings ({group_counts(alerts)}): {labels}")
+    listed, more = alerts[:GROUP_LIST_LIMIT], len(alerts) - GROUP_LIST_LIMIT
+    lines = [f"{len(alerts)} security findings ({group_counts(alerts)}), highest {top.name}",
+             f"Group: {cut(one_line(labels), SNS_FIELD_LIMIT)}", ""]
+    for alert in listed:
+        what = f"resolved ({alert.reason_name or 'passed'})" if alert.resolved else alert.kind_label
+        lines.append(f"- {alert.severity.name} {what} {cut(one_line(alert.control_id), 200)} on "
+                     f"{cut(one_line(alert.resource_id), 1024)}: {cut(one_line(alert.title), 300)} "
+                     f"({cut(one_line(alert.finding_id), 1024)})")
+    if more > 0:
+        lines.append(f"... and {more} more in this group, not listed here")
+    lines += ["", "Records:"]
+    records = orjson.dumps([a.raw for a in alerts],
+                           option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+    room = limit - 1024 - SnsMessage("", "", attributes).size()
+    return SnsMessage(subject=subject, message=cut_utf8("\n".join(lines) + "\n" + records, room),
+                      attributes=attributes)

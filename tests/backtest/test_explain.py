@@ -137,3 +137,106 @@ def _put_values(bootstrap: str, topic: str, values: list[bytes]) -> None:
             await producer.stop()
 
     asyncio.run(go())
+
+
+# -- what the notifier delivered ------------------------------------------------------------
+
+
+def _notify_the_incident(bootstrap: str, name: str, tmp_path: Path) -> tuple[Path, str]:
+    """The incident decided, its alerts put on an alerts topic and delivered by a real
+    notifier: PagerDuty accepts, Slack fails for good, stdout is routed nothing (real
+    HTTP servers). The decisions file, and the deliveries topic."""
+    import subprocess
+
+    from streams.kafka.topics import create_topics_sync
+    from tests.notify.test_service_kafka import clean_env, notify_args, produce
+    from tests.notify_servers import Reply, http_recorder
+
+    decisions, alerts = tmp_path / "decisions.jsonl", tmp_path / "alerts.jsonl"
+    assert main(["backtest", "--input", str(INCIDENT), "--decisions-out", str(decisions),
+                 "--alerts-out", str(alerts)]) == 0
+    values = alerts.read_bytes().splitlines()
+    create_topics_sync(bootstrap, {f"{name}.alerts": 1})
+    produce(bootstrap, f"{name}.alerts", values, [orjson.loads(v)["dedup_key"].encode() for v in values])
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[route]]\nsinks = ["pagerduty", "slack"]\n')
+    deliveries = f"{name}.deliveries"
+    with http_recorder("/services/T0/B0/x") as slack, http_recorder("/v2/enqueue") as pagerduty:
+        slack.default = Reply(503)
+        pagerduty.default = Reply(202, b'{"status":"success"}')
+        done = subprocess.run(notify_args(bootstrap, name, "--routes", str(routes), "--stdout",
+                                          "--slack-webhook-url", slack.url, "--pagerduty-routing-key", "rk",
+                                          "--pagerduty-url", pagerduty.url, "--max-attempts", "1",
+                                          "--deliveries-topic", deliveries, "--exit-when-idle"),
+                              capture_output=True, text=True, timeout=120, env=clean_env())
+    assert done.returncode == 3, done.stderr[-2000:]  # Slack's failures were dead-lettered
+    return decisions, deliveries
+
+
+def test_explain_shows_what_the_notifier_delivered_where_from_the_deliveries_topic(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    decisions, deliveries = _notify_the_incident(kafka_bootstrap, unique_name, tmp_path)
+    capsys.readouterr()
+    assert main(["explain", ARCHIVED, "--decisions", str(decisions), "--deliveries-topic", deliveries,
+                 "--bootstrap-servers", kafka_bootstrap]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    alert = next(i for i, line in enumerate(lines) if line.split()[1:3] == ["alert", "new"])
+    under = [line.split() for line in lines[alert + 1:alert + 4]]
+    assert [(u[1], u[2]) for u in under] == [("pagerduty", "delivered"), ("slack", "dead_lettered"),
+                                             ("stdout", "skipped")]
+    assert "HTTP 503 after 1 attempt(s)" in lines[alert + 2]
+    assert "not routed to this sink" in lines[alert + 3]
+    # Nothing else in the timeline was an alert: no delivery lines elsewhere.
+    assert sum(line.lstrip().startswith("->") for line in lines) == 3
+
+    # The same from a file of the topic's records, and as JSON.
+    from tests.kafka_io import read_all
+
+    saved = tmp_path / "deliveries.jsonl"
+    saved.write_bytes(b"\n".join(r.value for r in read_all(kafka_bootstrap, deliveries)) + b"\n")
+    capsys.readouterr()
+    assert main(["explain", ARCHIVED, "--decisions", str(decisions), "--deliveries", str(saved),
+                 "--json"]) == 0
+    rows = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    delivered = [r["deliveries"] for r in rows if r["decision"] == "alert"]
+    assert [[(d["sink"], d["outcome"]) for d in ds] for ds in delivered] == [
+        [("pagerduty", "delivered"), ("slack", "dead_lettered"), ("stdout", "skipped")]]
+    assert all(d["dedup_key"] == DEDUP and d["finding_id"] == ARCHIVED for d in delivered[0])
+
+
+def test_explain_reads_no_deliveries_unless_asked_when_the_decisions_are_a_file(
+    decisions: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    # No broker is named or reachable: a file's timeline never waits for one.
+    assert main(["explain", ARCHIVED, "--decisions", str(decisions),
+                 "--bootstrap-servers", "127.0.0.1:9"]) == 0
+    assert "->" not in capsys.readouterr().out
+    assert main(["explain", ARCHIVED, "--decisions", str(decisions),
+                 "--deliveries", str(decisions.with_name("missing.jsonl"))]) == 1
+    assert "deliveries file not found" in capsys.readouterr().err
+
+
+def test_an_incident_closed_by_another_decision_shows_the_resolve_deliveries_under_it() -> None:
+    """A decision that closes incidents (`closes`: archived, superseded) wrote their
+    `resolved` records: what the notifier did with those shows under it, not under the
+    alert that opened the incident."""
+    from streams.backtest.explain import Query, render
+
+    opened = {"input": "f", "line": 1, "finding_id": ARCHIVED, "decision": "alert", "kind": "new",
+              "dedup_key": DEDUP, "updated_at": "2025-08-12T03:10:44.000Z", "control_id": "RDS.45"}
+    closing = {"input": "f", "line": 9, "finding_id": RECREATED, "decision": "silent", "reason": "archived",
+               "closes": [{"finding_id": ARCHIVED, "dedup_key": DEDUP, "reason": "archived"}],
+               "updated_at": "2025-10-03T00:00:00.000Z", "control_id": "RDS.45"}
+    deliveries = [
+        {"sink": "pagerduty", "outcome": "delivered", "at": "2026-01-01T00:00:00.000Z", "dedup_key": DEDUP,
+         "kind": "new"},
+        {"sink": "pagerduty", "outcome": "delivered", "at": "2026-01-02T00:00:00.000Z", "dedup_key": DEDUP,
+         "kind": "resolved", "reason": "archived"},
+    ]
+    lines = render(Query(ARCHIVED), [opened, closing], deliveries).splitlines()
+    assert [line.split()[1:3] for line in lines if line.lstrip().startswith("->")] == [
+        ["pagerduty", "delivered"], ["pagerduty", "delivered"]]
+    assert lines[1].split()[1:3] == ["alert", "new"] and "2026-01-01" in lines[2]
+    assert lines[3].split()[1:3] == ["silent", "archived"] and "2026-01-02" in lines[4]

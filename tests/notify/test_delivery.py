@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -463,3 +464,54 @@ def test_a_request_in_flight_that_is_answered_within_the_grace_counts() -> None:
         return await finish_or_stop(answered_soon(), stop, grace_s=30)
 
     assert asyncio.run(run()) == "delivered"
+
+
+# ------------------------------------------------------------------------ grouping
+
+GROUPING = """
+[[route]]
+name = "burst"
+sinks = ["slack", "sns", "pagerduty"]
+group_by = ["account"]
+group_wait = "1m"
+"""
+
+
+def test_a_grouping_route_sends_one_sns_message_for_the_group_with_filterable_attributes(
+    moto: str, aws_env: None,
+) -> None:
+    import boto3
+
+    sns = sns_client(moto)
+    sqs = boto3.client("sqs", endpoint_url=moto)
+    topic = sns.create_topic(Name="flapguard-grouped")["TopicArn"]
+    queue = sqs.create_queue(QueueName="grouped-mailbox")["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=attributes["QueueArn"])
+    records = [consumer_record(record(dedup_key=f"dk-{i}", title=f"grouped {i}",
+                                      severity="HIGH" if i == 2 else "LOW"), i) for i in range(4)]
+    config = settings(routes=parse_routes(tomllib.loads(GROUPING)))
+    assert deliver(config, records, senders={"sns": SnsSender(topic, sns)}) == []
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=5)["Messages"]
+    assert len(messages) == 1
+    body = orjson.loads(messages[0]["Body"])
+    assert body["Subject"] == "[HIGH] 4 findings (4 new): account 123456789012"
+    assert {k: v["Value"] for k, v in body["MessageAttributes"].items()} == {
+        "severity": "HIGH", "account": "123456789012", "control": "RDS.45", "kind": "new"}
+    assert all(f"grouped {i}" in body["Message"] for i in range(4))
+
+
+def test_a_grouped_message_that_fails_for_good_dead_letters_each_of_its_alerts(
+    slack: Recorder, pagerduty: Recorder,
+) -> None:
+    slack.default = Reply(503)
+    records = [consumer_record(record(dedup_key=f"dk-{i}", title=f"grouped {i}"), i) for i in range(3)]
+    config = settings(slack_webhook_url=slack.url, pagerduty_routing_key="rk",
+                      pagerduty_url=pagerduty.url,
+                      routes=parse_routes(tomllib.loads(GROUPING.replace('"sns", ', ""))))
+    failures = deliver(config, records)
+    # One message per attempt listed all three; PagerDuty, never grouped, had one event each.
+    assert len(slack.requests) == FAST.attempts
+    assert [b["dedup_key"] for b in pagerduty.bodies()] == ["dk-0", "dk-1", "dk-2"]
+    assert sorted((f.sink, f.record.offset, f.error, f.attempts) for f in failures) == [
+        ("slack", i, "HTTP 503", FAST.attempts) for i in range(3)]

@@ -149,6 +149,11 @@ def test_the_documented_example_file_loads_and_routes_as_its_comments_say() -> N
     assert sinks(r, account="333333333333", control_id="EC2.1", kind="resolved") == []
     assert sinks(r, account="444444444444", control_id="EC2.1", severity="INFORMATIONAL") == []
     assert sinks(r, account="444444444444", control_id="EC2.1") == ["slack"]
+    # Slack groups the production burst; the page never waits.
+    prod = {d.sink: d.grouping for d in r.deliveries_for(
+        alert_from_record(record(account="111111111111", severity="HIGH")), ALL)}
+    assert prod["pagerduty"] is None and prod["sns"] is None
+    assert prod["slack"] is not None and (prod["slack"].wait_s, prod["slack"].interval_s) == (30, 300)
 
 
 LEGACY_FSBP = "aws-foundational-security-best-practices/v/1.0.0/RDS.45"

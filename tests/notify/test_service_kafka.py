@@ -240,3 +240,33 @@ def test_bad_or_unsatisfiable_routes_are_one_line_errors(
                           capture_output=True, text=True, env=clean_env(), timeout=TIMEOUT)
     assert done.returncode == 1
     assert done.stderr.startswith("flapguard notify: error: ") and done.stderr.strip().count("\n") == 0
+
+
+def test_resolve_reasons_and_unknown_kinds_are_delivered_never_dead_lettered(
+    kafka_bootstrap: str, unique_name: str,
+) -> None:
+    """Resolved alerts that say why their incident closed (`archived`: the finding's window
+    passed with no re-creation; `superseded`: a successor opened its own incident; a reason
+    this notifier does not know), and a kind it does not know, on the real broker."""
+    topic = f"{unique_name}.alerts"
+    create_topics_sync(kafka_bootstrap, {topic: 1})
+    sent = [record(dedup_key="dk-a", title="archived one"),
+            record(dedup_key="dk-a", kind="resolved", reason="archived", title="archived one"),
+            record(dedup_key="dk-s", kind="resolved", reason="superseded", title="escalated one"),
+            record(dedup_key="dk-p", kind="resolved", title="passed one"),
+            record(dedup_key="dk-r", kind="resolved", reason="retired", title="retired one"),
+            record(dedup_key="dk-e", kind="escalated", severity="CRITICAL", title="new kind")]
+    produce_alerts(kafka_bootstrap, topic, sent)
+    with http_recorder("/services/T0/B0/x") as slack, http_recorder("/v2/enqueue") as pagerduty:
+        pagerduty.default = Reply(202, b'{"status":"success"}')
+        run_notify(notify_args(kafka_bootstrap, unique_name, "--slack-webhook-url", slack.url,
+                               "--slack-rate", "50/s", "--pagerduty-routing-key", "rk",
+                               "--pagerduty-url", pagerduty.url, "--exit-when-idle"))
+        events = [(b["dedup_key"], b["event_action"]) for b in pagerduty.bodies()]
+        texts = [b["text"] for b in slack.bodies()]
+    assert events == [("dk-a", "trigger"), ("dk-a", "resolve"), ("dk-s", "resolve"), ("dk-p", "resolve"),
+                      ("dk-r", "resolve"), ("dk-e", "trigger")]
+    assert [t.split(":")[0] for t in texts] == [
+        "MEDIUM security finding (new)", "Resolved (MEDIUM, archived)", "Resolved (MEDIUM, superseded)",
+        "Resolved (MEDIUM)", "Resolved (MEDIUM, retired)", "CRITICAL security finding (escalated)"]
+    assert read_all(kafka_bootstrap, f"{unique_name}.notify-deadletter") == []

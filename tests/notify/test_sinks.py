@@ -11,6 +11,7 @@ import pytest
 
 from streams.core.policy import Severity
 from streams.notify.sinks import (
+    GROUP_LIST_LIMIT,
     PAGERDUTY_SEVERITY,
     SNS_MESSAGE_LIMIT,
     AlertError,
@@ -24,7 +25,9 @@ from streams.notify.sinks import (
     pagerduty_event,
     parse_alert,
     slack_code,
+    slack_group_message,
     slack_message,
+    sns_group_message,
     sns_message,
     stdout_line,
 )
@@ -112,7 +115,6 @@ def test_parse_alert_reads_a_worker_alert_record() -> None:
     (b"not json", "not JSON"),
     (b"[1, 2]", "not a JSON object"),
     (orjson.dumps(record(dedup_key=None)), "missing field dedup_key"),
-    (orjson.dumps(record(kind="exploded")), "unknown kind"),
     (orjson.dumps(record(severity="APOCALYPTIC")), "unknown severity"),
 ])
 def test_parse_alert_refuses_records_it_cannot_notify(value: bytes, why: str) -> None:
@@ -439,3 +441,96 @@ def test_a_legacy_findings_control_is_shown_as_the_security_control_id() -> None
     assert pagerduty_event(legacy, "rk")["payload"]["component"] == "RDS.45"
     # The record is passed on as it is: dedup_key and control as the worker wrote them.
     assert pagerduty_event(legacy, "rk")["payload"]["custom_details"]["control_id"] == FSBP
+
+
+# ---------------------------------------------------------- kinds and resolve reasons
+
+@pytest.mark.parametrize(("reason", "words"), [
+    (None, "the finding passed"),
+    ("passed", "the finding passed"),
+    ("archived", "archived and not re-created within the window"),
+    ("superseded", "a successor finding opened its own incident"),
+])
+def test_a_resolved_alert_says_why_its_incident_closed_in_slack_and_sns(
+    reason: str | None, words: str,
+) -> None:
+    resolved = alert(kind="resolved", compliance_status="PASSED", **({"reason": reason} if reason else {}))
+    payload = slack_message(resolved)
+    assert any(words in t for t in all_texts(payload))
+    header = payload["blocks"][0]["text"]["text"]
+    assert header.startswith("Resolved") and (reason in (None, "passed") or reason in header)
+    if reason in ("archived", "superseded"):
+        assert reason in payload["text"]  # the phone's notification says it too
+    message = sns_message(resolved)
+    assert f"Closed:        {resolved.closed_because()}" in message.message
+    assert message.attributes["reason"]["StringValue"] == (reason or "passed")
+
+
+@pytest.mark.parametrize("reason", ["archived", "superseded", "passed", "retired", None])
+def test_pagerduty_resolves_the_dedup_key_whatever_the_reason(reason: str | None) -> None:
+    event = pagerduty_event(alert(kind="resolved", **({"reason": reason} if reason else {})), "rk")
+    assert event == {"routing_key": "rk", "event_action": "resolve", "dedup_key": "dk-0123456789abcdef"}
+
+
+def test_an_unknown_resolve_reason_is_shown_as_written_and_inert() -> None:
+    resolved = alert(kind="resolved", reason="<!channel> gone*")
+    assert resolved.reason_name == "??channel??gone?"
+    texts = all_texts(slack_message(resolved))
+    assert any("closed: `??channel??gone?`" in t for t in texts)
+    assert not any("<!channel>" in t for t in texts)
+
+
+def test_an_alert_kind_it_does_not_know_is_rendered_generically_never_refused() -> None:
+    escalated = parse_alert(orjson.dumps(record(kind="escalated", severity="CRITICAL")))
+    assert escalated.kind is Kind.OTHER and escalated.kind_label == "escalated"
+    assert slack_message(escalated)["blocks"][0]["text"]["text"] == "CRITICAL security finding (escalated)"
+    event = pagerduty_event(escalated, "rk")
+    assert event["event_action"] == "trigger" and event["payload"]["class"] == "escalated"
+    assert sns_message(escalated).attributes["kind"]["StringValue"] == "escalated"
+    hostile = parse_alert(orjson.dumps(record(kind="<!channel>")))
+    assert hostile.kind_label == "??channel?"
+
+
+# ------------------------------------------------------------------ grouped messages
+
+def test_a_grouped_slack_message_lists_every_alert_with_its_finding_and_link() -> None:
+    group = [alert(title=f"alert {i}", finding_id=f"{FINDING_ID}-{i}",
+                   severity="CRITICAL" if i == 3 else "MEDIUM") for i in range(5)]
+    group.append(alert(kind="resolved", reason="archived", title="gone", finding_id=f"{FINDING_ID}-9"))
+    payload = slack_group_message("account 123456789012, control RDS.45", group)
+    assert payload["blocks"][0]["text"]["text"] == "6 security findings (5 new, 1 resolved)"
+    listed = "\n".join(t for t in all_texts(payload["blocks"][2:]))
+    for i in range(5):
+        assert f"`alert {i}`" in listed
+    assert "resolved (archived)" in listed
+    assert listed.count("|finding>") == 6
+    assert "highest CRITICAL" in payload["text"]
+    assert "`account 123456789012, control RDS.45`" in payload["text"]
+    assert all(len(t) <= 3000 for t in all_texts(payload))
+
+
+def test_a_long_group_lists_a_bounded_number_and_says_how_many_more() -> None:
+    group = [alert(title=f"alert {i}" + "x" * 90, finding_id=f"{FINDING_ID}-{i}",
+                   resource_id="arn:aws:s3:::" + "b" * 140) for i in range(GROUP_LIST_LIMIT + 12)]
+    payload = slack_group_message("account 123456789012", group)
+    texts = all_texts(payload)
+    assert sum(t.count("|finding>") for t in texts) == GROUP_LIST_LIMIT
+    assert texts[-1].startswith("… and 12 more in this group")
+    assert len(payload["blocks"]) <= 50 and all(len(t) <= 3000 for t in texts)
+    assert len(orjson.dumps(payload)) < 40_000
+
+
+def test_a_group_of_one_is_the_single_alert_message() -> None:
+    one = alert()
+    assert slack_group_message("x", [one]) == slack_message(one)
+    assert sns_group_message("x", [one]) == sns_message(one)
+
+
+def test_a_grouped_sns_message_keeps_filter_policies_working_and_fits() -> None:
+    group = [alert(severity="LOW", title="a" * 5000), alert(severity="HIGH", control_id="S3.1")]
+    message = sns_group_message("account 123456789012", group * 40)
+    attributes = {k: v["StringValue"] for k, v in message.attributes.items()}
+    assert attributes == {"severity": "HIGH", "account": "123456789012", "control": "mixed", "kind": "new"}
+    assert message.subject.startswith("[HIGH] 80 findings (80 new)")
+    assert len(message.subject) < 100 and message.size() <= SNS_MESSAGE_LIMIT
+    assert "... and 50 more in this group" in message.message
