@@ -39,6 +39,12 @@ def lifecycle() -> list[dict[str, Any]]:
     deleted = finding("deleted", created=at(hours=-1), control="EC2.8", resource=OTHER_RESOURCE)
     later = finding("later", created=at(hours=60), control="S3.1", resource=OTHER_RESOURCE,
                     status="PASSED")
+    # One skewed clock (§2, the watermark rule): another product's finding stamped 55 min
+    # ahead arrives between a re-creation and the archive stamped a minute after it.
+    flapping = finding("flapping", created=at(hours=-2), control="RDS.14")
+    flapped = finding("flapped", created=at(hours=9, minutes=-1), control="RDS.14")
+    skewed = finding("skewed", created=at(hours=9, minutes=55), control="Custom.1",
+                     product="imported", resource=OTHER_RESOURCE)
     boot = finding("boot", created=at(days=-60), updated=at(), resource=OTHER_RESOURCE)
     old = finding("old", created=at(hours=-1), control="RDS.27")
     new = finding("new", created=at(hours=3, minutes=-1), control="RDS.27")
@@ -56,6 +62,7 @@ def lifecycle() -> list[dict[str, Any]]:
         archived(mild, at(hours=6)),
         archived(deleted, at(hours=6), status="FAILED"),
         severe,
+        flapping, flapped, skewed, archived(flapping, at(hours=9)),
         later,
     ]
 
@@ -82,6 +89,9 @@ def test_the_alerts_topic_of_a_worker_holds_what_alerts_out_writes(
     assert {"new", "reactivated", "resolved"} <= kinds
     reasons = {r.get("reason") for records in expected.values() for r in records}
     assert {"passed", "superseded", "archived"} <= reasons
+    alerted = {r["finding_id"].rsplit("/", 1)[-1] for records in expected.values() for r in records
+               if r["kind"] == "new"}
+    assert "skewed" in alerted and "flapped" not in alerted  # the hold still paired it
     decided = len(decisions_out.read_bytes().splitlines())
 
     asyncio.run(replay_async([path], bootstrap=run.bootstrap, topic=run.topics["findings"],
