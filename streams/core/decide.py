@@ -524,8 +524,8 @@ class Decider:
     def _pair_with_live(self, f: Finding) -> tuple[Pairing, bool, str, bool] | None:
         """Consolidation switch, consolidated finding first: per-standard findings of the
         same partition key are still ACTIVE, failing and notified. They are replaced:
-        the first one's incident carries on under `f` unless `f` is more severe; the
-        others' close, `superseded`."""
+        one open incident of theirs carries on under `f` (`_carry_on`) unless `f` is more
+        severe; the others close, `superseded`."""
         live = self.store.live.get(f.partition_key)
         if live is None or not live.members:
             return None
