@@ -440,6 +440,7 @@ def _flap(c: _Check, t: int, emit: Any) -> int:
             emit(s, back, c.status, truth if failing else "update", failing and escalated)
         return back
     old = {s: (c.ids[s], c.created[s]) for s in c.findings()}
+    old_workflow = c.workflow  # the old finding keeps its own
     if unmuted:
         c.muted, c.workflow = False, "NEW"
         truth = "escalated_unmuted_recreation" if escalated else "unmuted_recreation"
@@ -456,14 +457,14 @@ def _flap(c: _Check, t: int, emit: Any) -> int:
         for s in c.findings():
             c.ids[s], c.created[s] = old[s]
             emit(s, late, "NOT_AVAILABLE", "flap_archive", record="ARCHIVED", previous=c.status,
-                 severity=before)
+                 severity=before, workflow=old_workflow)
             c.ids[s], c.created[s] = now[s]
         return back
     # The old finding gets one more update at the same second.
     for s in c.findings():
         c.ids[s], c.created[s] = old[s]
         emit(s, back, "NOT_AVAILABLE", "flap_archive", record="ARCHIVED", previous="NOT_AVAILABLE",
-             severity=before)
+             severity=before, workflow=old_workflow)
         c.ids[s], c.created[s] = now[s]
     return back
 

@@ -194,7 +194,8 @@ def test_cli_generate_writes_gzip_feed_and_labels(tmp_path: Path, capsys: pytest
 
 
 @pytest.mark.parametrize("args", [["--accounts", "0"], ["--days", "-1"], ["--start", "yesterday"],
-                                  ["--same-arn-recreate-rate", "2"]])
+                                  ["--same-arn-recreate-rate", "2"],
+                                  ["--lambda-recreate-rate", "-0.1"]])
 def test_cli_generate_rejects_bad_options(tmp_path: Path, args: list[str],
                                           capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
