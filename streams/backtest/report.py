@@ -34,7 +34,8 @@ def render_report(summary: dict[str, Any]) -> str:
             closed = ", ".join(f"{reason} {n}" for reason, n in deleted["closed"].items()) or "none"
             lines.append(
                 f"deleted resources: {deleted['incidents']} incidents open at deletion, closed: "
-                f"{closed}; still open: {deleted['open_within_window']} within window + "
+                f"{closed}; continued by a successor: {deleted.get('continued', 0)}; "
+                f"still open: {deleted['open_within_window']} within window + "
                 f"first-sight age of the end, {deleted['open_overdue']} overdue")
     if summary.get("sweep"):
         lines.append(f"  {'window':>8} {'alerts':>8} {'suppressed':>11} {'missed':>7} {'false':>7}")

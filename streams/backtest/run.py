@@ -210,6 +210,8 @@ class LabelScore:
     # holds the key of its last alert or suppression.
     deleted_incidents: int = 0
     deleted_closed: Counter[str] = field(default_factory=Counter)
+    # ... carried on by a suppressed successor (a resource re-created under the same ARN)
+    deleted_continued: int = 0
     _keys: dict[str, str] = field(default_factory=dict)  # finding id -> its dedup_key
     _open: set[str] = field(default_factory=set)  # dedup_keys opened, not yet closed
     # dedup_key -> (closing deadline, partition) of a deleted finding's open incident
@@ -256,6 +258,8 @@ class LabelScore:
             self._keys[finding.id] = dedup_key
             if decision == "alert":
                 self._open.add(dedup_key)
+            elif self._deleted.pop(dedup_key, None) is not None:
+                self.deleted_continued += 1  # no longer the deleted finding's to close
         if truth.truth == "deleted":
             held = self._keys.get(finding.id)
             if held is not None and held in self._open and held not in self._deleted:
@@ -272,10 +276,13 @@ class LabelScore:
         """Incidents open when a resource was deleted: how they were closed, and those
         still open at the end of the input, apart by whether their closing moment
         (archive + window + first-sight age) had passed in event time on their partition
-        (`overdue`: a bug) or not (`within_window`: the history ends too soon)."""
+        (`overdue`: a bug) or not (`within_window`: the history ends too soon);
+        `continued`: carried on by a suppressed successor (a re-creation under the same
+        ARN paired with the deleted finding's archive)."""
         overdue = sum(1 for deadline, partition in self._deleted.values()
                       if deadline < self._ends.get(partition, deadline))
         return {"incidents": self.deleted_incidents, "closed": dict(sorted(self.deleted_closed.items())),
+                "continued": self.deleted_continued,
                 "open_within_window": len(self._deleted) - overdue, "open_overdue": overdue}
 
     @staticmethod

@@ -231,6 +231,7 @@ def test_incidents_of_deleted_resources_are_closed_archived(rich: dict[str, Any]
     assert deleted["open_overdue"] == 0
     assert deleted["closed"].get("archived", 0) + deleted["open_within_window"] == deleted["incidents"]
     assert set(deleted["closed"]) <= {"archived"}
+    assert deleted["continued"] == 0  # nothing re-created under the same ARN
 
 
 def test_the_deleted_resources_measure_is_the_same_from_decision_records(rich: dict[str, Any]) -> None:
