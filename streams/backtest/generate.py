@@ -6,9 +6,12 @@ periodic evaluations (12 or 24 h) and ~18 h refreshes, status-dependent controls
 flap through NOT_AVAILABLE + CONFIG_RETURNS_NOT_APPLICABLE + ARCHIVED and come back as
 a brand-new finding at a later evaluation, same-id reactivations, genuinely new
 failures, remediations, regressions, resource deletions, the consolidated-findings
-switch (per-standard findings archived, consolidated ones created within 18 h), and
-delivery effects: EventBridge duplicates, bounded out-of-order arrival and
-BatchUpdateFindings echoes (same `UpdatedAt`).
+switch in both directions, flaps that come back more severe (escalations), muted checks
+whose re-creation comes back unmuted, re-creations stamped just before their
+predecessor's archive (event-time inversion), a third-party product whose clock runs
+ahead, Lambda functions re-created under the same ARN (opt-in), and delivery effects:
+EventBridge duplicates, bounded out-of-order arrival and BatchUpdateFindings echoes
+(same `UpdatedAt`).
 
 Every occurrence gets a ground-truth label in a separate file (`labels_path`), aligned
 line by line: should a notifier alert on it? The decision code never reads it.
@@ -38,8 +41,22 @@ DAY_MS = 24 * HOUR_MS
 
 # Ground-truth categories. `alert` says whether a notifier should page; `suppress`
 # marks the noise a naive notifier alerts on and flapguard exists to keep quiet.
-TRUE_ALERTS = frozenset({"new_failure", "regression", "recreated_resource"})
-EXPECTED_SUPPRESSIONS = frozenset({"flap_recreation", "flap_reactivation", "consolidation_switch"})
+TRUE_ALERTS = frozenset({
+    "new_failure", "regression", "recreated_resource",
+    # A flap that comes back more severe than it was before the archive: new risk
+    # (docs/design.md §3, continuation: never when more severe).
+    "escalated_recreation", "escalated_reactivation",
+    # A muted check's re-creation, unmuted and more severe: risk never alerted.
+    "escalated_unmuted_recreation",
+    # A new failing finding of another product (no pairing for it, whatever its clock).
+    "third_party_failure",
+})
+EXPECTED_SUPPRESSIONS = frozenset({
+    "flap_recreation", "flap_reactivation", "consolidation_switch",
+    # A muted check's re-creation that comes back unmuted at the same severity: the
+    # operator's mute carries over (docs/design.md §3, continuation).
+    "unmuted_recreation",
+})
 
 STANDARDS = {
     "fsbp": "aws-foundational-security-best-practices/v/1.0.0",
@@ -126,6 +143,19 @@ class Profile:
     # Deleted and re-created under the same ARN while still failing: a real new
     # resource the window would hide. Off in the default profile.
     same_arn_recreate_rate: float = 0.0
+    # The same for Lambda functions only, re-created 45-90 min after the deletion (the
+    # finding archived while still FAILED): what `archives = "not_applicable"` in a
+    # pairing policy is for. Off in the default profile: at default settings (no
+    # `--pairing`) flapguard pairs and suppresses them.
+    lambda_recreate_rate: float = 0.0
+    # The situations below draw from random streams of their own, so that turning one
+    # off leaves the rest of the feed as it was.
+    escalation_share: float = 0.02  # flap returns (failing, not muted) more severe
+    unmuted_return_share: float = 0.5  # muted checks' flap re-creations back as NEW
+    muted_escalation_share: float = 0.25  # of those, more severe than before
+    inversion_share: float = 0.03  # flap re-creations stamped 1-3 min before the archive
+    unswitch_share: float = 0.05  # accounts on consolidated findings that turn it off
+    third_party_share: float = 0.1  # accounts importing a product with a clock ahead
     muted_share: float = 0.01  # checks an operator set to Workflow SUPPRESSED
     per_standard_share: float = 0.15  # accounts still on per-standard findings
     switch_share: float = 0.5  # of those, accounts that switch to consolidated findings
@@ -192,6 +222,10 @@ class _Check:
     standards: tuple[str, ...]  # empty: consolidated findings
     switch_at: int | None  # when the account switches to consolidated findings
     muted: bool
+    xrng: random.Random  # the newer situations' draws (escalation, inversion, ...)
+    severity: str  # the control's severity now (an escalation raises it)
+    unswitch_at: int | None = None  # when the account turns consolidated findings off
+    unswitch_standards: tuple[str, ...] = ()  # ... and the standards it has enabled
     deleted_at: int | None = None  # the resource is deleted (all its checks archived)
     recreated_after: int | None = None  # ... and re-created under the same ARN this much later
     ids: dict[str | None, str] = field(default_factory=dict)  # standard -> finding Id
@@ -212,7 +246,8 @@ class _Check:
         return fid
 
     def finding(self, standard: str | None, at: int, status: str, *, record: str = "ACTIVE",
-                previous: str | None = None, workflow: str | None = None) -> dict[str, Any]:
+                previous: str | None = None, workflow: str | None = None,
+                severity: str | None = None) -> dict[str, Any]:
         fid = self.ids[standard]
         created = iso(self.created[standard])
         updated = iso(at)
@@ -239,7 +274,7 @@ class _Check:
         }
         if previous is not None:
             product_fields["PreviousComplianceStatus"] = previous
-        severity = self.control.severity
+        severity = severity or self.severity
         return {
             "SchemaVersion": "2018-10-08",
             "Id": fid,
@@ -323,6 +358,10 @@ def _check_events(c: _Check) -> Iterator[Emitted]:
             switched = True
             t = _switch(c, t, emit)
             continue
+        if c.unswitch_at is not None and t >= c.unswitch_at:
+            c.unswitch_at = None
+            t = _unswitch(c, t, emit)
+            continue
         if c.deleted_at is not None and t >= c.deleted_at:
             for s in c.findings():
                 emit(s, t, c.status, "deleted", record="ARCHIVED")
@@ -363,32 +402,69 @@ def _check_events(c: _Check) -> Iterator[Emitted]:
             yield e
 
 
+_MORE_SEVERE = {"INFORMATIONAL": "LOW", "LOW": "MEDIUM", "MEDIUM": "HIGH", "HIGH": "CRITICAL"}
+
+
 def _flap(c: _Check, t: int, emit: Any) -> int:
     """The resource is unavailable at this evaluation (a backup, a paused cluster, a
     stopped instance): NOT_AVAILABLE + ARCHIVED; it comes back at a later evaluation,
-    usually as a brand-new finding. Returns the time of the return."""
-    p, rng, period = c.profile, c.rng, c.control.period_h * HOUR_MS
+    usually as a brand-new finding. Returns the time of the return.
+
+    Also, from the check's own stream (`xrng`): a return more severe than before the
+    archive (the control's severity raised meanwhile: a true alert); a muted check's
+    re-creation back unmuted (`Workflow.Status` NEW, as Security Hub creates it: the
+    mute carries over, unless it is more severe); and a re-creation stamped 1-3 min
+    before its predecessor's archive (Security Hub archives the old finding in the
+    evaluation that creates the new one, and stamps the archive after it)."""
+    p, rng, period, x = c.profile, c.rng, c.control.period_h * HOUR_MS, c.xrng
     failing = c.status == "FAILED" and not c.muted
-    for s in c.findings():
-        emit(s, t, "NOT_AVAILABLE", "flap_archive", record="ARCHIVED", previous=c.status)
     if rng.random() < p.long_pause_share:
         back = t + rng.randrange(36 * HOUR_MS, 64 * HOUR_MS)  # paused over a weekend
     else:
         back = t + period + rng.randrange(0, HOUR_MS)
-    if rng.random() < p.reactivation_share:
+    reactivated = rng.random() < p.reactivation_share
+    before = c.severity
+    unmuted = (not reactivated and c.status == "FAILED" and c.muted
+               and x.random() < p.unmuted_return_share)
+    share = p.muted_escalation_share if unmuted else p.escalation_share if failing else 0.0
+    escalated = before in _MORE_SEVERE and share > 0 and x.random() < share
+    inverted = not reactivated and p.inversion_share > 0 and x.random() < p.inversion_share
+    if not inverted:
         for s in c.findings():
-            emit(s, back, c.status, "flap_reactivation" if failing else "update")
+            emit(s, t, "NOT_AVAILABLE", "flap_archive", record="ARCHIVED", previous=c.status)
+    if escalated:
+        c.severity = _MORE_SEVERE[before]
+    if reactivated:
+        truth = "escalated_reactivation" if escalated else "flap_reactivation"
+        for s in c.findings():
+            emit(s, back, c.status, truth if failing else "update", failing and escalated)
         return back
     old = {s: (c.ids[s], c.created[s]) for s in c.findings()}
-    c.workflow = "SUPPRESSED" if c.muted else "NEW"
+    old_workflow = c.workflow  # the old finding keeps its own
+    if unmuted:
+        c.muted, c.workflow = False, "NEW"
+        truth = "escalated_unmuted_recreation" if escalated else "unmuted_recreation"
+    else:
+        c.workflow = "SUPPRESSED" if c.muted else "NEW"
+        truth = ("escalated_recreation" if escalated else "flap_recreation") if failing else "new_resource"
     for s in c.findings():
         c.new_id(s, back)
-        emit(s, back, c.status, "flap_recreation" if failing else "new_resource")
-    # The old finding gets one more update at the same second.
+        emit(s, back, c.status, truth, truth in TRUE_ALERTS)
     now = {s: (c.ids[s], c.created[s]) for s in c.findings()}
+    if inverted:
+        # The old finding is archived only now, stamped 1-3 min after its re-creation.
+        late = back + x.randrange(MINUTE_MS, 3 * MINUTE_MS + 1)
+        for s in c.findings():
+            c.ids[s], c.created[s] = old[s]
+            emit(s, late, "NOT_AVAILABLE", "flap_archive", record="ARCHIVED", previous=c.status,
+                 severity=before, workflow=old_workflow)
+            c.ids[s], c.created[s] = now[s]
+        return back
+    # The old finding gets one more update at the same second.
     for s in c.findings():
         c.ids[s], c.created[s] = old[s]
-        emit(s, back, "NOT_AVAILABLE", "flap_archive", record="ARCHIVED", previous="NOT_AVAILABLE")
+        emit(s, back, "NOT_AVAILABLE", "flap_archive", record="ARCHIVED", previous="NOT_AVAILABLE",
+             severity=before, workflow=old_workflow)
         c.ids[s], c.created[s] = now[s]
     return back
 
@@ -409,6 +485,25 @@ def _switch(c: _Check, t: int, emit: Any) -> int:
     return created
 
 
+def _unswitch(c: _Check, t: int, emit: Any) -> int:
+    """Consolidation turned off: the consolidated finding is archived and one
+    per-standard finding per enabled standard is created, each within 18 h after it.
+    Each replaces the consolidated finding (an expected suppression while failing);
+    their later failures are their own."""
+    failing = c.status == "FAILED" and not c.muted
+    emit(None, t, c.status, "switch_archive", record="ARCHIVED")
+    if c.workflow == "NOTIFIED":
+        c.workflow = "NEW"
+    c.standards = c.unswitch_standards
+    last = t
+    for s in c.standards:
+        created = t + c.xrng.randrange(MINUTE_MS, 18 * HOUR_MS)
+        c.new_id(s, created)
+        emit(s, created, c.status, "consolidation_switch" if failing else "new_resource")
+        last = max(last, created)
+    return last
+
+
 def _checks(profile: Profile) -> Iterator[_Check]:
     types = [rt for rt in CATALOGUE for _ in range(rt.weight)]
     for a in range(profile.accounts):
@@ -420,6 +515,15 @@ def _checks(profile: Profile) -> Iterator[_Check]:
             span = profile.end_ms - profile.start_ms
             switch_at = profile.start_ms + arng.randrange(span // 4, 3 * span // 4)
         standards = tuple(sorted(arng.sample(sorted(STANDARDS), 2))) if per_standard else ()
+        # Consolidation turned off (accounts on consolidated findings only), from a
+        # stream of its own.
+        urng = random.Random(f"{profile.seed}:unswitch:{a}")
+        unswitch_at = None
+        unswitch_standards: tuple[str, ...] = ()
+        if not per_standard and urng.random() < profile.unswitch_share:
+            span = profile.end_ms - profile.start_ms
+            unswitch_at = profile.start_ms + urng.randrange(span // 4, 3 * span // 4)
+            unswitch_standards = tuple(sorted(urng.sample(sorted(STANDARDS), 2)))
         span = profile.end_ms - profile.start_ms
         deleted_share = 1 - (1 - profile.deletion_rate) ** profile.days
         for region in profile.regions:
@@ -431,14 +535,103 @@ def _checks(profile: Profile) -> Iterator[_Check]:
                 deleted_at = profile.start_ms + rng.randrange(span) if rng.random() < deleted_share else None
                 recreated_after = (rng.randrange(10 * MINUTE_MS, 6 * HOUR_MS)
                                    if rng.random() < profile.same_arn_recreate_rate else None)
+                if (recreated_after is None and rt.asff_type == "AwsLambdaFunction"
+                        and profile.lambda_recreate_rate > 0):
+                    lrng = random.Random(f"{profile.seed}:lambda:{a}:{region}:{r}")
+                    if lrng.random() < profile.lambda_recreate_rate:
+                        recreated_after = lrng.randrange(45 * MINUTE_MS, 90 * MINUTE_MS)
                 for control in rt.controls:
                     yield _Check(
                         rng=random.Random(f"{profile.seed}:{a}:{region}:{r}:{control.id}"),
                         profile=profile, account=account, region=region, resource_arn=arn,
                         resource_type=rt.asff_type, control=control, standards=standards,
                         switch_at=switch_at, muted=rng.random() < profile.muted_share,
+                        xrng=random.Random(f"{profile.seed}:{a}:{region}:{r}:{control.id}:x"),
+                        severity=control.severity, unswitch_at=unswitch_at,
+                        unswitch_standards=unswitch_standards,
                         deleted_at=deleted_at, recreated_after=recreated_after,
                     )
+
+
+# -- a third-party product whose clock runs ahead ---------------------------------------
+
+THIRD_PARTY_RULES = (
+    ("open-admin-port", "Security group allows administrative ports from the internet", "HIGH"),
+    ("unencrypted-volume", "EBS volume is not encrypted with a customer managed key", "MEDIUM"),
+    ("stale-access-key", "IAM access key has not been rotated for 90 days", "MEDIUM"),
+)
+THIRD_PARTY_GENERATOR = "acme-posture-scanner"
+
+
+def _third_party_events(profile: Profile, a: int, region: str, skew_ms: int) -> Iterator[Emitted]:
+    """Findings an account imports from a product of its own (`BatchImportFindings`,
+    ProductArn `product/{account}/default`, no `SecurityControlId`: the control is the
+    GeneratorId), with a clock `skew_ms` (30-55 min) ahead of the true time, inside the
+    1 h future tolerance. A few failures start during the feed (each a true alert: such
+    findings never pair), are refreshed daily and some are remediated. `at` is the true
+    time (arrival order); `UpdatedAt` is the skewed clock."""
+    rng = random.Random(f"{profile.seed}:third-party:{a}:{region}")
+    account = account_id(a)
+    product = f"arn:aws:securityhub:{region}:{account}:product/{account}/default"
+    span = profile.end_ms - profile.start_ms
+    lives: list[Iterator[Emitted]] = []
+    for n in range(rng.randint(1, 3)):
+        rule, title, severity = rng.choice(THIRD_PARTY_RULES)
+        born = profile.start_ms + rng.randrange(span // 20, 9 * span // 10)
+        instance = f"i-{rng.getrandbits(64):016x}"
+        fid = f"{product}/{THIRD_PARTY_GENERATOR}/{instance}/{rule}/{n}"
+        events: list[Emitted] = []
+        created = iso(born + skew_ms)
+        t, status = born, "FAILED"
+        while t < profile.end_ms:
+            updated = iso(t + skew_ms)
+            first = t == born
+            finding = {
+                "SchemaVersion": "2018-10-08",
+                "Id": fid,
+                "ProductArn": product,
+                "ProductName": "Default",
+                "CompanyName": "Personal",
+                "Region": region,
+                "GeneratorId": f"{THIRD_PARTY_GENERATOR}/{rule}",
+                "AwsAccountId": account,
+                "Types": ["Software and Configuration Checks/AWS Security Best Practices"],
+                "FirstObservedAt": created,
+                "LastObservedAt": updated,
+                "CreatedAt": created,
+                "UpdatedAt": updated,
+                "Severity": {"Label": severity, "Normalized": _NORMALIZED[severity]},
+                "Title": title,
+                "ProductFields": {"aws/securityhub/ProductName": "Default",
+                                  "aws/securityhub/CompanyName": "Personal",
+                                  "aws/securityhub/FindingId": fid},
+                "Resources": [{"Type": "AwsEc2Instance", "Partition": "aws", "Region": region,
+                               "Id": f"arn:aws:ec2:{region}:{account}:instance/{instance}"}],
+                "Compliance": {"Status": status},
+                "WorkflowState": "NEW",
+                "Workflow": {"Status": "NEW"},
+                "RecordState": "ACTIVE",
+            }
+            truth = "third_party_failure" if first else "remediated" if status == "PASSED" \
+                else "third_party_update"
+            events.append(Emitted(t, finding, Label(first, truth, fid)))
+            if status == "PASSED":
+                break
+            t += DAY_MS + rng.randrange(-HOUR_MS, HOUR_MS)
+            if rng.random() < 0.1:
+                status = "PASSED"
+        lives.append(iter(events))
+    return heapq.merge(*lives, key=lambda e: e.at)
+
+
+def _third_party(profile: Profile) -> Iterator[Iterator[Emitted]]:
+    """The third-party streams: a share of accounts, each with its own clock skew."""
+    for a in range(profile.accounts):
+        arng = random.Random(f"{profile.seed}:third-party:{a}")
+        if arng.random() < profile.third_party_share:
+            skew = arng.randrange(30 * MINUTE_MS, 55 * MINUTE_MS + 1)
+            for region in profile.regions:
+                yield _third_party_events(profile, a, region, skew)
 
 
 def _deliveries(profile: Profile, events: Iterator[Emitted]) -> Iterator[Emitted]:
@@ -469,6 +662,7 @@ def _deliveries(profile: Profile, events: Iterator[Emitted]) -> Iterator[Emitted
 def generate(profile: Profile) -> Iterator[Emitted]:
     """Every occurrence of the feed, in arrival order."""
     streams = [_check_events(c) for c in _checks(profile)]
+    streams += _third_party(profile)
     merged = heapq.merge(*streams, key=lambda e: e.at)
     return _deliveries(profile, merged)
 

@@ -29,6 +29,14 @@ def render_report(summary: dict[str, Any]) -> str:
             f"{_share_text(labels['suppression_precision'])}, recall "
             f"{_share_text(labels['suppression_recall'])}, flap re-creations suppressed "
             f"{labels['flap_recreations_suppressed']} of {labels['flap_recreations']}")
+        deleted = labels.get("deleted_resources")
+        if deleted and deleted["incidents"]:
+            closed = ", ".join(f"{reason} {n}" for reason, n in deleted["closed"].items()) or "none"
+            lines.append(
+                f"deleted resources: {deleted['incidents']} incidents open at deletion, closed: "
+                f"{closed}; continued by a successor: {deleted.get('continued', 0)}; "
+                f"still open: {deleted['open_within_window']} within window + "
+                f"first-sight age of the end, {deleted['open_overdue']} overdue")
     if summary.get("sweep"):
         lines.append(f"  {'window':>8} {'alerts':>8} {'suppressed':>11} {'missed':>7} {'false':>7}")
         for row in summary["sweep"]:

@@ -26,7 +26,7 @@ from typing import IO, Any, Literal
 import orjson
 
 from streams.backtest.generate import labels_path
-from streams.core.decide import Decision, Outcome, Reason, rejected_outcome
+from streams.core.decide import Decision, Outcome, Reason, closing_deadline, rejected_outcome
 from streams.core.engine import PartitionEngine
 from streams.core.files import numbered_units
 from streams.core.findings import Finding, Rejected, envelope_finding, parse_message
@@ -204,6 +204,19 @@ class LabelScore:
     by_truth: Counter[str] = field(default_factory=Counter)
     missed_examples: list[dict[str, Any]] = field(default_factory=list)
     false_examples: list[dict[str, Any]] = field(default_factory=list)
+    # Deleted resources (truth `deleted`): the incidents open when their findings were
+    # archived for good, and how each ended. From the alert records, in input order: an
+    # alert opens its `dedup_key`; a `resolved` decision or a closing ends it; a finding
+    # holds the key of its last alert or suppression.
+    deleted_incidents: int = 0
+    deleted_closed: Counter[str] = field(default_factory=Counter)
+    # ... carried on by a suppressed successor (a resource re-created under the same ARN)
+    deleted_continued: int = 0
+    _keys: dict[str, str] = field(default_factory=dict)  # finding id -> its dedup_key
+    _open: set[str] = field(default_factory=set)  # dedup_keys opened, not yet closed
+    # dedup_key -> (closing deadline, partition) of a deleted finding's open incident
+    _deleted: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _ends: dict[int, int] = field(default_factory=dict)  # partition -> last UpdatedAt
 
     def add(self, truth: Truth, decision: str, label: str, naive: bool, where: Origin) -> None:
         self.labelled += 1
@@ -226,6 +239,51 @@ class LabelScore:
         if truth.suppress:
             self.expected_suppressions += 1
             self.expected_suppressed += decision == "suppressed"
+
+    def track(self, truth: Truth, decision: str, finding: Finding | None, dedup_key: str | None,
+              closes: Iterable[tuple[str, str]], policy: Policy, partition: int) -> None:
+        """Follow the incidents of one decision (`closes`: (dedup_key, reason) of those it
+        closed, before it or by it), for the deleted resources' measure."""
+        for closed, reason in closes:
+            self._end(closed, reason)
+        if finding is None:
+            return
+        if self._ends.get(partition, finding.updated_at - 1) < finding.updated_at:
+            self._ends[partition] = finding.updated_at
+        if decision == "resolved":
+            if dedup_key is not None:
+                self._end(dedup_key, Reason.PASSED.value)
+            self._keys.pop(finding.id, None)
+        elif dedup_key is not None and decision in ("alert", "suppressed"):
+            self._keys[finding.id] = dedup_key
+            if decision == "alert":
+                self._open.add(dedup_key)
+            elif self._deleted.pop(dedup_key, None) is not None:
+                self.deleted_continued += 1  # no longer the deleted finding's to close
+        if truth.truth == "deleted":
+            held = self._keys.get(finding.id)
+            if held is not None and held in self._open and held not in self._deleted:
+                self.deleted_incidents += 1
+                self._deleted[held] = (closing_deadline(policy, finding.updated_at, finding.control_id),
+                                      partition)
+
+    def _end(self, key: str, reason: str) -> None:
+        self._open.discard(key)
+        if self._deleted.pop(key, None) is not None:
+            self.deleted_closed[reason] += 1
+
+    def deleted_resources(self) -> dict[str, Any]:
+        """Incidents open when a resource was deleted: how they were closed, and those
+        still open at the end of the input, apart by whether their closing moment
+        (archive + window + first-sight age) had passed in event time on their partition
+        (`overdue`: a bug) or not (`within_window`: the history ends too soon);
+        `continued`: carried on by a suppressed successor (a re-creation under the same
+        ARN paired with the deleted finding's archive)."""
+        overdue = sum(1 for deadline, partition in self._deleted.values()
+                      if deadline < self._ends.get(partition, deadline))
+        return {"incidents": self.deleted_incidents, "closed": dict(sorted(self.deleted_closed.items())),
+                "continued": self.deleted_continued,
+                "open_within_window": len(self._deleted) - overdue, "open_overdue": overdue}
 
     @staticmethod
     def _example(into: list[dict[str, Any]], truth: Truth, decision: str, label: str,
@@ -256,6 +314,7 @@ class LabelScore:
             "naive_false_alerts": self.naive_false_alerts,
             "naive_missed_true_alerts": self.naive_missed,
             "by_truth": dict(sorted(self.by_truth.items())),
+            "deleted_resources": self.deleted_resources(),
             "missed_examples": self.missed_examples,
             "false_alert_examples": self.false_examples,
         }
@@ -290,9 +349,12 @@ class Report:
         if (pairing is not None or outcome.late_pairs or outcome.closes or f is None
                 or self.truths is not None):
             gap = pairing.gap_seconds if pairing is not None and pairing.reason in _GAP_REASONS else None
-            self.tally(outcome.origin, outcome.decision, label, f, gap, len(outcome.late_pairs))
+            truth = self.tally(outcome.origin, outcome.decision, label, f, gap, len(outcome.late_pairs))
             for closure in outcome.closes:
                 self.closed[closure.reason.value] += 1
+            if truth is not None:
+                self._track(truth, outcome.decision, f, outcome.dedup_key,
+                            [(c.dedup_key, c.reason.value) for c in outcome.closes])
             return
         # `tally` for the usual decision (a finding, nothing paired, no labels), inlined:
         # this runs once per finding.
@@ -314,12 +376,23 @@ class Report:
         gap = record.get("gap_seconds") if label in _GAP_REASONS else None
         origin = Origin(record["input"], record["line"], record["index"])
         finding = parsed if isinstance(parsed, Finding) else None
-        self.tally(origin, record["decision"], label, finding, gap, len(record.get("late_pairs", ())))
+        truth = self.tally(origin, record["decision"], label, finding, gap,
+                           len(record.get("late_pairs", ())))
         for closure in record.get("closes", ()):
             self.closed[closure["reason"]] += 1
+        if truth is not None:
+            self._track(truth, record["decision"], finding, record.get("dedup_key"),
+                        [(c["dedup_key"], c["reason"]) for c in record.get("closes", ())])
+
+    def _track(self, truth: Truth, decision: str, f: Finding | None, dedup_key: str | None,
+               closes: list[tuple[str, str]]) -> None:
+        assert self.labels is not None
+        partition = partition_for(f.partition_key, self.partitions) if f and self.partitions > 1 else 0
+        self.labels.track(truth, decision, f, dedup_key, closes, self.policy, partition)
 
     def tally(self, origin: Origin, decision: str, label: str, f: Finding | None,
-              gap: float | None, late_pairs: int) -> None:
+              gap: float | None, late_pairs: int) -> Truth | None:
+        """Count one decision; its ground truth, when the input has labels."""
         self.findings += 1
         if late_pairs:
             self.late_pairs += late_pairs
@@ -338,7 +411,8 @@ class Report:
             if gap is not None:
                 self.gaps[(f.control_id, int(gap // GAP_BIN_S))] += 1
         if self.truths is not None:
-            self._score(origin, decision, label, naive)
+            return self._score(origin, decision, label, naive)
+        return None
 
     def _fold(self, pick: Callable[[tuple[str, str, str, str, bool]], str | None]) -> Counter[str]:
         out: Counter[str] = Counter()
@@ -373,7 +447,7 @@ class Report:
                 counts["naive_alert"] += count
         return {name: dict(sorted(c.items())) for name, c in sorted(out.items()) if c}
 
-    def _score(self, origin: Origin, decision: str, label: str, naive: bool) -> None:
+    def _score(self, origin: Origin, decision: str, label: str, naive: bool) -> Truth:
         assert self.truths is not None and self.labels is not None
         truth = next(self.truths, None)
         if truth is None or (truth.line, truth.index) != (origin.line, origin.index):
@@ -381,6 +455,7 @@ class Report:
             raise LabelError(f"labels do not line up with the input: {origin.source} line "
                              f"{origin.line} index {origin.index} has {got} as its label")
         self.labels.add(truth, decision, label, naive, origin)
+        return truth
 
     def gap_summary(self) -> dict[str, dict[str, Any]]:
         """Archive -> re-create gaps (paired within the window) per control, in hours."""

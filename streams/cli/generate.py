@@ -28,6 +28,9 @@ def add(sub: Subparsers) -> None:
     option(generate, "--same-arn-recreate-rate", default="0", convert=share,
            help="share of deleted resources re-created under the same ARN, still failing "
            "where they failed (a real new risk a long window hides)")
+    option(generate, "--lambda-recreate-rate", default="0", convert=share,
+           help="share of deleted Lambda functions re-created under the same ARN 45-90 min "
+           "later, still failing (a real new risk; see --pairing in flapguard backtest)")
     option(generate, "--format", default="eventbridge", choices=["eventbridge", "bare"],
            help="one EventBridge event per line, or bare ASFF findings")
 
@@ -39,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
                       resources_per_region=args.resources_per_region,
                       per_standard_share=args.per_standard_share,
                       same_arn_recreate_rate=args.same_arn_recreate_rate,
+                      lambda_recreate_rate=args.lambda_recreate_rate,
                       envelope=args.format == "eventbridge")
     started = time.perf_counter()
     stats = write_feed(profile, args.out)

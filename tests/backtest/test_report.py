@@ -57,6 +57,17 @@ def test_acceptance_no_missed_true_alert_and_99_percent_of_flap_recreations_supp
     assert report["naive_alerts"] > 3 * report["alerts"]
     assert labels["naive_false_alerts"] > 1000
     assert labels["false_alerts"] < labels["naive_false_alerts"] / 50
+    # The rarer situations are in the default feed, each decided as its label says.
+    by_truth = labels["by_truth"]
+    for truth, decision in (("escalated_recreation", "alert:new"),
+                            ("escalated_reactivation", "alert:reactivated"),
+                            ("third_party_failure", "alert:new"),
+                            ("unmuted_recreation", "suppressed:recreated_after_archive"),
+                            ("consolidation_switch", "suppressed:consolidation_switch")):
+        decided = {k.split(":", 1)[1]: v for k, v in by_truth.items() if k.startswith(f"{truth}:")}
+        assert decided and set(decided) == {decision}, truth
+    deleted = labels["deleted_resources"]
+    assert deleted["incidents"] > 0 and deleted["open_overdue"] == 0
 
 
 def test_report_breaks_down_by_control_and_account_and_gives_gap_percentiles(
