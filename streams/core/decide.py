@@ -310,9 +310,7 @@ class Decider:
         predecessor = False
         if first_archive:
             state.archived_at = f.updated_at
-            if (f.is_control_finding and last in FAILING and not state.superseded
-                    and self.policy.archive_may_precede(f.control_id, f.compliance_status,
-                                                        f.reason_codes)):
+            if f.is_control_finding and last in FAILING and not state.superseded:
                 predecessor = True
                 severity = state.severity if state.last_status in FAILING else int(f.severity)
                 archive = Archive(
@@ -323,6 +321,8 @@ class Decider:
                     dedup_key=state.dedup_key or dedup_key(f.id, f.updated_at_text),
                     opened=opened(state),
                     finding=f,
+                    recreatable=self.policy.archive_may_precede(
+                        f.control_id, f.compliance_status, f.reason_codes),
                 )
                 late = self._record_archive(f.partition_key, archive)
                 if archive.used:  # a re-creation that alerted on its own took its place
@@ -479,7 +479,7 @@ class Decider:
                         and archive.archived_at >= oldest
                         and (not archive.used or self._reverse_open(archive, f))):
                     candidates.append((gap, archive.finding_id, archive, key, bucket))
-        same = [c for c in candidates if c[2].standard == f.standard]
+        same = [c for c in candidates if c[2].standard == f.standard and c[2].recreatable]
         reverse = [c for c in candidates if f.standard is not None and c[2].standard is None]
         if same:
             used = [min(same, key=lambda c: (c[0], c[1]))]
@@ -562,7 +562,7 @@ class Decider:
         for key, bucket in self._buckets_near(partition_key, archive.archived_at, window):
             for rec in bucket.recreations:
                 gap = abs(rec.created_at - archive.archived_at)
-                pairs = rec.standard == archive.standard or (
+                pairs = (rec.standard == archive.standard and archive.recreatable) or (
                     rec.standard is None and archive.standard is not None
                 )
                 if not rec.paired and pairs and gap <= window and rec.finding_id != archive.finding_id:

@@ -36,7 +36,8 @@ class Archives(StrEnum):
     ANY = "any"  # every archive of a failing control finding
     # Only Security Hub's NOT_AVAILABLE archive of the seed incident: AWS Config answered
     # NOT_APPLICABLE (`CONFIG_RETURNS_NOT_APPLICABLE`). An archive of a finding still
-    # FAILED (not updated for days: typically a deleted resource) is none.
+    # FAILED (not updated for days: typically a deleted resource) is continued by no
+    # re-creation of its standard; a consolidation switch still continues it.
     NOT_APPLICABLE = "not_applicable"
 
 
@@ -151,8 +152,9 @@ class Policy:
 
     def archive_may_precede(self, control_id: str, compliance_status: str | None,
                             reason_codes: tuple[str, ...]) -> bool:
-        """Whether an archive of a failing control finding with this signature may be a
-        predecessor under the control's pairing rule."""
+        """Whether an archive of a failing control finding with this signature may be
+        continued by a re-creation of its own standard under the control's pairing rule
+        (a consolidation switch continues any)."""
         if not self.pairing:
             return True
         rule = _rule_for(self.pairing, control_id)

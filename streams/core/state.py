@@ -78,6 +78,9 @@ class Archive:
     # A consolidated archive replaced by per-standard findings (consolidation turned
     # off): the standards that took its place so far; one of each more may still.
     standards: list[str] = field(default_factory=list)
+    # False: its control's pairing policy lets no re-creation of its own standard
+    # continue it (not Config's NOT_APPLICABLE archive); a consolidation switch still may.
+    recreatable: bool = True
 
 
 @dataclass(slots=True)

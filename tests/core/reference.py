@@ -60,6 +60,9 @@ class Predecessor:
     # A consolidated predecessor replaced by per-standard findings (consolidation
     # turned off): their standards. It stays one for each other standard.
     standards: list[str] = field(default_factory=list)
+    # Under its control's pairing rule, a re-creation of its own standard may continue
+    # it (else only a consolidation switch may).
+    recreatable: bool = True
 
 
 @dataclass
@@ -309,12 +312,12 @@ class Model:
         if known.archived_at is None:  # the first archive since it was last ACTIVE
             known.archived_at = f.updated_at
             known.archive_event = f
-            if (f.is_control_finding and last in FAILING and not known.superseded
-                    and self.may_precede(f)):
+            if f.is_control_finding and last in FAILING and not known.superseded:
                 severity = known.severity if known.last_status in FAILING else int(f.severity)
                 predecessor = Predecessor(
                     f.id, f.partition_key, f.standard, f.updated_at, severity,
-                    known.dedup_key or dedup_key(f.id, f.updated_at_text), known.opened)
+                    known.dedup_key or dedup_key(f.id, f.updated_at_text), known.opened,
+                    recreatable=self.may_precede(f))
                 late = self.late_pair(predecessor)
                 if predecessor.used:  # a re-creation that alerted on its own took its place
                     if predecessor.opened:
@@ -339,7 +342,7 @@ class Model:
         options = [
             r for r in self.recreations
             if r.key == predecessor.key and not r.paired and r.finding_id != predecessor.finding_id
-            and (r.standard == predecessor.standard
+            and ((r.standard == predecessor.standard and predecessor.recreatable)
                  or (r.standard is None and predecessor.standard is not None))
             and abs(r.created_at - predecessor.archived_at) <= window
         ]
@@ -468,7 +471,7 @@ class Model:
         def nearest(ps: list[Predecessor]) -> Predecessor:
             return min(ps, key=lambda p: (abs(f.created_at - p.archived_at), p.finding_id))
 
-        same = [p for p in options if p.standard == f.standard]
+        same = [p for p in options if p.standard == f.standard and p.recreatable]
         switched = [p for p in options if f.standard is None and p.standard is not None]
         reverse = [p for p in options if f.standard is not None and p.standard is None]
         if same:

@@ -12,7 +12,7 @@ import pytest
 from streams.cli import main
 from streams.config import ConfigError
 from streams.core.policy import Archives, PairingRule, Policy, pairing_rules, pairing_toml
-from tests.builders import archived, at, backtest, finding, jsonl, policy
+from tests.builders import FSBP, archived, at, backtest, finding, jsonl, policy
 
 EXAMPLE = Path(__file__).parents[2] / "streams" / "data" / "pairing.example.toml"
 
@@ -44,6 +44,15 @@ def test_a_control_whose_archives_must_be_not_applicable_alerts_on_a_recreated_r
     # Other controls keep the default.
     assert decision_of_new(deleted_and_recreated("RDS.45"), p) == (
         "suppressed", "recreated_after_archive")
+
+
+def test_a_consolidation_switch_still_continues_a_failed_archive_under_not_applicable() -> None:
+    # Security Hub archives the per-standard findings it replaces while they still fail.
+    old = finding("old", created=at(days=-10), control="Lambda.2", standard=FSBP)
+    consolidated = finding("new", created=at(hours=2), control="Lambda.2")
+    messages = [old, archived(old, at(), status="FAILED", reason_codes=[]), consolidated]
+    assert decision_of_new(messages, Policy(pairing=(LAMBDA,))) == (
+        "suppressed", "consolidation_switch")
 
 
 def test_the_seed_incidents_archive_still_pairs_under_not_applicable() -> None:
