@@ -131,9 +131,10 @@ async def _topic_values(topic: str, take: Callable[[bytes], None], bootstrap: st
     try:
         plan = await plan_read(consumer, topic, policy=Policy(), since_ms=None, until_ms=None)
         async for batch in merged_records(consumer, plan):
-            for r in batch:
-                if r.value:
-                    take(r.value)
+            for _, records in batch:
+                for r in records:
+                    if r.value:
+                        take(r.value)
     finally:
         await consumer.stop()
 
