@@ -126,7 +126,7 @@ async def _topic_values(topic: str, take: Callable[[bytes], None], bootstrap: st
     from streams.core.policy import Policy
     from streams.kafka.availability import start_client
 
-    consumer = plain_consumer(bootstrap, security)
+    consumer = plain_consumer(bootstrap, security, bare=True)  # values alone are read
     await start_client(consumer, bootstrap, security)
     try:
         plan = await plan_read(consumer, topic, policy=Policy(), since_ms=None, until_ms=None)

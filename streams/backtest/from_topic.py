@@ -38,7 +38,7 @@ from streams.core.records import iso, record_source
 from streams.core.state import Origin, Store
 from streams.kafka.availability import start_client
 from streams.kafka.security import PLAINTEXT, BrokerSecurity
-from streams.kafka.workarounds import all_topics_metadata
+from streams.kafka.workarounds import all_topics_metadata, bare_records, bare_value
 
 # A partition this far ahead of the slowest one (records held for the merge) is paused.
 AHEAD = 20_000
@@ -129,14 +129,20 @@ class TopicProgress(Progress):
 # -- reading the topic ----------------------------------------------------------------
 
 
-def plain_consumer(bootstrap: str, security: BrokerSecurity) -> Any:
-    """A consumer that reads what it is assigned: read_committed, large fetches."""
+def plain_consumer(bootstrap: str, security: BrokerSecurity, *, bare: bool = False) -> Any:
+    """A consumer that reads what it is assigned: read_committed, large fetches.
+    `bare`: its records are the record batches' own (`workarounds.bare_records`: no
+    `topic` or `partition`), not aiokafka's `ConsumerRecord`s."""
     from aiokafka import AIOKafkaConsumer
 
+    extra: dict[str, Any] = {}
+    if bare:
+        bare_records()
+        extra["value_deserializer"] = bare_value
     # No group: nothing is committed, no production consumer group is touched.
     return AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                             isolation_level="read_committed", max_partition_fetch_bytes=4 << 20,
-                            fetch_max_bytes=64 << 20, **security.aiokafka_kwargs())
+                            fetch_max_bytes=64 << 20, **extra, **security.aiokafka_kwargs())
 
 
 async def plan_read(consumer: Any, topic: str, *, policy: Policy, since_ms: int | None,
@@ -179,7 +185,8 @@ async def merged_records(consumer: Any, plan: Plan) -> AsyncIterator[list[Segmen
     """The records of every span, in batches, merged across partitions by (timestamp,
     partition), each partition in offset order: a record is handed on only once every
     partition still being read has one waiting, so the order does not depend on which
-    partition the broker answered for first."""
+    partition the broker answered for first. Only a record's `offset`, `timestamp`,
+    `headers` and `value` are read (a `bare` consumer's records do)."""
     from aiokafka import TopicPartition
 
     topic = plan.topic
@@ -425,7 +432,8 @@ async def _backtest_topic(
     sweep: list[int], progress: bool | None,
     on_decided: Callable[[list[Outcome]], None] | None = None,
 ) -> TopicBacktest:
-    consumer = plain_consumer(bootstrap, security)
+    # Its records without a `ConsumerRecord` each: `merged_records` needs no more.
+    consumer = plain_consumer(bootstrap, security, bare=True)
     await start_client(consumer, bootstrap, security)
     try:
         plan = await plan_read(consumer, topic, policy=policy, since_ms=since_ms, until_ms=until_ms)
