@@ -347,29 +347,15 @@ def decide_records(segments: list[Segment], runs: list[Run], *, topic: str, co_p
     as the worker places them (module docstring); the next arrival number."""
     policy = runs[0].policy  # the input limits are the same in every run
     partitions = runs[0].partitions
-    counted = runs[0].counted_from
-    # Every finding first, then their keyed partitions in one murmur2 pass over the
-    # chunk (numpy, as the worker places them), then the decisions.
-    found: list[tuple[Origin, Finding | Rejected]] = []
-    add = found.append
-    for partition, records in segments:
-        warm_until = counted[partition]
-        for record in records:
-            offset = record.offset
-            if offset < warm_until and (warm.first_ms is None or record.timestamp < warm.first_ms):
-                warm.first_ms = record.timestamp
-            source, line = record_source(topic, offset, record.headers)
-            data = record.value or b""
-            fast = envelope_finding(data, policy=policy, now_ms=now_ms)
-            if fast is not None:  # the usual record: one finding, no list of one
-                add((Origin(source, line, 0, topic, partition, offset), fast))
-                continue
-            for index, parsed in enumerate(parse_message(data, policy=policy, now_ms=now_ms)):
-                add((Origin(source, line, index, topic, partition, offset), parsed))
+    found: Iterable[tuple[Origin, Finding | Rejected]] = _occurrences(
+        segments, runs[0].counted_from, warm, topic=topic, policy=policy, now_ms=now_ms)
     places = None
     if partitions > 1:
-        places = iter(partitions_for([f.partition_key.encode() for _, f in found if type(f) is Finding],
-                                     partitions)).__next__
+        # Every finding of the chunk first, then their keyed partitions in one murmur2
+        # pass (numpy, as the worker places them), then the decisions.
+        found = list(found)
+        keys = [f.partition_key.encode() for _, f in found if type(f) is Finding]
+        places = iter(partitions_for(keys, partitions)).__next__
     # Bound once per chunk: this loop runs per finding.
     accepts = [[engine.accept for engine in run.engines] for run in runs]
     puts = [run.put for run in runs]
@@ -390,6 +376,26 @@ def decide_records(segments: list[Segment], runs: list[Run], *, topic: str, co_p
                 put(released)
         seq += 1
     return seq
+
+
+def _occurrences(segments: list[Segment], counted: dict[int, int], warm: WarmUp, *, topic: str,
+                 policy: Policy, now_ms: int) -> Iterator[tuple[Origin, Finding | Rejected]]:
+    """The finding occurrences of the records, parsed, in order; the warm-up's first
+    record noted on the way."""
+    for partition, records in segments:
+        warm_until = counted[partition]
+        for record in records:
+            offset = record.offset
+            if offset < warm_until and (warm.first_ms is None or record.timestamp < warm.first_ms):
+                warm.first_ms = record.timestamp
+            source, line = record_source(topic, offset, record.headers)
+            data = record.value or b""
+            fast = envelope_finding(data, policy=policy, now_ms=now_ms)
+            if fast is not None:  # the usual record: one finding, no list of one
+                yield Origin(source, line, 0, topic, partition, offset), fast
+                continue
+            for index, parsed in enumerate(parse_message(data, policy=policy, now_ms=now_ms)):
+                yield Origin(source, line, index, topic, partition, offset), parsed
 
 
 @dataclass(slots=True)
