@@ -14,8 +14,9 @@ default) of the broker `--bootstrap-servers` names, or of a local Apache Kafka s
 from the jars of `scripts/fetch-kafka`; then `--repeat` runs of each, taking turns:
 (a) a raw read, a plain aiokafka consumer with the backtest's settings reading every
 record and `orjson.loads` of each value; (b) `flapguard backtest --from-topic` over the
-same records. Prints each run's ratio (wall clock and CPU) and the medians with their
-range. The topic is deleted at the end; `--topic` reads an existing topic instead
+same records; (c) the raw read again, of the record batches' own records as the
+backtest reads them (no `ConsumerRecord` each). Prints each run's ratios (wall clock and
+CPU) and the medians with their range. The topic is deleted at the end; `--topic` reads an existing topic instead
 (neither replayed nor deleted).
 """
 
