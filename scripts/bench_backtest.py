@@ -16,8 +16,8 @@ from the jars of `scripts/fetch-kafka`; then `--repeat` runs of each, taking tur
 record and `orjson.loads` of each value; (b) `flapguard backtest --from-topic` over the
 same records; (c) the raw read again, of the record batches' own records as the
 backtest reads them (no `ConsumerRecord` each). Prints each run's ratios (wall clock and
-CPU) and the medians with their range. The topic is deleted at the end; `--topic` reads an existing topic instead
-(neither replayed nor deleted).
+CPU) and the medians with their range. The topic is deleted at the end; `--topic` reads
+an existing topic instead (neither replayed nor deleted).
 """
 
 from __future__ import annotations
