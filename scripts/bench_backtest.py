@@ -11,10 +11,13 @@ the machine's load; CPU time is the steadier figure on a busy machine.
 
 `--from-topic`: the same feed replayed onto a fresh topic (`--topic-partitions`, 1 by
 default) of the broker `--bootstrap-servers` names, or of a local Apache Kafka started
-from the jars of `scripts/fetch-kafka`; then, best of `--repeat` each, in wall-clock
-time: (a) a raw read, a plain aiokafka consumer with the backtest's settings reading
-every record and `orjson.loads` of each value; (b) `flapguard backtest --from-topic`
-over the same records. The topic is deleted at the end.
+from the jars of `scripts/fetch-kafka`; then `--repeat` runs of each, taking turns:
+(a) a raw read, a plain aiokafka consumer with the backtest's settings reading every
+record and `orjson.loads` of each value; (b) `flapguard backtest --from-topic` over the
+same records; (c) the raw read again, of the record batches' own records as the
+backtest reads them (no `ConsumerRecord` each). Prints each run's ratios (wall clock and
+CPU) and the medians with their range. The topic is deleted at the end; `--topic` reads
+an existing topic instead (neither replayed nor deleted).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import orjson
 
@@ -54,9 +58,11 @@ def backtest(path: Path) -> tuple[int, float, float]:
     return report.findings, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def raw_consume(bootstrap: str, topic: str) -> tuple[int, float, float]:
+def raw_consume(bootstrap: str, topic: str, *, bare: bool = False) -> tuple[int, float, float]:
     """Every record of `topic` read with the backtest's consumer settings, each value
-    parsed with orjson: the floor a topic backtest is measured against."""
+    parsed with orjson: the floor a topic backtest is measured against. `bare`: the
+    record batches' own records, not aiokafka's `ConsumerRecord`s (as the backtest
+    reads them)."""
     import asyncio
 
     from aiokafka import TopicPartition
@@ -65,7 +71,7 @@ def raw_consume(bootstrap: str, topic: str) -> tuple[int, float, float]:
     from streams.kafka.security import PLAINTEXT
 
     async def go() -> int:
-        consumer = plain_consumer(bootstrap, PLAINTEXT)
+        consumer = plain_consumer(bootstrap, PLAINTEXT, bare=bare)
         await consumer.start()
         try:
             cluster = await consumer._client.fetch_all_metadata()
@@ -114,18 +120,44 @@ def bench_topic(path: Path, args: argparse.Namespace) -> None:
             from streams.demo.brokers import KafkaBroker, default_kafka_libs
 
             bootstrap = stack.enter_context(KafkaBroker(default_kafka_libs())).bootstrap_servers
-        topic = f"bench-backtest-{uuid.uuid4().hex[:8]}"
-        stack.callback(lambda: asyncio.run(delete_topics(bootstrap, topic)))
-        count = asyncio.run(replay_async([path], bootstrap=bootstrap, topic=topic,
-                                         partitions=args.topic_partitions))
-        print(f"replayed {count:,} records onto {topic} ({args.topic_partitions} partitions)")
-        n_raw, wall_raw, cpu_raw = best(lambda _: raw_consume(bootstrap, topic), path, args.repeat)
-        n_bt, wall_bt, cpu_bt = best(lambda _: topic_backtest(bootstrap, topic), path, args.repeat)
-    print(f"raw read (aiokafka + orjson.loads):  {n_raw / wall_raw:>10,.0f} records/s wall, "
-          f"{n_raw / cpu_raw:>10,.0f} records/s CPU")
-    print(f"backtest --from-topic:               {n_bt / wall_bt:>10,.0f} findings/s wall, "
-          f"{n_bt / cpu_bt:>10,.0f} findings/s CPU")
-    print(f"ratio backtest/raw read: {wall_raw / wall_bt:.2f} (wall), {cpu_raw / cpu_bt:.2f} (CPU)")
+        topic = args.topic
+        if topic is None:
+            topic = f"bench-backtest-{uuid.uuid4().hex[:8]}"
+            stack.callback(lambda: asyncio.run(delete_topics(bootstrap, topic)))
+            replayed = asyncio.run(replay_async([path], bootstrap=bootstrap, topic=topic,
+                                                partitions=args.topic_partitions))
+            print(f"replayed {replayed.records:,} records onto {topic} "
+                  f"({args.topic_partitions} partitions)")
+        # The two take turns, so that both see the same load of a shared machine; each
+        # run's ratio is printed, then the medians.
+        raws: list[tuple[int, float, float]] = []
+        bares: list[tuple[int, float, float]] = []
+        tests: list[tuple[int, float, float]] = []
+        for n in range(args.repeat):
+            raws.append(raw_consume(bootstrap, topic))
+            tests.append(topic_backtest(bootstrap, topic))
+            bares.append(raw_consume(bootstrap, topic, bare=True))
+            (n_raw, wall_raw, cpu_raw), (n_bt, wall_bt, cpu_bt) = raws[-1], tests[-1]
+            print(f"run {n + 1}: raw read {n_raw / wall_raw:>8,.0f} records/s, backtest "
+                  f"{n_bt / wall_bt:>8,.0f} findings/s, ratio {wall_raw / wall_bt:.2f} (wall), "
+                  f"{cpu_raw / cpu_bt:.2f} (CPU); against the bare read {bares[-1][1] / wall_bt:.2f} (wall)",
+                  flush=True)
+    n_raw, n_bt = raws[0][0], tests[0][0]
+    walls = sorted(r[1] / t[1] for r, t in zip(raws, tests, strict=True))
+    cpus = sorted(r[2] / t[2] for r, t in zip(raws, tests, strict=True))
+    raw_wall, raw_cpu = median(r[1] for r in raws), median(r[2] for r in raws)
+    bt_wall, bt_cpu = median(t[1] for t in tests), median(t[2] for t in tests)
+    print(f"raw read (aiokafka + orjson.loads):  {n_raw / raw_wall:>10,.0f} records/s wall, "
+          f"{n_raw / raw_cpu:>10,.0f} records/s CPU  (medians of {args.repeat})")
+    print(f"backtest --from-topic:               {n_bt / bt_wall:>10,.0f} findings/s wall, "
+          f"{n_bt / bt_cpu:>10,.0f} findings/s CPU")
+    print(f"ratio backtest/raw read: {median(walls):.2f} (wall, runs {walls[0]:.2f}-{walls[-1]:.2f}), "
+          f"{median(cpus):.2f} (CPU, runs {cpus[0]:.2f}-{cpus[-1]:.2f})")
+    # The backtest takes the record batches' own records (no ConsumerRecord each): the
+    # same raw read, so reading, is also given against that.
+    bare = sorted(b[1] / t[1] for b, t in zip(bares, tests, strict=True))
+    print(f"ratio backtest/raw read of the bare records: {median(bare):.2f} (wall, runs "
+          f"{bare[0]:.2f}-{bare[-1]:.2f}; raw read {n_raw / median(b[1] for b in bares):,.0f} records/s)")
 
 
 def best(run: object, path: Path, repeat: int) -> tuple[int, float, float]:
@@ -145,6 +177,8 @@ def main() -> int:
                         help="measure the topic backtest against a raw aiokafka read")
     parser.add_argument("--bootstrap-servers", help="--from-topic: this broker (default: a local one)")
     parser.add_argument("--topic-partitions", type=int, default=1)
+    parser.add_argument("--topic", help="--from-topic: read this topic of --bootstrap-servers as it is "
+                                        "(not replayed, not deleted)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-backtest-") as tmp:
         path = args.input

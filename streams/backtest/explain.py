@@ -132,14 +132,15 @@ async def _topic_values(topic: str, take: Callable[[bytes], None], bootstrap: st
     from streams.core.policy import Policy
     from streams.kafka.availability import start_client
 
-    consumer = plain_consumer(bootstrap, security)
+    consumer = plain_consumer(bootstrap, security, bare=True)  # values alone are read
     await start_client(consumer, bootstrap, security)
     try:
         plan = await plan_read(consumer, topic, policy=Policy(), since_ms=None, until_ms=None)
         async for batch in merged_records(consumer, plan):
-            for r in batch:
-                if r.value:
-                    take(r.value)
+            for _, records in batch:
+                for r in records:
+                    if r.value:
+                        take(r.value)
     finally:
         await consumer.stop()
 

@@ -23,21 +23,22 @@ import asyncio
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from heapq import heapify, heappop, heapreplace
 from typing import Any
 
 from streams.backtest.run import LabelError, LabelScore, Progress, Report, SweepRow, Truth, _InOrder
 from streams.core.decide import Outcome, rejected_outcome
 from streams.core.engine import DIRECT_SEQ, PartitionEngine
 from streams.core.findings import Finding, Rejected, envelope_finding, parse_message
-from streams.core.keys import partition_for
+from streams.core.keys import partitions_for
 from streams.core.policy import Policy
 from streams.core.records import iso, record_source
 from streams.core.state import Origin, Store
 from streams.kafka.availability import start_client
 from streams.kafka.security import PLAINTEXT, BrokerSecurity
-from streams.kafka.workarounds import all_topics_metadata
+from streams.kafka.workarounds import all_topics_metadata, bare_records, bare_value
 
 # A partition this far ahead of the slowest one (records held for the merge) is paused.
 AHEAD = 20_000
@@ -128,14 +129,20 @@ class TopicProgress(Progress):
 # -- reading the topic ----------------------------------------------------------------
 
 
-def plain_consumer(bootstrap: str, security: BrokerSecurity) -> Any:
-    """A consumer that reads what it is assigned: read_committed, large fetches."""
+def plain_consumer(bootstrap: str, security: BrokerSecurity, *, bare: bool = False) -> Any:
+    """A consumer that reads what it is assigned: read_committed, large fetches.
+    `bare`: its records are the record batches' own (`workarounds.bare_records`: no
+    `topic` or `partition`), not aiokafka's `ConsumerRecord`s."""
     from aiokafka import AIOKafkaConsumer
 
+    extra: dict[str, Any] = {}
+    if bare:
+        bare_records()
+        extra["value_deserializer"] = bare_value
     # No group: nothing is committed, no production consumer group is touched.
     return AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                             isolation_level="read_committed", max_partition_fetch_bytes=4 << 20,
-                            fetch_max_bytes=64 << 20, **security.aiokafka_kwargs())
+                            fetch_max_bytes=64 << 20, **extra, **security.aiokafka_kwargs())
 
 
 async def plan_read(consumer: Any, topic: str, *, policy: Policy, since_ms: int | None,
@@ -169,11 +176,17 @@ async def plan_read(consumer: Any, topic: str, *, policy: Policy, since_ms: int 
     return Plan(topic, spans, since_ms, until_ms, warm_from, short)
 
 
-async def merged_records(consumer: Any, plan: Plan) -> AsyncIterator[list[Any]]:
+# A partition's records, in offset order: the merge hands them on in runs like this, so
+# that no record needs a partition of its own.
+Segment = tuple[int, list[Any]]
+
+
+async def merged_records(consumer: Any, plan: Plan) -> AsyncIterator[list[Segment]]:
     """The records of every span, in batches, merged across partitions by (timestamp,
     partition), each partition in offset order: a record is handed on only once every
     partition still being read has one waiting, so the order does not depend on which
-    partition the broker answered for first."""
+    partition the broker answered for first. Only a record's `offset`, `timestamp`,
+    `headers` and `value` are read (a `bare` consumer's records do)."""
     from aiokafka import TopicPartition
 
     topic = plan.topic
@@ -191,7 +204,9 @@ async def merged_records(consumer: Any, plan: Plan) -> AsyncIterator[list[Any]]:
             fetched = await consumer.getmany(*hungry, timeout_ms=500, max_records=FETCH_RECORDS)
             for tp, records in fetched.items():
                 end = live[tp.partition].end
-                waiting[tp.partition].extend(r for r in records if r.offset < end)
+                if records[-1].offset >= end:
+                    records = [r for r in records if r.offset < end]
+                waiting[tp.partition].extend(records)
             for p in list(reading):
                 if await consumer.position(tps[p]) >= live[p].end:
                     reading.discard(p)
@@ -208,24 +223,60 @@ async def merged_records(consumer: Any, plan: Plan) -> AsyncIterator[list[Any]]:
             yield batch
 
 
-def _merge(waiting: dict[int, deque[Any]], reading: set[int]) -> list[Any]:
+def _merge(waiting: dict[int, deque[Any]], reading: set[int]) -> list[Segment]:
     """Take records in (timestamp, partition) order while every partition still being
-    read has one waiting (a partition done reading needs none)."""
-    out: list[Any] = []
-    heads = [p for p, q in waiting.items() if q]
-    if len(heads) == 1 and (not reading or reading == {heads[0]}):
-        queue = waiting[heads[0]]  # one partition: everything, in offset order
-        out.extend(queue)
-        queue.clear()
-        return out
-    while True:
-        if any(not waiting[p] for p in reading):
-            return out
-        heads = [p for p, q in waiting.items() if q]
-        if not heads:
-            return out
-        p = min(heads, key=lambda n: (waiting[n][0].timestamp, n))
-        out.append(waiting[p].popleft())
+    read has one waiting (a partition done reading needs none): the earliest head of
+    the partitions' queues each time, in runs of one partition."""
+    if any(not waiting[p] for p in reading):
+        return []
+    heads = [(q[0].timestamp, p) for p, q in waiting.items() if q]
+    if len(heads) == 1:  # one partition: everything, in offset order
+        p = heads[0][1]
+        records = list(waiting[p])
+        waiting[p].clear()
+        return [(p, records)]
+    heapify(heads)
+    out: list[Segment] = []
+    while heads:
+        p = heads[0][1]
+        queue = waiting[p]
+        run: list[Any] = []
+        # The head partition keeps its turn while its next record still comes before
+        # every other partition's head.
+        rival = min(heads[1:2] + heads[2:3]) if len(heads) > 1 else None
+        while queue:
+            record = queue[0]
+            if rival is not None and (record.timestamp, p) > rival:
+                break
+            run.append(queue.popleft())
+        out.append((p, run))
+        if queue:
+            heapreplace(heads, (queue[0].timestamp, p))
+        elif p in reading:
+            break
+        else:
+            heappop(heads)
+    return out
+
+
+def _chunks(segments: list[Segment], size: int) -> Iterator[tuple[list[Segment], int]]:
+    """The segments again, in groups of at most `size` records (a long run split), and
+    the records of each group."""
+    group: list[Segment] = []
+    count = 0
+    for p, records in segments:
+        start = 0
+        while start < len(records):
+            room = size - count
+            take = records if not start and len(records) <= room else records[start:start + room]
+            group.append((p, take))
+            count += len(take)
+            start += len(take)
+            if count >= size:
+                yield group, count
+                group, count = [], 0
+    if group:
+        yield group, count
 
 
 # -- deciding -------------------------------------------------------------------------
@@ -290,53 +341,61 @@ class Run:
         return self.report
 
 
-def decide_records(batch: list[Any], runs: list[Run], *, co_partitioned: bool, now_ms: int,
-                   seq: int, warm: WarmUp) -> int:
+def decide_records(segments: list[Segment], runs: list[Run], *, topic: str, co_partitioned: bool,
+                   now_ms: int, seq: int, warm: WarmUp) -> int:
     """Parse each record once and decide its findings in every run, placed and ordered
     as the worker places them (module docstring); the next arrival number."""
     policy = runs[0].policy  # the input limits are the same in every run
     partitions = runs[0].partitions
-    counted = runs[0].counted_from
-    # Bound once per batch: this loop runs per finding.
+    found: Iterable[tuple[Origin, Finding | Rejected]] = _occurrences(
+        segments, runs[0].counted_from, warm, topic=topic, policy=policy, now_ms=now_ms)
+    places = None
+    if partitions > 1:
+        # Every finding of the chunk first, then their keyed partitions in one murmur2
+        # pass (numpy, as the worker places them), then the decisions.
+        found = list(found)
+        keys = [f.partition_key.encode() for _, f in found if type(f) is Finding]
+        places = iter(partitions_for(keys, partitions)).__next__
+    # Bound once per chunk: this loop runs per finding.
     accepts = [[engine.accept for engine in run.engines] for run in runs]
     puts = [run.put for run in runs]
     pairs = list(zip(accepts, puts, strict=True))
-    for record in batch:
-        offset = record.offset
-        partition = record.partition
-        if offset < counted[partition] and (warm.first_ms is None or record.timestamp < warm.first_ms):
-            warm.first_ms = record.timestamp
-        topic = record.topic
-        source, line = record_source(topic, offset, record.headers)
-        data = record.value or b""
-        fast = envelope_finding(data, policy=policy, now_ms=now_ms)
-        if fast is not None:  # the usual record: one finding, no list of one
-            p = partition_for(fast.partition_key, partitions) if partitions > 1 else 0
-            # Decided in place by the worker: its tie-break after keyed arrivals.
-            arrival = seq | DIRECT_SEQ if co_partitioned and p == partition else seq
-            origin = Origin(source, line, 0, topic, partition, offset)
-            for accept, put in pairs:
-                released = accept[p](fast, origin, arrival)
-                if released:
-                    put(released)
+    for origin, parsed in found:
+        if type(parsed) is not Finding:
+            assert isinstance(parsed, Rejected)
+            for run in runs:
+                run.ordered.put([rejected_outcome(parsed, origin, seq)])
             seq += 1
             continue
-        for index, parsed in enumerate(parse_message(data, policy=policy, now_ms=now_ms)):
-            origin = Origin(source, line, index, topic, partition, offset)
-            if type(parsed) is not Finding:
-                assert isinstance(parsed, Rejected)
-                for run in runs:
-                    run.ordered.put([rejected_outcome(parsed, origin, seq)])
-                seq += 1
-                continue
-            p = partition_for(parsed.partition_key, partitions) if partitions > 1 else 0
-            arrival = seq | DIRECT_SEQ if co_partitioned and p == partition else seq
-            for accept, put in pairs:
-                released = accept[p](parsed, origin, arrival)
-                if released:
-                    put(released)
-            seq += 1
+        p = places() if places is not None else 0
+        # Decided in place by the worker: its tie-break after keyed arrivals.
+        arrival = seq | DIRECT_SEQ if co_partitioned and p == origin.partition else seq
+        for accept, put in pairs:
+            released = accept[p](parsed, origin, arrival)
+            if released:
+                put(released)
+        seq += 1
     return seq
+
+
+def _occurrences(segments: list[Segment], counted: dict[int, int], warm: WarmUp, *, topic: str,
+                 policy: Policy, now_ms: int) -> Iterator[tuple[Origin, Finding | Rejected]]:
+    """The finding occurrences of the records, parsed, in order; the warm-up's first
+    record noted on the way."""
+    for partition, records in segments:
+        warm_until = counted[partition]
+        for record in records:
+            offset = record.offset
+            if offset < warm_until and (warm.first_ms is None or record.timestamp < warm.first_ms):
+                warm.first_ms = record.timestamp
+            source, line = record_source(topic, offset, record.headers)
+            data = record.value or b""
+            fast = envelope_finding(data, policy=policy, now_ms=now_ms)
+            if fast is not None:  # the usual record: one finding, no list of one
+                yield Origin(source, line, 0, topic, partition, offset), fast
+                continue
+            for index, parsed in enumerate(parse_message(data, policy=policy, now_ms=now_ms)):
+                yield Origin(source, line, index, topic, partition, offset), parsed
 
 
 @dataclass(slots=True)
@@ -379,7 +438,8 @@ async def _backtest_topic(
     sweep: list[int], progress: bool | None,
     on_decided: Callable[[list[Outcome]], None] | None = None,
 ) -> TopicBacktest:
-    consumer = plain_consumer(bootstrap, security)
+    # Its records without a `ConsumerRecord` each: `merged_records` needs no more.
+    consumer = plain_consumer(bootstrap, security, bare=True)
     await start_client(consumer, bootstrap, security)
     try:
         plan = await plan_read(consumer, topic, policy=policy, since_ms=since_ms, until_ms=until_ms)
@@ -401,7 +461,7 @@ async def _backtest_topic(
         started = time.perf_counter()
         try:
             batches = merged_records(consumer, plan)
-            await _drive(batches, runs, warm, co_partitioned=len(plan.spans) == keyed,
+            await _drive(batches, runs, warm, topic=topic, co_partitioned=len(plan.spans) == keyed,
                          now_ms=now_ms, progress=bar)
         finally:
             bar.close()
@@ -416,16 +476,15 @@ async def _backtest_topic(
     return TopicBacktest(reports[0], rows, widest, warm, plan)
 
 
-async def _drive(batches: AsyncIterator[list[Any]], runs: list[Run], warm: WarmUp, *,
+async def _drive(batches: AsyncIterator[list[Segment]], runs: list[Run], warm: WarmUp, *, topic: str,
                  co_partitioned: bool, now_ms: int, progress: TopicProgress) -> None:
     seq = 0
     records = 0
     async for batch in batches:
-        for start in range(0, len(batch), CHUNK):
-            chunk = batch[start:start + CHUNK]
-            seq = decide_records(chunk, runs, co_partitioned=co_partitioned, now_ms=now_ms, seq=seq,
-                                 warm=warm)
-            records += len(chunk)
+        for chunk, count in _chunks(batch, CHUNK):
+            seq = decide_records(chunk, runs, topic=topic, co_partitioned=co_partitioned, now_ms=now_ms,
+                                 seq=seq, warm=warm)
+            records += count
             progress.at(records, seq)
             # Let the consumer send its next fetch and take in the answer meanwhile.
             await asyncio.sleep(0)

@@ -40,14 +40,33 @@ def record_source(topic: str, offset: int, headers: Iterable[tuple[str, bytes]] 
     source: str = topic
     line: int = offset
     if headers:
-        named = dict(headers)
-        if HEADER_INPUT in named and HEADER_LINE in named:
+        # The last of each header counts (as in a dict of them); no dict built per record.
+        named_input = named_line = None
+        for key, value in headers:
+            if key == HEADER_INPUT:
+                named_input = value
+            elif key == HEADER_LINE:
+                named_line = value
+        if named_input is not None and named_line is not None:
             try:
-                source = bytes(named[HEADER_INPUT]).decode()
-                line = int(bytes(named[HEADER_LINE]))
+                raw = bytes(named_input)
+                # A replayed topic names the same few files on every record.
+                source = _SOURCES.get(raw) or _source(raw)
+                line = int(bytes(named_line))
             except (ValueError, UnicodeDecodeError):
                 pass
     return source, line
+
+
+_SOURCES: dict[bytes, str] = {}
+
+
+def _source(raw: bytes) -> str:
+    text = raw.decode()
+    if len(_SOURCES) >= 1024:
+        _SOURCES.clear()
+    _SOURCES[raw] = text
+    return text
 
 
 def record_origins(topic: str, partition: int, offset: int,

@@ -7,6 +7,7 @@ report; `--since`/`--until` select by record timestamp, with a warm-up before `-
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import deque
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, NamedTuple
 import orjson
 import pytest
 
-from streams.backtest.from_topic import TopicProgress, _merge
+from streams.backtest.from_topic import TopicProgress, _chunks, _merge
 from streams.cli import main
 from streams.cli.options import moment_ms
 from streams.core.findings import Finding, parse_message
@@ -382,21 +383,60 @@ class Fake(NamedTuple):
     offset: int
 
 
+def flat(segments: list[tuple[int, list[Fake]]]) -> list[tuple[int, int, int]]:
+    return [(p, r.timestamp, r.offset) for p, records in segments for r in records]
+
+
 def test_the_merge_takes_the_earliest_timestamp_only_while_every_partition_has_a_record() -> None:
     waiting = {0: deque([Fake(10, 0), Fake(30, 1)]), 1: deque([Fake(20, 0)]), 2: deque([Fake(10, 0)])}
     # Partition 2, still being read, runs dry: the merge waits for it.
-    assert [(r.timestamp, r.offset) for r in _merge(waiting, {0, 1, 2})] == [(10, 0), (10, 0)]
+    assert flat(_merge(waiting, {0, 1, 2})) == [(0, 10, 0), (2, 10, 0)]
     assert not waiting[2]
+    assert _merge(waiting, {0, 1, 2}) == []
     # Partition 2 done: the earliest of the others, until partition 1 runs dry.
-    assert _merge(waiting, {0, 1}) == [Fake(20, 0)]
+    assert _merge(waiting, {0, 1}) == [(1, [Fake(20, 0)])]
     # Partition 1 done too: what is left goes.
-    assert _merge(waiting, {0}) == [Fake(30, 1)]
+    assert _merge(waiting, {0}) == [(0, [Fake(30, 1)])]
 
 
 def test_the_merge_keeps_each_partitions_offset_order_whatever_its_timestamps() -> None:
     waiting = {0: deque([Fake(50, 0), Fake(5, 1)]), 1: deque([Fake(20, 0), Fake(60, 1)])}
-    got = [(r.timestamp, r.offset) for r in _merge(waiting, set())]
-    assert got == [(20, 0), (50, 0), (5, 1), (60, 1)]
+    assert flat(_merge(waiting, set())) == [(1, 20, 0), (0, 50, 0), (0, 5, 1), (1, 60, 1)]
+
+
+def one_at_a_time(waiting: dict[int, deque[Fake]], reading: set[int]) -> list[tuple[int, int, int]]:
+    """The merge's order by its definition: the earliest (timestamp, partition) of the
+    heads, one record at a time, while every partition still being read has one."""
+    out = []
+    while all(waiting[p] for p in reading):
+        heads = [p for p, q in waiting.items() if q]
+        if not heads:
+            break
+        p = min(heads, key=lambda n: (waiting[n][0].timestamp, n))
+        r = waiting[p].popleft()
+        out.append((p, r.timestamp, r.offset))
+    return out
+
+
+def test_the_merge_in_runs_is_the_merge_one_record_at_a_time() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        partitions = rng.randint(1, 5)
+        queues = {p: [Fake(rng.randint(0, 30), n) for n in range(rng.randint(0, 12))]
+                  for p in range(partitions)}
+        reading = {p for p in queues if rng.random() < 0.5}
+        expected = one_at_a_time({p: deque(q) for p, q in queues.items()}, reading)
+        got = _merge({p: deque(q) for p, q in queues.items()}, reading)
+        assert flat(got) == expected
+        assert all(records for _, records in got)
+
+
+def test_chunks_split_the_segments_into_groups_of_at_most_so_many_records() -> None:
+    segments = [(0, [Fake(1, n) for n in range(5)]), (1, [Fake(2, 0)]), (0, [Fake(3, n) for n in range(7)])]
+    groups = list(_chunks(segments, 4))
+    assert [count for _, count in groups] == [4, 4, 4, 1]
+    assert [sum(len(r) for _, r in group) for group, _ in groups] == [4, 4, 4, 1]
+    assert [x for group, _ in groups for x in flat(group)] == flat(segments)
 
 
 def test_progress_is_quiet_when_stderr_is_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:

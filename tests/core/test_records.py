@@ -10,11 +10,14 @@ from hypothesis import strategies as st
 
 from streams.core.decide import Reason
 from streams.core.records import (
+    HEADER_INPUT,
+    HEADER_LINE,
     alert_record,
     decision_record,
     fit_dead_letter,
     iso,
     kafka_decision_record,
+    record_source,
     suppressed_record,
 )
 from streams.core.state import Origin
@@ -213,3 +216,16 @@ def test_a_dead_letter_never_exceeds_its_limit_and_says_what_was_cut(raw: bytes,
         assert written[:2] == headers
     else:
         assert written == headers
+
+
+def test_a_record_names_its_source_in_its_headers_else_the_topic_and_offset() -> None:
+    named = [(HEADER_INPUT, b"feed.jsonl"), (HEADER_LINE, b"12")]
+    assert record_source("t", 5, named) == ("feed.jsonl", 12)
+    assert record_source("t", 5, [("other", b"x"), *named]) == ("feed.jsonl", 12)
+    assert record_source("t", 5, None) == ("t", 5)
+    assert record_source("t", 5, [(HEADER_INPUT, b"feed.jsonl")]) == ("t", 5)  # no line
+    # The last of a header counts; a bad line keeps the named file and the offset.
+    assert record_source("t", 5, [*named, (HEADER_INPUT, b"b.jsonl")]) == ("b.jsonl", 12)
+    assert record_source("t", 5, [(HEADER_LINE, b"x"), (HEADER_INPUT, b"a")]) == ("a", 5)
+    assert record_source("t", 5, [(HEADER_LINE, b"1"), (HEADER_INPUT, b"\xff")]) == ("t", 5)
+    assert record_source("t", 5, [(HEADER_LINE, b"7"), (HEADER_INPUT, bytearray(b"c"))]) == ("c", 7)

@@ -88,3 +88,27 @@ def test_aiokafka_s_clients_keep_the_cluster_metadata_where_the_workarounds_ask_
     assert inspect.iscoroutinefunction(AIOKafkaClient.fetch_all_metadata)
     # topics() fetches every topic's metadata and keeps only their names.
     assert "fetch_all_metadata" in inspect.getsource(aiokafka.AIOKafkaConsumer.topics)
+
+
+def test_aiokafka_wraps_each_record_where_the_bare_consumer_takes_the_batch_s_own() -> None:
+    from aiokafka.consumer import fetcher
+
+    workarounds.bare_records()
+    patched = fetcher.PartitionRecords._consumer_record
+    workarounds.bare_records()
+    assert fetcher.PartitionRecords._consumer_record is patched and patched.flapguard_bare is True
+    original = inspect.unwrap(patched)
+    assert original is not patched  # aiokafka's own, called for every other consumer
+    # aiokafka's: one ConsumerRecord per record, from the deserializers it was given.
+    source = inspect.getsource(original)
+    assert "self._value_deserializer(record.value)" in source and "return ConsumerRecord(" in source
+    records = fetcher.PartitionRecords
+    assert "self._consumer_record(tp, record)" in inspect.getsource(records._unpack_records)
+    assert "self._value_deserializer = value_deserializer" in inspect.getsource(records.__init__)
+    assert "value_deserializer=self._value_deserializer" in inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+
+    class Records:
+        _value_deserializer = staticmethod(workarounds.bare_value)
+
+    record = object()
+    assert patched(Records(), None, record) is record
