@@ -86,6 +86,7 @@ class PartitionEngine:
         self._indexed = expiry_index
         self._scanned_at: int | None = None  # watermark of the last full scan, unindexed
         self.late = 0  # late arrivals not yet reported (the worker's metrics take them)
+        self._hold_ms = policy.hold_ms
         self._buckets_swept_at: int | None = None  # watermark of the last bucket scan
 
     @property
@@ -130,7 +131,8 @@ class PartitionEngine:
                 if finding.record_state == ARCHIVED:
                     self._count_archive(finding, 1)
         watermark = meta.watermark
-        if watermark is not None and updated_at < watermark - self.policy.hold_ms:
+        hold = self._hold_ms
+        if watermark is not None and updated_at < watermark - hold:
             self.late += 1  # decided on arrival, not reordered (docs/design.md §2)
         # The watermark rule (docs/design.md §2): Security Hub's own findings move it by
         # their `UpdatedAt` (AWS's clock); any other product's by its `UpdatedAt` less
@@ -141,7 +143,7 @@ class PartitionEngine:
             meta.watermark = watermark = mark
         if self.durable:
             self.store.meta.put(self._meta_key, meta)
-        up_to = watermark - self.policy.hold_ms
+        up_to = watermark - hold
         # Unless the first in line is a possible re-creation still waiting its second hold.
         if heap and heap[0][0] <= up_to and (heap[0] is not self._waiting
                                              or up_to >= self._waiting_until):
@@ -230,8 +232,10 @@ class PartitionEngine:
             heappop(heap)
             # Incidents whose closing deadline is before this event: nothing stamped at or
             # before it is still to be decided (docs/design.md §3, closing).
-            closes = self.decider.close_due(top[0]) if timers and timers[0][0] < top[0] else None
-            first = len(out)
+            closes = None
+            if timers and timers[0][0] < top[0]:
+                closes = self.decider.close_due(top[0])
+                first = len(out)
             if held_archives:
                 if may_pair:
                     if hold and finding.partition_key in held_archives:
