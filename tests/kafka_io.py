@@ -143,9 +143,13 @@ AlertKey = tuple[Any, ...]
 
 
 def expected_alert_keys(decisions: list[dict[str, Any]]) -> set[AlertKey]:
-    """(dedup_key, finding_id, kind) of every alert and resolution among decision records."""
-    return {(r["dedup_key"], r["finding_id"], r.get("kind")) for r in decisions
+    """(dedup_key, finding_id, kind) of every alert and resolution among decision records,
+    the incidents they closed (`closes`, each a `resolved` record) included."""
+    keys = {(r["dedup_key"], r["finding_id"], r.get("kind")) for r in decisions
             if r["decision"] in ("alert", "resolved")}
+    keys |= {(c["dedup_key"], c["finding_id"], "resolved") for r in decisions
+             for c in r.get("closes", ())}
+    return keys
 
 
 def alert_keys(records: list[Any]) -> set[AlertKey]:

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from streams.core.records import decision_record
+from streams.core.records import alert_records, decision_record
 from streams.kafka.topics import create_topics_sync
 from streams.notify.sinks import pagerduty_dedup_key
 from tests.kafka_io import WorkerRun, read_until, values
@@ -64,8 +64,10 @@ def test_a_stalled_then_slow_sink_delays_no_worker_output_and_loses_or_precommit
     run.create_source(partitions=1)
     t = run.topics
     path = write_jsonl(tmp_path / "history.jsonl", history(seed=41, accounts=3, days=40))
-    expected = [decision_record(o) for o in backtest(path, partitions=run.partitions)]
-    expected_alerts = [r for r in expected if r["decision"] in ("alert", "resolved")]
+    outcomes = backtest(path, partitions=run.partitions)
+    expected = [decision_record(o) for o in outcomes]
+    # What the worker puts on the alerts topic: alerts, resolves and closings.
+    expected_alerts = [record for o in outcomes for record in alert_records(o, 0)]
     wanted = pagerduty_events(expected_alerts)
     assert len(expected_alerts) > 40
     create_topics_sync(kafka_bootstrap, {t["alerts"]: run.partitions})
