@@ -132,15 +132,18 @@ class PartitionEngine:
                     self._count_archive(finding, 1)
         watermark = meta.watermark
         hold = self._hold_ms
-        if watermark is not None and updated_at < watermark - hold:
+        if watermark is None or updated_at > watermark:
+            # The watermark rule (docs/design.md §2): Security Hub's own findings move it
+            # by their `UpdatedAt` (AWS's clock); any other product's by its `UpdatedAt`
+            # less the future tolerance, so that one skewed clock cannot move it ahead of
+            # time. (Only a finding newer than the watermark can move it: the others skip
+            # the product test.)
+            mark = (updated_at if finding.product_arn.endswith(SECURITY_HUB_PRODUCT_SUFFIX)
+                    else updated_at - self.policy.future_tolerance_ms)
+            if watermark is None or mark > watermark:
+                meta.watermark = watermark = mark
+        elif updated_at < watermark - hold:
             self.late += 1  # decided on arrival, not reordered (docs/design.md §2)
-        # The watermark rule (docs/design.md §2): Security Hub's own findings move it by
-        # their `UpdatedAt` (AWS's clock); any other product's by its `UpdatedAt` less
-        # the future tolerance, so that one skewed clock cannot move it ahead of time.
-        mark = (updated_at if finding.product_arn.endswith(SECURITY_HUB_PRODUCT_SUFFIX)
-                else updated_at - self.policy.future_tolerance_ms)
-        if watermark is None or mark > watermark:
-            meta.watermark = watermark = mark
         if self.durable:
             self.store.meta.put(self._meta_key, meta)
         up_to = watermark - hold
