@@ -186,11 +186,43 @@ async def _produce(bootstrap: str, topic: str, writes: list[Write], duration: fl
 
     plain = AIOKafkaProducer(bootstrap_servers=bootstrap, compression_type="lz4", acks="all",
                              enable_idempotence=True, request_timeout_ms=60000)
-    transactional = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                     transactional_id=f"chaos-{uuid.uuid4().hex[:8]}",
-                                     request_timeout_ms=60000)
+    from aiokafka.errors import KafkaError
+
+    transactional_id = f"chaos-{uuid.uuid4().hex[:8]}"
+
+    async def new_transactional() -> Any:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                    transactional_id=transactional_id, request_timeout_ms=60000)
+        await producer.start()
+        return producer
+
     await plain.start()
-    await transactional.start()
+    transactional: Any = await new_transactional()
+
+    async def in_transaction(batch: list[Write], *, abort: bool) -> None:
+        """One transaction, committed or aborted. When the broker restart breaks it, a new
+        producer with the same transactional id fences the old one and aborts what it
+        left open, and a committed batch is written again (had its commit landed after
+        all, its records land twice: the expected decisions come from what landed)."""
+        nonlocal transactional
+        for attempt in range(10):
+            try:
+                if transactional is None:
+                    transactional = await new_transactional()
+                with contextlib.suppress(_Abort):
+                    async with transactional.transaction():
+                        await _send_all(transactional, topic, batch)
+                        if abort:
+                            raise _Abort
+                return
+            except KafkaError:
+                if attempt == 9:
+                    raise
+                if transactional is not None:
+                    with contextlib.suppress(Exception):
+                        await transactional.stop()
+                transactional = None
+                await asyncio.sleep(2)
     rng = random.Random(len(writes))
     chunk = 40
     pause = duration / max(1, len(writes) / chunk)
@@ -212,16 +244,13 @@ async def _produce(bootstrap: str, topic: str, writes: list[Write], duration: fl
                     aborted = [(ABORTED + line, value, key, partition, how)
                                for line, value, key, partition, how in batch]
                     aborted_lines.extend(w[0] for w in aborted)
-                    with contextlib.suppress(_Abort):
-                        async with transactional.transaction():
-                            await _send_all(transactional, topic, aborted)
-                            raise _Abort
-                async with transactional.transaction():
-                    await _send_all(transactional, topic, batch)
+                    await in_transaction(aborted, abort=True)
+                await in_transaction(batch, abort=False)
             await asyncio.sleep(pause)
     finally:
         await plain.stop()
-        await transactional.stop()
+        if transactional is not None:
+            await transactional.stop()
 
 
 class _Abort(Exception):
