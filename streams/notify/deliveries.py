@@ -31,6 +31,9 @@ class Outcome(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Origin:
+    """Where an alert record is on the alerts topic; `text()` is how delivery records and
+    the notification dead letters' origin header write it (`redeliver.parse_origin`)."""
+
     topic: str
     partition: int
     offset: int

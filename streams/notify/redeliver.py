@@ -29,6 +29,7 @@ import orjson
 
 from streams.core.records import HEADER_REASON
 from streams.kafka.workarounds import all_topics_metadata
+from streams.notify.deliveries import Origin
 from streams.notify.service import (
     DEADLETTER_REASON,
     HEADER_ATTEMPTS,
@@ -51,15 +52,6 @@ class Outcome(Enum):
     RESENT = "re-sent"
     SKIPPED = "skipped"
     FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where a dead-lettered alert was on the alerts topic."""
-
-    topic: str
-    partition: int
-    offset: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +93,7 @@ class Report:
 
 
 def parse_origin(header: bytes | None) -> Origin | None:
-    """`topic/partition/offset` (the topic may itself contain `/`)."""
+    """`topic/partition/offset` (`Origin.text`; the topic may itself contain `/`)."""
     if not header:
         return None
     topic, _, rest = header.decode(errors="replace").rpartition("/")

@@ -433,7 +433,7 @@ def deadletter_headers(failure: Failure) -> list[tuple[str, bytes]]:
         (HEADER_SINK, failure.sink.encode()),
         (HEADER_ERROR, failure.error[:1000].encode()),
         (HEADER_ATTEMPTS, str(failure.attempts).encode()),
-        (HEADER_ORIGIN, f"{r.topic}/{r.partition}/{r.offset}".encode()),
+        (HEADER_ORIGIN, origin_of(r).text().encode()),
     ]
 
 

@@ -3,7 +3,8 @@ from, and whether a PagerDuty trigger's incident was resolved since."""
 
 from __future__ import annotations
 
-from streams.notify.redeliver import Origin, parse_origin, resolved_since
+from streams.notify.deliveries import Origin
+from streams.notify.redeliver import parse_origin, resolved_since
 from streams.notify.sinks import alert_from_record
 from tests.notify.test_sinks import record
 
