@@ -243,6 +243,8 @@ def delivery_line(d: dict[str, Any]) -> str:
         parts.append(str(d["why"]))
     if d.get("route"):
         parts.append(f"route {d['route']}")
+    if d.get("redelivered"):
+        parts.append("(notify redeliver)")
     return "  ".join(parts)
 
 

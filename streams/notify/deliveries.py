@@ -9,6 +9,10 @@ One record per alert and sink, once that sink is done with it:
   (`error`, `attempts`);
 - `skipped`: its route does not send it to this sink (`why`).
 
+`flapguard notify redeliver` writes one too for each dead letter it handles
+(`redelivered`: true): delivered, dead-lettered again, or skipped (`why`: an incident
+resolved since, the write-back not redone).
+
 A record is acknowledged by the broker before the alert's offset is committed for that
 sink, so a crash repeats a record at worst, never loses one.
 """
@@ -43,10 +47,12 @@ class Origin:
 
 
 def delivery_record(
-    sink: str, outcome: Outcome, alert: Alert, origin: Origin, at_ms: int, *,
+    sink: str, outcome: Outcome, alert: Alert, origin: Origin | None, at_ms: int, *,
     route: str | None = None, group: str | None = None, group_size: int | None = None,
     error: str | None = None, attempts: int | None = None, why: str | None = None,
+    redelivered: bool | None = None,
 ) -> dict[str, Any]:
+    """`origin`: None for a dead letter that did not say where its alert was."""
     record: dict[str, Any] = {
         "sink": sink,
         "outcome": outcome.value,
@@ -58,12 +64,12 @@ def delivery_record(
         "control_id": alert.control_id,
         "account": alert.account,
         "resource_id": alert.resource_id,
-        "origin": origin.text(),
+        "origin": origin.text() if origin is not None else None,
     }
     if alert.resolved:
         record["reason"] = alert.reason_name or "passed"
     optional = {"route": route, "group": group, "group_size": group_size, "error": error,
-                "attempts": attempts, "why": why}
+                "attempts": attempts, "why": why, "redelivered": redelivered}
     record.update({name: value for name, value in optional.items() if value is not None})
     return record
 

@@ -29,7 +29,8 @@ import orjson
 
 from streams.core.records import HEADER_REASON
 from streams.kafka.workarounds import all_topics_metadata
-from streams.notify.deliveries import Origin
+from streams.notify.deliveries import Origin, delivery_record
+from streams.notify.deliveries import Outcome as Delivery
 from streams.notify.service import (
     DEADLETTER_REASON,
     HEADER_ATTEMPTS,
@@ -40,6 +41,7 @@ from streams.notify.service import (
     NotifySettings,
     Sender,
     finish_or_stop,
+    now_ms,
     open_senders,
     with_retries,
 )
@@ -137,6 +139,19 @@ def redeliver_headers(letter: DeadLetter, error: str, attempts: int) -> list[tup
         (HEADER_ATTEMPTS, str(attempts).encode()),
         (HEADER_ORIGIN, letter.origin_header),
     ]
+
+
+_DELIVERY_OUTCOMES = {Outcome.RESENT: Delivery.DELIVERED, Outcome.FAILED: Delivery.DEAD_LETTERED,
+                      Outcome.SKIPPED: Delivery.SKIPPED}
+
+
+def redelivery_record(letter: DeadLetter, alert: Alert, result: Result) -> dict[str, Any]:
+    """The delivery record of one redelivery (`streams.notify.deliveries`)."""
+    failed = result.outcome is Outcome.FAILED
+    return delivery_record(
+        result.sink, _DELIVERY_OUTCOMES[result.outcome], alert, letter.origin, now_ms(),
+        error=result.why if failed else None, attempts=result.attempts if failed else None,
+        why=result.why if result.outcome is Outcome.SKIPPED else None, redelivered=True)
 
 
 def _partitions(cluster: Any, topic: str) -> list[int]:
@@ -261,6 +276,12 @@ async def run_redeliver(settings: NotifySettings, senders: dict[str, Sender] | N
             if result.outcome is Outcome.FAILED and alert is not None:
                 await producer.send_and_wait(settings.deadletter_topic, letter.value, key=letter.key,
                                              headers=redeliver_headers(letter, result.why, result.attempts))
+            if alert is not None and settings.deliveries_topic:
+                # On the broker before the dead letter is committed: a crash repeats the
+                # record at worst, never loses it.
+                await producer.send_and_wait(settings.deliveries_topic,
+                                             orjson.dumps(redelivery_record(letter, alert, result)),
+                                             key=alert.dedup_key.encode())
             tp = TopicPartition(record.topic, record.partition)
             await consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "")})
             report.results.append(result)

@@ -240,3 +240,19 @@ def test_an_incident_closed_by_another_decision_shows_the_resolve_deliveries_und
         ["pagerduty", "delivered"], ["pagerduty", "delivered"]]
     assert lines[1].split()[1:3] == ["alert", "new"] and "2026-01-01" in lines[2]
     assert lines[3].split()[1:3] == ["silent", "archived"] and "2026-01-02" in lines[4]
+
+
+def test_a_redelivered_alert_shows_its_dead_letter_and_its_redelivery_under_it() -> None:
+    from streams.backtest.explain import Query, render
+
+    opened = {"input": "f", "line": 1, "finding_id": ARCHIVED, "decision": "alert", "kind": "new",
+              "dedup_key": DEDUP, "updated_at": "2025-08-12T03:10:44.000Z", "control_id": "RDS.45"}
+    deliveries = [
+        {"sink": "slack", "outcome": "dead_lettered", "at": "2026-01-01T00:00:00.000Z", "dedup_key": DEDUP,
+         "kind": "new", "error": "HTTP 503", "attempts": 5},
+        {"sink": "slack", "outcome": "delivered", "at": "2026-01-01T02:00:00.000Z", "dedup_key": DEDUP,
+         "kind": "new", "redelivered": True},
+    ]
+    lines = [line for line in render(Query(ARCHIVED), [opened], deliveries).splitlines() if "->" in line]
+    assert "dead_lettered" in lines[0] and "HTTP 503 after 5 attempt(s)" in lines[0]
+    assert "delivered" in lines[1] and lines[1].endswith("(notify redeliver)")

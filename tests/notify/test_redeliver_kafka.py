@@ -47,6 +47,14 @@ def pagerduty_events(pagerduty: Recorder) -> list[tuple[str, str]]:
     return [(b["event_action"], b["dedup_key"]) for b in pagerduty.bodies()]
 
 
+def redeliveries(bootstrap: str, alerts_topic: str) -> Counter[tuple[str, str, str, str]]:
+    """The redelivery records on the deliveries topic (the notifier's default, which tests
+    share) of alerts of `alerts_topic`: (sink, outcome, dedup_key, kind)."""
+    records = [orjson.loads(r.value) for r in read_all(bootstrap, "securityhub.deliveries")]
+    return Counter((d["sink"], d["outcome"], d["dedup_key"], d["kind"]) for d in records
+                   if d.get("redelivered") and str(d.get("origin")).startswith(f"{alerts_topic}/"))
+
+
 def test_redeliver_resends_to_the_failed_sink_never_reopens_a_resolved_incident_and_runs_once(
     kafka_bootstrap: str, unique_name: str,
 ) -> None:
@@ -86,6 +94,12 @@ def test_redeliver_resends_to_the_failed_sink_never_reopens_a_resolved_incident_
         assert dict(again[0].headers)["flapguard-origin"] == f"{topic}/0/0".encode()
         assert dict(again[0].headers)["flapguard-sink"] == b"slack"
 
+        # Each dead letter handled has its delivery record, for `flapguard explain`.
+        assert redeliveries(kafka_bootstrap, topic) == Counter({
+            ("slack", "dead_lettered", "dk-0000", "new"): 1, ("slack", "delivered", "dk-0001", "new"): 1,
+            ("slack", "delivered", "dk-0001", "resolved"): 1, ("pagerduty", "delivered", "dk-0000", "new"): 1,
+            ("pagerduty", "skipped", "dk-0001", "new"): 1})
+
         # The next run sends only that one; the one after, nothing.
         slack.requests.clear()
         pagerduty.requests.clear()
@@ -98,6 +112,7 @@ def test_redeliver_resends_to_the_failed_sink_never_reopens_a_resolved_incident_
         assert fourth.stderr.strip().splitlines()[-1] == (
             "re-sent 0, skipped 0, failed 0 of 0 dead-lettered notification(s)")
         assert slack_titles(slack) == ["alert 0"] and pagerduty.requests == []
+        assert redeliveries(kafka_bootstrap, topic)[("slack", "delivered", "dk-0000", "new")] == 1
     for done in (first, second, third, fourth):
         assert "secret" not in done.stderr + done.stdout
 
