@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -30,7 +31,7 @@ from streams.core.decide import Decision, Outcome, Reason, closing_deadline, rej
 from streams.core.engine import PartitionEngine
 from streams.core.files import numbered_units
 from streams.core.findings import Finding, Rejected, envelope_finding, parse_message
-from streams.core.keys import partition_for
+from streams.core.keys import partition_for, partitions_for
 from streams.core.policy import Policy
 from streams.core.state import Origin, Store
 
@@ -337,6 +338,7 @@ class Report:
     gaps: Counter[tuple[str, int]] = field(default_factory=Counter)  # (control, minutes)
     labels: LabelScore | None = None
     naive_seen: set[str] = field(default_factory=set)
+    _places: dict[str, int] = field(default_factory=dict)  # partition key -> keyed partition
     truths: Iterator[Truth] | None = None
     # Incidents closed without their finding passing, by reason (archived, superseded).
     closed: Counter[str] = field(default_factory=Counter)
@@ -387,7 +389,12 @@ class Report:
     def _track(self, truth: Truth, decision: str, f: Finding | None, dedup_key: str | None,
                closes: list[tuple[str, str]]) -> None:
         assert self.labels is not None
-        partition = partition_for(f.partition_key, self.partitions) if f and self.partitions > 1 else 0
+        partition = 0
+        if f and self.partitions > 1:
+            key = f.partition_key
+            partition = self._places.get(key, -1)
+            if partition < 0:  # murmur2 in Python: once per key
+                partition = self._places[key] = partition_for(key, self.partitions)
         self.labels.track(truth, decision, f, dedup_key, closes, self.policy, partition)
 
     def tally(self, origin: Origin, decision: str, label: str, f: Finding | None,
@@ -600,21 +607,42 @@ def _run(
             on_decided(batch)
             in_order(batch)
     accepts = [engine.accept for engine in engines]
-    for seq, origin, parsed in occurrences:
-        if type(parsed) is not Finding:
-            assert isinstance(parsed, Rejected)
-            put([rejected_outcome(parsed, origin, seq)])
-            continue
-        accept = accepts[partition_for(parsed.partition_key, partitions) if partitions > 1 else 0]
-        released = accept(parsed, origin, seq)
-        if released:  # most arrivals are held
-            put(released)
+    for chunk, place in _placed(occurrences, partitions):
+        # One partition: `place` is None, and every finding goes to the first engine.
+        accept = accepts[0]
+        for seq, origin, parsed in chunk:
+            if type(parsed) is not Finding:
+                assert isinstance(parsed, Rejected)
+                put([rejected_outcome(parsed, origin, seq)])
+                continue
+            if place is not None:
+                accept = accepts[place()]
+            released = accept(parsed, origin, seq)
+            if released:  # most arrivals are held
+                put(released)
     for engine in engines:
         put(engine.flush())
     report.seconds = time.perf_counter() - started
     if report.truths is not None and next(report.truths, None) is not None:
         raise LabelError("the labels file has more entries than the input has findings")
     return report
+
+
+PLACE_CHUNK = 1000
+
+
+def _placed(occurrences: Iterable[Arriving], partitions: int
+            ) -> Iterator[tuple[Iterable[Arriving], Callable[[], int] | None]]:
+    """The occurrences, and a function giving each finding's keyed partition in turn, as
+    the worker places it: for one partition, all of them as they come (no function);
+    else in chunks, with murmur2 over each chunk's keys at once (numpy), not key by key."""
+    if partitions == 1:
+        yield occurrences, None
+        return
+    iterator = iter(occurrences)
+    while chunk := list(islice(iterator, PLACE_CHUNK)):
+        keys = [parsed.partition_key.encode() for _, _, parsed in chunk if type(parsed) is Finding]
+        yield chunk, iter(partitions_for(keys, partitions)).__next__
 
 
 # -- files: one run, a window sweep ---------------------------------------------------

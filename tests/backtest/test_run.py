@@ -33,6 +33,7 @@ from tests.builders import (
     load_public,
     occurrences,
     page,
+    parse_one,
     summary,
 )
 
@@ -417,3 +418,27 @@ def test_all_public_samples_in_one_backtest_give_one_decision_per_finding(tmp_pa
     assert all(line["line"] == 1 for line in lines)
     insight = [x for x in lines if x["input"].endswith("insight-results-template.json")]
     assert [(x["decision"], x["finding_id"], x["index"]) for x in insight] == [("dead_letter", None, 0)]
+
+
+def test_findings_are_placed_on_keyed_partitions_as_the_worker_places_them_chunk_after_chunk() -> None:
+    """`--partitions N`: murmur2 over a chunk of keys at once gives each finding the
+    partition `partition_for` gives it alone, across chunk boundaries, rejections in between."""
+    from streams.backtest.run import PLACE_CHUNK, _placed
+    from streams.core.findings import Finding, Rejected
+    from streams.core.keys import partition_for
+    from streams.core.state import Origin
+
+    occurrences: list[tuple[int, Origin, Finding | Rejected]] = []
+    for n in range(PLACE_CHUNK * 2 + 7):
+        parsed: Finding | Rejected = (Rejected("unparseable", b"x") if n % 97 == 0
+                                      else parse_one(finding(resource=f"arn:aws:rds:us-east-1:1:db:{n}")))
+        occurrences.append((n, Origin("f", n + 1, 0), parsed))
+    got: list[tuple[int, int]] = []
+    for chunk, place in _placed(occurrences, 5):
+        assert place is not None
+        got.extend((seq, place()) for seq, _, parsed in chunk if isinstance(parsed, Finding))
+    want = [(seq, partition_for(parsed.partition_key, 5)) for seq, _, parsed in occurrences
+            if isinstance(parsed, Finding)]
+    assert got == want and len({p for _, p in got}) == 5
+    # One partition: the occurrences as they come, nothing to place.
+    assert list(_placed(occurrences, 1)) == [(occurrences, None)]
