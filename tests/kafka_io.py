@@ -216,6 +216,28 @@ async def _offsets(run: WorkerRun) -> tuple[dict[int, int], dict[int, int]]:
     return ends, committed
 
 
+def committed(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+    """The group's committed offsets, by (topic, partition)."""
+    return {tp: offset for tp, (offset, _) in committed_with_metadata(bootstrap, group).items()}
+
+
+def committed_with_metadata(bootstrap: str, group: str) -> dict[tuple[str, int], tuple[int, str]]:
+    """The group's committed offsets and the metadata committed with each, by (topic, partition)."""
+    async def run() -> dict[tuple[str, int], tuple[int, str]]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(group)
+        finally:
+            await admin.close()
+        return {(tp.topic, tp.partition): (meta.offset, meta.metadata)
+                for tp, meta in offsets.items() if meta.offset >= 0}
+
+    return asyncio.run(run())
+
+
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     """The end offset of every partition of `topic`."""
     from aiokafka import AIOKafkaConsumer, TopicPartition

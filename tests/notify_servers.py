@@ -14,6 +14,9 @@ from typing import Any
 
 import orjson
 
+# PagerDuty's answer to an event it took.
+ACCEPTED = b'{"status":"success","message":"Event processed"}'
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -25,6 +28,15 @@ class Reply:
     retry_after: str | None = None
     delay_s: float = 0.0
     gate: threading.Event | None = None
+
+
+@contextlib.contextmanager
+def released(gate: threading.Event) -> Iterator[threading.Event]:
+    """Set `gate` when the block ends, however it ends: no reply it holds outlasts the test."""
+    try:
+        yield gate
+    finally:
+        gate.set()
 
 
 @dataclass

@@ -149,7 +149,8 @@ def _notify_the_incident(bootstrap: str, name: str, tmp_path: Path) -> tuple[Pat
     import subprocess
 
     from streams.kafka.topics import create_topics_sync
-    from tests.notify.test_service_kafka import clean_env, notify_args, produce
+    from tests.notify.processes import clean_env, notify_args
+    from tests.notify.test_service_kafka import produce
     from tests.notify_servers import Reply, http_recorder
 
     decisions, alerts = tmp_path / "decisions.jsonl", tmp_path / "alerts.jsonl"

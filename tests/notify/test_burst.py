@@ -17,11 +17,8 @@ a shared machine's scheduling is no test of the notifier.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
 import statistics
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -33,11 +30,9 @@ import orjson
 from streams.kafka.topics import create_topics_sync
 from streams.notify.sinks import GROUP_LIST_LIMIT
 from tests.kafka_io import read_all
-from tests.notify.test_service_kafka import clean_env, notify_args
-from tests.notify.test_sink_progress import alive, start
+from tests.notify.processes import PAGES, alive, notify_args, reaped, route, run, start, stop, wait_until
 from tests.notify.test_sinks import FINDING_ID, record
-from tests.notify.test_slow_consumers import ACCEPTED, wait_until
-from tests.notify_servers import Recorder, Reply, http_recorder
+from tests.notify_servers import ACCEPTED, Recorder, Reply, http_recorder, released
 
 TIMEOUT = 90
 ALERTS = 500
@@ -45,20 +40,7 @@ ACCOUNTS = [f"{n}{n}{n}{n}{n}{n}{n}{n}{n}{n}{n}{n}" for n in range(1, 6)]
 CONTROLS = ["RDS.45", "S3.1", "EC2.19", "IAM.6"]
 GROUPS = len(ACCOUNTS) * len(CONTROLS)
 # A long group_interval: the second wave stays held in its groups until the stop.
-ROUTES = """
-[[route]]
-name = "pages"
-match = { min_severity = "CRITICAL" }
-sinks = ["pagerduty"]
-continue = true
-
-[[route]]
-name = "chat"
-sinks = ["slack"]
-group_by = ["account", "control"]
-group_wait = "3s"
-group_interval = "5m"
-"""
+ROUTES = PAGES + route("chat", "slack", group_by=["account", "control"], group_wait="3s", group_interval="5m")
 TITLE = re.compile(r"burst (\d{3})")
 
 
@@ -130,7 +112,7 @@ def test_a_burst_pages_at_once_groups_slack_and_a_stop_mid_group_neither_loses_n
                            "--http-timeout", "120s", "--deliveries-topic", deliveries)
         log = tmp_path / "first.log"
         proc = start(args, log)
-        try:
+        with reaped(proc), released(gate):
             # The notifier is up and has joined every group when a first page goes through.
             first = write(kafka_bootstrap, topic, made[:1])
             wait_until(lambda: len(pagerduty.requests) == 1, timeout=TIMEOUT, what="the first page",
@@ -153,18 +135,11 @@ def test_a_burst_pages_at_once_groups_slack_and_a_stop_mid_group_neither_loses_n
             wait_until(lambda: {k for k, _ in pages(pagerduty)} >= critical, timeout=TIMEOUT,
                        what="the second wave's pages", alive=alive(proc, log))
             held_at_stop = ALERTS - sum(len(listed(m)) for m in slack.bodies())
-            os.killpg(proc.pid, signal.SIGTERM)
-            code = proc.wait(timeout=60)
-        finally:
-            gate.set()
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            code = stop(proc, timeout=60)
         assert code == 0, log.read_text()[-3000:]
         assert held_at_stop > 0, "nothing was held at the stop: the stop mid-group was not tested"
 
-        done = subprocess.run([*args, "--exit-when-idle"], capture_output=True, text=True,
-                              timeout=TIMEOUT, env=clean_env())
+        done = run([*args, "--exit-when-idle"], timeout=TIMEOUT)
         assert done.returncode == 0, done.stderr[-3000:]
 
     # PagerDuty: each CRITICAL exactly once, nothing else.

@@ -14,7 +14,7 @@ import orjson
 
 from streams.demo.brokers import free_port
 from tests.aws import AWS_ENV, moto_server_fixture  # noqa: F401  (the session's moto server)
-from tests.notify.test_service_kafka import clean_env
+from tests.notify.processes import clean_env
 from tests.notify_servers import Reply, http_recorder
 
 SECRET_PATH = "/services/T0/B0/CHECKSECRET"

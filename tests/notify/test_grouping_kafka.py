@@ -6,9 +6,7 @@ Apache Kafka, notifiers as child processes, real HTTP servers for Slack."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -19,44 +17,27 @@ import orjson
 from streams.demo.brokers import free_port
 from streams.kafka.topics import create_topics_sync
 from streams.notify.ledger import PREFIX
-from tests.notify.test_service_kafka import alerts, clean_env, notify_args
-from tests.notify.test_sink_progress import alive, start
-from tests.notify.test_slow_consumers import wait_until
+from tests.kafka_io import committed_with_metadata
+from tests.notify.processes import (
+    alive,
+    all_alive,
+    notify_args,
+    reaped,
+    route,
+    run,
+    start,
+    stop_all,
+    wait_until,
+)
+from tests.notify.test_service_kafka import alerts
 from tests.notify_servers import Recorder, http_recorder
 from tests.scrape import scrape, value
 
 TIMEOUT = 90
 # CRITICAL goes out at once; the rest is held in one group for ten minutes.
-ROUTES = """
-[[route]]
-name = "now"
-match = { min_severity = "CRITICAL" }
-sinks = ["slack"]
-
-[[route]]
-name = "later"
-sinks = ["slack"]
-group_by = ["account"]
-group_wait = "10m"
-"""
+ROUTES = (route("now", "slack", min_severity="CRITICAL")
+          + route("later", "slack", group_by=["account"], group_wait="10m"))
 TITLE = re.compile(r"alert (\d+)")
-
-
-def commits(bootstrap: str, group: str) -> dict[int, tuple[int, str]]:
-    """The group's committed offsets and metadata, by partition."""
-    async def run() -> dict[int, tuple[int, str]]:
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            offsets = await admin.list_consumer_group_offsets(group)
-        finally:
-            await admin.close()
-        return {tp.partition: (meta.offset, meta.metadata)
-                for tp, meta in offsets.items() if meta.offset >= 0}
-
-    return asyncio.run(run())
 
 
 def write(bootstrap: str, topic: str, made: list[dict[str, Any]]) -> None:
@@ -114,14 +95,14 @@ def test_a_partition_moved_while_alerts_are_held_is_neither_repeated_nor_lost(
                                      "--log-level", "DEBUG", "--metrics-address", f"127.0.0.1:{port}"), log)
 
         logs = [tmp_path / "first.log", tmp_path / "second.log"]
-        procs = [notifier(first.url, logs[0], ports[0])]
-        try:
+        with reaped(notifier(first.url, logs[0], ports[0])) as procs:
             # The first notifier sent every CRITICAL alert and holds the rest: its commits
             # stop at the first held alert and name what it finished beyond it.
             wait_until(lambda: len(first.requests) == len(critical), timeout=TIMEOUT,
                        what="every CRITICAL alert sent", alive=alive(procs[0], logs[0]))
-            wait_until(lambda: len(commits(kafka_bootstrap, group)) == 2 and all(
-                metadata.startswith(PREFIX) for _, metadata in commits(kafka_bootstrap, group).values()),
+            wait_until(lambda: len(committed_with_metadata(kafka_bootstrap, group)) == 2 and all(
+                metadata.startswith(PREFIX)
+                for _, metadata in committed_with_metadata(kafka_bootstrap, group).values()),
                 timeout=TIMEOUT, what="commits that name what was finished", alive=alive(procs[0], logs[0]))
             # A second notifier joins: a partition moves to it.
             procs.append(notifier(second.url, logs[1], ports[1]))
@@ -132,24 +113,16 @@ def test_a_partition_moved_while_alerts_are_held_is_neither_repeated_nor_lost(
             # the end (the last alert of each is held), skipping what the first finished.
             wait_until(lambda: held(ports[1]) > 0 and held(ports[0]) + held(ports[1]) == 42 - len(critical),
                        timeout=TIMEOUT, what="both partitions read again after the rebalance",
-                       alive=lambda: [alive(p, log)() for p, log in zip(procs, logs, strict=True)])
-            for proc in procs:
-                os.killpg(proc.pid, signal.SIGTERM)
-            codes = [proc.wait(timeout=60) for proc in procs]
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                       alive=all_alive(procs, logs))
+            codes = stop_all(procs, timeout=60)
         assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
         # Nothing was sent twice: the second notifier skipped what the first had finished.
         assert sorted(titles(first)) == sorted(critical) and titles(second) == []
 
         with http_recorder("/services/T0/B0/c") as third:
-            done = subprocess.run([*notify_args(kafka_bootstrap, unique_name, "--routes", str(routes),
-                                                "--slack-webhook-url", third.url, "--slack-rate", "50/s"),
-                                   "--exit-when-idle"], capture_output=True, text=True, timeout=TIMEOUT,
-                                  env=clean_env())
+            done = run([*notify_args(kafka_bootstrap, unique_name, "--routes", str(routes),
+                                     "--slack-webhook-url", third.url, "--slack-rate", "50/s"),
+                        "--exit-when-idle"], timeout=TIMEOUT)
             assert done.returncode == 0, done.stderr[-3000:]
             # The held alerts, in one grouped message, each once.
             assert Counter(titles(third)) == Counter(i for i in range(42) if i not in critical)

@@ -3,9 +3,6 @@ HTTP, counts what it consumed, delivered, retried and dead-lettered."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import threading
 from pathlib import Path
 
@@ -14,7 +11,8 @@ import orjson
 from streams.demo.brokers import free_port
 from streams.kafka.topics import create_topics_sync
 from tests.kafka_io import read_all
-from tests.notify.test_service_kafka import alerts, clean_env, notify_args, produce
+from tests.notify.processes import notify_args, start, stop
+from tests.notify.test_service_kafka import alerts, produce
 from tests.notify_servers import Reply, http_recorder
 from tests.scrape import Samples, scrape_until, value
 
@@ -38,9 +36,7 @@ def test_notifier_metrics_count_deliveries_retries_and_dead_letters_by_sink(
         args = notify_args(kafka_bootstrap, unique_name, "--slack-webhook-url", slack.url,
                            "--stdout", "--slack-rate", "50/s", "--max-attempts", "3",
                            "--batch-size", "1", "--metrics-address", f"127.0.0.1:{port}")
-        with log.open("wb") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
-                                    start_new_session=True)
+        proc = start(args, log)
         try:
             text, got = scrape_until(
                 f"http://127.0.0.1:{port}/metrics",
@@ -49,8 +45,7 @@ def test_notifier_metrics_count_deliveries_retries_and_dead_letters_by_sink(
                 and value(s, "flapguard_notify_last_commit_timestamp_seconds") > 0
                 and value(s, "flapguard_notify_dead_letters_total", sink="slack") >= 1, proc)
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            code = proc.wait(timeout=30)
+            code = stop(proc, timeout=30)
     assert code == 0, log.read_text()[-3000:]
 
     def deliveries(sink: str, outcome: str) -> float:
@@ -89,9 +84,7 @@ def test_backlog_and_alert_latency_per_sink_show_a_stalled_sink_and_its_recovery
                            "--stdout", "--slack-rate", "50/s", "--http-timeout", "300s",
                            "--metrics-address", f"127.0.0.1:{port}")
         url = f"http://127.0.0.1:{port}/metrics"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
-                                    start_new_session=True)
+        proc = start(args, log)
         try:
             def latencies(s: Samples, sink: str) -> float:
                 return value(s, "flapguard_notify_alert_latency_seconds_count", sink=sink)
@@ -108,8 +101,7 @@ def test_backlog_and_alert_latency_per_sink_show_a_stalled_sink_and_its_recovery
                 and latencies(s, "slack") == 12, proc)
         finally:
             gate.set()
-            os.killpg(proc.pid, signal.SIGTERM)
-            code = proc.wait(timeout=60)
+            code = stop(proc, timeout=60)
     assert code == 0, log.read_text()[-3000:]
     # Every delivery is in a bucket, none below zero; the sink without deliveries has none.
     assert value(drained, "flapguard_notify_alert_latency_seconds_bucket", sink="slack", le="+Inf") == 12

@@ -5,9 +5,6 @@ resolved since is never sent again; a second run sends nothing."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import threading
 from collections import Counter
 from pathlib import Path
@@ -17,16 +14,9 @@ import orjson
 
 from streams.kafka.topics import create_topics_sync
 from tests.kafka_io import read_all
-from tests.notify.test_service_kafka import (
-    TIMEOUT,
-    alerts,
-    clean_env,
-    notify_args,
-    produce_alerts,
-    slack_titles,
-)
-from tests.notify.test_slow_consumers import ACCEPTED
-from tests.notify_servers import Recorder, Reply, http_recorder
+from tests.notify.processes import notify_args, reaped, run, start, stop
+from tests.notify.test_service_kafka import TIMEOUT, alerts, produce_alerts, slack_titles
+from tests.notify_servers import ACCEPTED, Recorder, Reply, http_recorder, released
 
 ROUTING_KEY = "rk-secret-0123"
 
@@ -37,10 +27,6 @@ def history() -> list[dict[str, Any]]:
     opened["severity"] = closed["severity"] = "CRITICAL"
     resolved = dict(closed, kind="resolved", title="alert 1 resolved", compliance_status="PASSED")
     return [opened, closed, resolved]
-
-
-def run(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT, env=clean_env())
 
 
 def pagerduty_events(pagerduty: Recorder) -> list[tuple[str, str]]:
@@ -69,7 +55,7 @@ def test_redeliver_resends_to_the_failed_sink_never_reopens_a_resolved_incident_
         slack.default = Reply(503)
         pagerduty.plan = [Reply(503), Reply(503)]
         pagerduty.default = Reply(202, ACCEPTED)
-        first = run(notify_args(kafka_bootstrap, unique_name, *sinks, "--exit-when-idle"))
+        first = run(notify_args(kafka_bootstrap, unique_name, *sinks, "--exit-when-idle"), timeout=TIMEOUT)
         assert first.returncode == 3, first.stderr[-3000:]
         letters = read_all(kafka_bootstrap, dead)
         assert Counter(dict(r.headers)["flapguard-sink"] for r in letters) == {b"slack": 3, b"pagerduty": 2}
@@ -80,7 +66,7 @@ def test_redeliver_resends_to_the_failed_sink_never_reopens_a_resolved_incident_
         pagerduty.requests.clear()
         slack.default = Reply(200)
         slack.plan = [Reply(503)]
-        second = run(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver"))
+        second = run(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver"), timeout=TIMEOUT)
         assert second.returncode == 3, second.stderr[-3000:]
         # The open incident is triggered again with its own dedup_key; the resolved one is not.
         assert pagerduty_events(pagerduty) == [("trigger", "dk-0000")]
@@ -103,11 +89,11 @@ def test_redeliver_resends_to_the_failed_sink_never_reopens_a_resolved_incident_
         # The next run sends only that one; the one after, nothing.
         slack.requests.clear()
         pagerduty.requests.clear()
-        third = run(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver"))
+        third = run(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver"), timeout=TIMEOUT)
         assert third.returncode == 0, third.stderr[-3000:]
         assert slack_titles(slack) == ["alert 0"]
         assert pagerduty.requests == []
-        fourth = run(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver"))
+        fourth = run(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver"), timeout=TIMEOUT)
         assert fourth.returncode == 0, fourth.stderr[-3000:]
         assert fourth.stderr.strip().splitlines()[-1] == (
             "re-sent 0, skipped 0, failed 0 of 0 dead-lettered notification(s)")
@@ -127,30 +113,23 @@ def test_a_redelivery_stopped_by_sigterm_is_not_committed_and_the_next_run_sends
     with http_recorder("/services/T0/B0/secret") as slack:
         sinks = ["--slack-webhook-url", slack.url, "--max-attempts", "1", "--http-timeout", "300s"]
         slack.default = Reply(503)
-        assert run(notify_args(kafka_bootstrap, unique_name, *sinks, "--exit-when-idle")).returncode == 3
+        assert run(notify_args(kafka_bootstrap, unique_name, *sinks, "--exit-when-idle"),
+                   timeout=TIMEOUT).returncode == 3
         slack.requests.clear()
         slack.default = Reply(200, gate=gate)  # the sink takes the request and never answers
         log = tmp_path / "redeliver.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver"),
-                                    stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
-                                    start_new_session=True)
-        try:
+        proc = start(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver"), log)
+        with reaped(proc), released(gate):
             slack.wait_for(1, timeout=TIMEOUT)
-            os.killpg(proc.pid, signal.SIGTERM)
-            code = proc.wait(timeout=TIMEOUT)
-        finally:
-            gate.set()
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            code = stop(proc, timeout=TIMEOUT)
         assert code == 0, log.read_text()[-3000:]
         assert "re-sent 0, skipped 0, failed 0 of 1 dead-lettered notification(s); stopped, 1 left " \
             "for the next run" in log.read_text()
         # Unanswered, so not done: the next run sends it, the one after nothing.
         slack.default = Reply(200)
-        again = run(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver"))
+        again = run(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver"), timeout=TIMEOUT)
         assert again.returncode == 0, again.stderr[-3000:]
         assert slack_titles(slack) == ["alert 0", "alert 0"]
-        assert run(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver")).returncode == 0
+        assert run(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver"),
+                   timeout=TIMEOUT).returncode == 0
         assert len(slack.requests) == 2

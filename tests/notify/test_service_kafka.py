@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,7 @@ import pytest
 
 from streams.kafka.topics import create_topics_sync
 from tests.kafka_io import read_all
+from tests.notify.processes import clean_env, kill, notify_args, run, start
 from tests.notify.test_sinks import FINDING_ID, record
 from tests.notify_servers import Recorder, Reply, http_recorder
 
@@ -47,23 +45,8 @@ def alerts(count: int) -> list[dict[str, Any]]:
             for i in range(count)]
 
 
-def notify_args(bootstrap: str, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "streams", "notify", "--bootstrap-servers", bootstrap,
-            "--alerts-topic", f"{name}.alerts", "--group-id", f"{name}-notify",
-            "--deadletter-topic", f"{name}.notify-deadletter", "--session-timeout", "6s",
-            "--retry-base", "20ms", "--retry-max", "100ms", *extra]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAPGUARD_")}
-    # No /metrics listener: parallel notifiers would collide on the default port.
-    env["FLAPGUARD_METRICS_ADDRESS"] = "off"
-    env.update(extra)
-    return env
-
-
 def run_notify(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT, env=env or clean_env())
+    done = run(args, timeout=TIMEOUT, env=env or clean_env())
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -97,10 +80,9 @@ def test_failed_alerts_go_to_the_dead_letter_topic_and_the_consumer_moves_on(
     with http_recorder() as slack:
         # The first alert's two attempts fail; everything after succeeds.
         slack.plan = [Reply(503), Reply(503)]
-        done = subprocess.run(notify_args(kafka_bootstrap, unique_name, "--slack-webhook-url", slack.url,
-                                          "--slack-rate", "50/s", "--max-attempts", "2",
-                                          "--exit-when-idle", "--batch-size", "1"),
-                              capture_output=True, text=True, timeout=TIMEOUT, env=clean_env())
+        done = run(notify_args(kafka_bootstrap, unique_name, "--slack-webhook-url", slack.url,
+                               "--slack-rate", "50/s", "--max-attempts", "2",
+                               "--exit-when-idle", "--batch-size", "1"), timeout=TIMEOUT)
         assert slack_titles(slack) == ["alert 0", "alert 0", "alert 1", "alert 2"]
     # Failure is not reported as success: exit 3 and one line that says what went where.
     assert done.returncode == 3
@@ -130,15 +112,11 @@ def test_killed_mid_batch_and_restarted_loses_nothing_and_repeats_keep_the_dedup
         args = notify_args(kafka_bootstrap, unique_name, "--pagerduty-routing-key", "rk",
                            "--pagerduty-url", pagerduty.url, "--exit-when-idle",
                            "--session-timeout", "1500ms")
-        log = (tmp_path / "first.log").open("wb")
-        first = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=clean_env(),
-                                 start_new_session=True)
-        log.close()
+        first = start(args, tmp_path / "first.log")
         try:
             pagerduty.wait_for(5, timeout=TIMEOUT)
         finally:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
+            kill(first)
         killed_after = len(pagerduty.requests)
         assert killed_after < 30, "the batch finished before the kill: nothing was tested"
 
@@ -224,8 +202,7 @@ def test_stdout_sink_prints_routed_alerts_as_json_lines(
 
 
 def test_no_sink_is_a_one_line_error(kafka_bootstrap: str, unique_name: str) -> None:
-    done = subprocess.run(notify_args(kafka_bootstrap, unique_name), capture_output=True, text=True,
-                          env=clean_env(), timeout=TIMEOUT)
+    done = run(notify_args(kafka_bootstrap, unique_name), timeout=TIMEOUT)
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0 and "no sink configured" in done.stderr
 
@@ -236,8 +213,7 @@ def test_bad_or_unsatisfiable_routes_are_one_line_errors(
 ) -> None:
     path = tmp_path / "routes.toml"
     path.write_text(routes)
-    done = subprocess.run(notify_args(kafka_bootstrap, unique_name, "--stdout", "--routes", str(path)),
-                          capture_output=True, text=True, env=clean_env(), timeout=TIMEOUT)
+    done = run(notify_args(kafka_bootstrap, unique_name, "--stdout", "--routes", str(path)), timeout=TIMEOUT)
     assert done.returncode == 1
     assert done.stderr.startswith("flapguard notify: error: ") and done.stderr.strip().count("\n") == 0
 

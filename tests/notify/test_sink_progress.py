@@ -7,7 +7,6 @@ real Apache Kafka, real HTTP servers standing in for Slack and PagerDuty."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import threading
@@ -21,24 +20,27 @@ import pytest
 from streams.demo.brokers import free_port
 from streams.kafka.topics import create_topics_sync
 from streams.notify.sinks import pagerduty_dedup_key
-from tests.kafka_io import end_offsets, read_all
-from tests.notify.test_service_kafka import alerts, clean_env, notify_args, produce_alerts, slack_titles
-from tests.notify.test_slow_consumers import ACCEPTED, committed, wait_until
-from tests.notify_servers import Reply, http_recorder
+from tests.kafka_io import committed, end_offsets, read_all
+from tests.notify.processes import (
+    PAGES,
+    alive,
+    all_alive,
+    clean_env,
+    notify_args,
+    reaped,
+    route,
+    run,
+    start,
+    stop,
+    stop_all,
+    wait_until,
+)
+from tests.notify.test_service_kafka import alerts, produce_alerts, slack_titles
+from tests.notify_servers import ACCEPTED, Reply, http_recorder, released
 
 TIMEOUT = 120
 # CRITICAL pages and goes to Slack too; everything goes to Slack.
-ROUTES = """
-[[route]]
-name = "pages"
-match = { min_severity = "CRITICAL" }
-sinks = ["pagerduty"]
-continue = true
-
-[[route]]
-name = "chat"
-sinks = ["slack"]
-"""
+ROUTES = PAGES + route("chat", "slack")
 
 
 def burst(count: int) -> list[dict[str, Any]]:
@@ -52,19 +54,6 @@ def burst(count: int) -> list[dict[str, Any]]:
 
 def critical_keys(made: list[dict[str, Any]]) -> Counter[str]:
     return Counter(pagerduty_dedup_key(a["dedup_key"]) for a in made if a["severity"] == "CRITICAL")
-
-
-def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
-                                start_new_session=True)
-
-
-def alive(proc: subprocess.Popen[bytes], log: Path) -> Any:
-    def check() -> None:
-        if proc.poll() is not None:
-            raise AssertionError(f"notifier exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-    return check
 
 
 def ends(bootstrap: str, topic: str) -> dict[tuple[str, int], int]:
@@ -91,7 +80,7 @@ def test_a_stalled_slack_never_delays_a_page_and_a_stop_mid_backlog_neither_lose
                            "--http-timeout", "300s", "--batch-size", "10")
         log = tmp_path / "first.log"
         proc = start(args, log)
-        try:
+        with reaped(proc), released(gate):
             wait_until(lambda: len(pagerduty.requests) >= 12, timeout=TIMEOUT,
                        what="every page delivered", alive=alive(proc, log))
             # Every page is out while Slack has not answered once.
@@ -106,20 +95,13 @@ def test_a_stalled_slack_never_delays_a_page_and_a_stop_mid_backlog_neither_lose
 
             gate.set()  # Slack drains at 4 messages/s: stop it in the middle
             slack.wait_answered(6, timeout=TIMEOUT)
-            os.killpg(proc.pid, signal.SIGTERM)
-            code = proc.wait(timeout=60)
-        finally:
-            gate.set()
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            code = stop(proc, timeout=60)
         assert code == 0, log.read_text()[-3000:]
         stopped_after = len(slack.requests)
         assert stopped_after < 48, "Slack had no backlog left when stopped: nothing was tested"
         assert sum(committed(kafka_bootstrap, f"{group}.slack").values()) == stopped_after
 
-        done = subprocess.run([*args, "--exit-when-idle"], capture_output=True, text=True,
-                              timeout=TIMEOUT, env=clean_env())
+        done = run([*args, "--exit-when-idle"], timeout=TIMEOUT)
         assert done.returncode == 0, done.stderr[-3000:]
         # Each alert reached Slack exactly once, each page PagerDuty exactly once.
         assert Counter(slack_titles(slack)) == Counter(a["title"] for a in made)
@@ -145,16 +127,11 @@ def test_a_failing_slack_dead_letters_its_own_deliveries_and_pages_still_go_out(
                            "--max-attempts", "2", "--exit-when-idle")
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=clean_env(), start_new_session=True)
-        try:
+        with reaped(proc), released(gate):
             pagerduty.wait_for(4, timeout=TIMEOUT)
             assert not slack.answered  # every page out while Slack's first attempt hangs
             gate.set()
             _, stderr = proc.communicate(timeout=TIMEOUT)
-        finally:
-            gate.set()
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
     assert Counter(b["dedup_key"] for b in pagerduty.bodies()) == critical_keys(made)
     assert len(slack.requests) == 2 * 16
     dead = read_all(kafka_bootstrap, f"{unique_name}.notify-deadletter")
@@ -177,10 +154,9 @@ def test_each_sink_starts_where_the_shared_group_left_off(
     produce_alerts(kafka_bootstrap, topic, made)
     shared_commit(kafka_bootstrap, f"{unique_name}-notify", topic, 6)
     with http_recorder("/services/T0/B0/x") as slack:
-        done = subprocess.run(notify_args(kafka_bootstrap, unique_name, "--stdout",
-                                          "--slack-webhook-url", slack.url, "--slack-rate", "100/s",
-                                          "--exit-when-idle"),
-                              capture_output=True, text=True, timeout=TIMEOUT, env=clean_env())
+        done = run(notify_args(kafka_bootstrap, unique_name, "--stdout",
+                               "--slack-webhook-url", slack.url, "--slack-rate", "100/s",
+                               "--exit-when-idle"), timeout=TIMEOUT)
         assert done.returncode == 0, done.stderr[-3000:]
         assert slack_titles(slack) == [a["title"] for a in made[6:]]
     assert [orjson.loads(line)["title"] for line in done.stdout.splitlines()] == [
@@ -224,26 +200,20 @@ def test_a_signal_stops_it_while_a_refused_webhook_waits_to_retry_and_a_restart_
                            "--retry-max", "5m", "--max-attempts", "10")
         log = tmp_path / "first.log"
         proc = start(args, log)
-        try:
+        with reaped(proc):
             everything = ends(kafka_bootstrap, topic)
             wait_until(lambda: committed(kafka_bootstrap, f"{group}.pagerduty") == everything
                        and "retry in" in log.read_text(), timeout=TIMEOUT,
                        what="pages delivered and Slack waiting to retry", alive=alive(proc, log))
-            os.killpg(proc.pid, sig)
-            code = proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            code = stop(proc, sig, timeout=60)
         assert code == 0, log.read_text()[-3000:]
         assert committed(kafka_bootstrap, f"{group}.slack") == {}  # nothing delivered, nothing committed
         assert read_all(kafka_bootstrap, f"{unique_name}.notify-deadletter") == []
 
         with http_recorder("/services/T0/B0/x") as slack:
-            done = subprocess.run(notify_args(kafka_bootstrap, unique_name, "--routes", str(routes), *pages,
-                                              "--slack-webhook-url", slack.url, "--slack-rate", "100/s",
-                                              "--exit-when-idle"),
-                                  capture_output=True, text=True, timeout=TIMEOUT, env=clean_env())
+            done = run(notify_args(kafka_bootstrap, unique_name, "--routes", str(routes), *pages,
+                                   "--slack-webhook-url", slack.url, "--slack-rate", "100/s",
+                                   "--exit-when-idle"), timeout=TIMEOUT)
             assert done.returncode == 0, done.stderr[-3000:]
             assert Counter(slack_titles(slack)) == Counter(a["title"] for a in made)
         assert Counter(b["dedup_key"] for b in pagerduty.bodies()) == critical_keys(made)
@@ -263,20 +233,13 @@ def test_a_webhook_that_never_answers_does_not_hold_up_a_stop(
                            "--http-timeout", "10m")
         log = tmp_path / "first.log"
         proc = start(args, log)
-        try:
+        with reaped(proc), released(never):
             slack.wait_for(1, timeout=TIMEOUT)
-            os.killpg(proc.pid, signal.SIGTERM)
-            code = proc.wait(timeout=60)
-        finally:
-            never.set()
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            code = stop(proc, timeout=60)
         assert code == 0, log.read_text()[-3000:]
         assert committed(kafka_bootstrap, f"{unique_name}-notify.slack") == {}
         slack.default = Reply(200)
-        done = subprocess.run([*args, "--exit-when-idle"], capture_output=True, text=True,
-                              timeout=TIMEOUT, env=clean_env())
+        done = run([*args, "--exit-when-idle"], timeout=TIMEOUT)
         assert done.returncode == 0, done.stderr[-3000:]
         # The abandoned request is sent again (the sink may have had it); nothing is lost.
         assert slack_titles(slack) == [made[0]["title"]] + [a["title"] for a in made]
@@ -297,8 +260,7 @@ def test_a_second_notifier_takes_over_partitions_mid_batch_and_nothing_is_lost(
                                      "--slack-rate", "4/s", "--batch-size", "40"), log)
 
         logs = [tmp_path / "first.log", tmp_path / "second.log"]
-        procs = [notifier(first.url, logs[0])]
-        try:
+        with reaped(notifier(first.url, logs[0])) as procs:
             first.wait_for(3, timeout=TIMEOUT)
             procs.append(notifier(second.url, logs[1]))
             everything = ends(kafka_bootstrap, topic)
@@ -313,17 +275,10 @@ def test_a_second_notifier_takes_over_partitions_mid_batch_and_nothing_is_lost(
 
             try:
                 wait_until(all_delivered_and_committed, timeout=TIMEOUT, what="every alert delivered",
-                           alive=lambda: [alive(p, log)() for p, log in zip(procs, logs, strict=True)])
+                           alive=all_alive(procs, logs))
             except AssertionError as exc:
                 raise AssertionError(f"{exc}; titles, committed, end offsets: {seen}") from None
-            for proc in procs:
-                os.killpg(proc.pid, signal.SIGTERM)
-            codes = [proc.wait(timeout=60) for proc in procs]
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            codes = stop_all(procs, timeout=60)
         assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
         assert second.requests, "the second notifier took no partition: no rebalance was tested"
         delivered = Counter(slack_titles(first)) + Counter(slack_titles(second))

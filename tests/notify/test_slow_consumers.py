@@ -4,12 +4,7 @@ has delivered it. Real Apache Kafka, worker and notifier as child processes."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,44 +12,16 @@ from typing import Any
 from streams.core.records import alert_records, decision_record
 from streams.kafka.topics import create_topics_sync
 from streams.notify.sinks import pagerduty_dedup_key
-from tests.kafka_io import WorkerRun, read_until, values
-from tests.notify.test_service_kafka import clean_env, notify_args
-from tests.notify_servers import Reply, http_recorder
+from tests.kafka_io import WorkerRun, committed, read_until, values
+from tests.notify.processes import alive, notify_args, start, stop, wait_until
+from tests.notify_servers import ACCEPTED, Reply, http_recorder
 from tests.timeline import history, write_jsonl
 from tests.worker.test_worker_kafka import all_decided, backtest, replay
-
-ACCEPTED = b'{"status":"success","message":"Event processed"}'
 
 
 def pagerduty_events(alerts: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
     return Counter((pagerduty_dedup_key(a["dedup_key"]), "resolve" if a["kind"] == "resolved" else "trigger")
                    for a in alerts)
-
-
-def committed(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
-    """The group's committed offsets, by (topic, partition)."""
-    async def run() -> dict[tuple[str, int], int]:
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            offsets = await admin.list_consumer_group_offsets(group)
-        finally:
-            await admin.close()
-        return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
-
-    return asyncio.run(run())
-
-
-def wait_until(condition: Any, *, timeout: float, what: str, alive: Any = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if alive is not None:
-            alive()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.2)
 
 
 def test_a_stalled_then_slow_sink_delays_no_worker_output_and_loses_or_precommits_no_alert(
@@ -83,15 +50,9 @@ def test_a_stalled_then_slow_sink_delays_no_worker_output_and_loses_or_precommit
                            "--pagerduty-routing-key", "rk", "--pagerduty-url", pagerduty.url,
                            "--http-timeout", "300s", "--session-timeout", "1500ms",
                            "--batch-size", "20")
-        log = (tmp_path / "notify.log").open("wb")
-        notifier = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=clean_env(),
-                                    start_new_session=True)
-        log.close()
-
-        def notifier_alive() -> None:
-            if notifier.poll() is not None:
-                raise AssertionError(f"notifier exited with {notifier.returncode}:\n"
-                                     f"{(tmp_path / 'notify.log').read_text()[-3000:]}")
+        log = tmp_path / "notify.log"
+        notifier = start(args, log)
+        notifier_alive = alive(notifier, log)
 
         def both_alive() -> None:
             run.assert_alive()
@@ -119,8 +80,7 @@ def test_a_stalled_then_slow_sink_delays_no_worker_output_and_loses_or_precommit
         finally:
             gate.set()
             if notifier.poll() is None:
-                os.killpg(notifier.pid, signal.SIGTERM)
-            notifier.wait(timeout=30)
+                stop(notifier, timeout=30)
             run.stop()
         assert notifier.returncode == 0
         bodies = pagerduty.bodies()
