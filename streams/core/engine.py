@@ -66,8 +66,11 @@ class PartitionEngine:
             if key.startswith(self._prefix):
                 self._heap.append((*arrival.order, arrival.origin, arrival.finding))
         heapify(self._heap)
-        # Held ARCHIVED arrivals per partition key (most keys hold none), and the
-        # arrivals decided ahead of their turn, still in the heap until they reach its top.
+        # Held ARCHIVED arrivals per primary resource (most hold none), and the arrivals
+        # decided ahead of their turn, still in the heap until they reach its top. By
+        # resource, not partition key: `Finding.partition_key` is a Python call per use,
+        # the resource a field. A resource's other controls only make
+        # `_archives_before` look, and find nothing of the key.
         self._held_archives: dict[str, int] = {}
         for entry in self._heap:
             self._count_archive(entry[4], 1)
@@ -99,7 +102,7 @@ class PartitionEngine:
 
     def _count_archive(self, finding: Finding, step: int) -> None:
         if finding.record_state == ARCHIVED:
-            key = finding.partition_key
+            key = finding.resource_id
             count = self._held_archives.get(key, 0) + step
             if count:
                 self._held_archives[key] = count
@@ -120,8 +123,9 @@ class PartitionEngine:
         meta = self.meta
         if not self.durable:
             heappush(heap, (updated_at, finding.id, seq, origin, finding))
-            if finding.record_state == ARCHIVED:
-                self._count_archive(finding, 1)
+            if finding.record_state == ARCHIVED:  # `_count_archive`, inlined
+                held = self._held_archives
+                held[finding.resource_id] = held.get(finding.resource_id, 0) + 1
         else:
             key = f"{self._prefix}{seq}"
             buffer = self.store.buffer
@@ -226,8 +230,10 @@ class PartitionEngine:
                 continue
             finding = top[4]
             # `_may_pair`, inlined and cheapest test first: this runs once per finding.
+            # (`is_control_finding` too: a property is a Python call.)
             may_pair = (finding.updated_at - finding.created_at <= first_sight
-                        and finding.record_state != ARCHIVED and finding.is_control_finding)
+                        and finding.record_state != ARCHIVED
+                        and finding.product_arn.endswith(SECURITY_HUB_PRODUCT_SUFFIX))
             if may_pair and waits_after is not None and top[0] > waits_after:
                 self._waiting = top
                 self._waiting_until = top[0] + hold
@@ -241,10 +247,14 @@ class PartitionEngine:
                 first = len(out)
             if held_archives:
                 if may_pair:
-                    if hold and finding.partition_key in held_archives:
+                    if hold and finding.resource_id in held_archives:
                         out.extend(self._decide(early) for early in self._archives_before(finding))
-                elif finding.record_state == ARCHIVED:
-                    self._count_archive(finding, -1)
+                elif finding.record_state == ARCHIVED:  # `_count_archive`, inlined
+                    count = held_archives[finding.resource_id] - 1
+                    if count:
+                        held_archives[finding.resource_id] = count
+                    else:
+                        del held_archives[finding.resource_id]
             # `_decide`, inlined: this runs once per finding.
             # A durable engine's heap and buffer hold the same arrivals: only `accept`
             # adds to both, only this takes from both.
@@ -284,9 +294,12 @@ class PartitionEngine:
         their order, to be decided first: a re-creation stamped just before its
         predecessor's archive still pairs with it."""
         key = finding.partition_key
+        resource = finding.resource_id
         limit = finding.updated_at + self.policy.hold_ms
         taken = self._taken
-        held = sorted(e for e in self._heap if e[2] not in taken and e[4].partition_key == key)
+        # The resource first: a field, where the key is a Python call per entry.
+        held = sorted(e for e in self._heap if e[4].resource_id == resource
+                      and e[2] not in taken and e[4].partition_key == key)
         upto: dict[str, tuple[int, str, int]] = {}  # finding id -> its first such archive
         for e in held:
             if (e[4].record_state == ARCHIVED and e[1] != finding.id and e[0] <= limit
