@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from heapq import heapify, heappop, heappush
 
-from streams.core.decide import Decider, Outcome, pairing_horizon
+from streams.core.decide import Closure, Decider, Outcome, pairing_horizon
 from streams.core.findings import ARCHIVED, SECURITY_HUB_PRODUCT_SUFFIX, Finding
 from streams.core.policy import Policy
 from streams.core.state import Arrival, FindingState, Origin, PartitionMeta, Store
@@ -32,6 +32,11 @@ def direct_seq(offset: int, index: int) -> int | None:
     if index >> _INDEX_BITS or offset >> (61 - _INDEX_BITS):
         return None
     return DIRECT_SEQ | offset << _INDEX_BITS | index
+
+
+# Security Hub's product ARNs an engine remembers (`accept`): one per Region, with room
+# for ARNs forged to end like them, which only take the longer test once it is full.
+_HUB_PRODUCTS_KEPT = 64
 
 
 # Without an expiry index, a sweep scans every state: at most once per day of event time.
@@ -90,6 +95,9 @@ class PartitionEngine:
         self._scanned_at: int | None = None  # watermark of the last full scan, unindexed
         self.late = 0  # late arrivals not yet reported (the worker's metrics take them)
         self._hold_ms = policy.hold_ms
+        # Security Hub's product ARNs seen (one per Region): a set lookup costs about
+        # half of `str.endswith`, which the watermark rule would call per finding.
+        self._hub_products: set[str] = set()
         self._buckets_swept_at: int | None = None  # watermark of the last bucket scan
 
     @property
@@ -142,8 +150,16 @@ class PartitionEngine:
             # less the future tolerance, so that one skewed clock cannot move it ahead of
             # time. (Only a finding newer than the watermark can move it: the others skip
             # the product test.)
-            mark = (updated_at if finding.product_arn.endswith(SECURITY_HUB_PRODUCT_SUFFIX)
-                    else updated_at - self.policy.future_tolerance_ms)
+            product = finding.product_arn
+            hub_products = self._hub_products
+            if product in hub_products:
+                mark = updated_at
+            elif product.endswith(SECURITY_HUB_PRODUCT_SUFFIX):
+                mark = updated_at
+                if len(hub_products) < _HUB_PRODUCTS_KEPT:
+                    hub_products.add(product)
+            else:
+                mark = updated_at - self.policy.future_tolerance_ms
             if watermark is None or mark > watermark:
                 meta.watermark = watermark = mark
         elif updated_at < watermark - hold:
@@ -222,6 +238,8 @@ class PartitionEngine:
         # A possible re-creation waits one hold more, so that archives stamped up to a
         # hold after it have surely arrived and can be decided first (`_archives_before`).
         waits_after = None if up_to is None else up_to - hold
+        # (index in `out` of the first decision taken after them, incidents closed)
+        closings: list[tuple[int, list[Closure]]] | None = None
         while heap and (up_to is None or heap[0][0] <= up_to):
             top = heap[0]
             if taken and top[2] in taken:  # decided ahead of its turn
@@ -241,10 +259,12 @@ class PartitionEngine:
             heappop(heap)
             # Incidents whose closing deadline is before this event: nothing stamped at or
             # before it is still to be decided (docs/design.md §3, closing).
-            closes = None
             if timers and timers[0][0] < top[0]:
                 closes = self.decider.close_due(top[0])
-                first = len(out)
+                if closes:  # they go out with the first decision taken after them
+                    if closings is None:
+                        closings = []
+                    closings.append((len(out), closes))
             if held_archives:
                 if may_pair:
                     if hold and finding.resource_id in held_archives:
@@ -264,13 +284,19 @@ class PartitionEngine:
             outcome = decide(finding, origin)
             outcome.seq = seq
             out.append(outcome)
-            if closes:  # they go out with the first decision taken after them
-                out[first].closes = (*closes, *out[first].closes)
             if expiry is not None and finding.id not in tracked:
                 # Its state's `updated_at` is at least this (it only grows).
                 tracked.add(finding.id)
                 heappush(expiry, (finding.updated_at, finding.id))
-        self._maybe_sweep()
+        if closings is not None:
+            for first, closes in closings:
+                out[first].closes = (*closes, *out[first].closes)
+        # `_maybe_sweep`'s test, inlined: most releases sweep nothing.
+        meta = self.meta
+        swept_at = meta.swept_at
+        if meta.watermark is not None and (
+                swept_at is None or meta.watermark - swept_at >= self.policy.sweep_every_ms):
+            self._maybe_sweep()
         return out
 
     def _decide(self, entry: tuple[int, str, int, Origin, Finding]) -> Outcome:
