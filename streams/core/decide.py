@@ -132,7 +132,7 @@ class Outcome(msgspec.Struct, gc=False):  # a Struct for speed, as `Finding`
     reason: str | None = None
     dedup_key: str | None = None
     pairing: Pairing | None = None
-    late_pairs: list[Pairing] = msgspec.field(default_factory=list)
+    late_pairs: tuple[Pairing, ...] = ()  # a tuple, as `closes`
     rejected: Rejected | None = None
     seq: int = -1  # arrival order, set by the engine
     closes: tuple[Closure, ...] = ()  # a tuple: no list to build per decision
@@ -355,7 +355,8 @@ class Decider:
         self._save(f.id, state)
         outcome = Outcome(origin, _D_SILENT, f, reason=_R_ARCHIVED)
         outcome.dedup_key = state.dedup_key
-        outcome.late_pairs = late
+        if late:
+            outcome.late_pairs = tuple(late)
         return outcome
 
     def _bootstrap(self, f: Finding, origin: Origin) -> Outcome:
