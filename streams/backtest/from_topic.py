@@ -412,7 +412,7 @@ def _occurrences(segments: list[Segment], counted: dict[int, int], warm: WarmUp,
                 warm.first_ms = record.timestamp
             source, line = record_source(topic, offset, record.headers)
             data = record.value or b""
-            fast = envelope_finding(data, policy=policy, now_ms=now_ms)
+            fast = envelope_finding(data, policy, now_ms)
             if fast is not None:  # the usual record: one finding, no list of one
                 yield Origin(source, line, 0, topic, partition, offset), fast
                 continue

@@ -146,7 +146,7 @@ def _read(
             for line, data in numbered_units(handle):
                 if where is not None and line & 1023 == 0:
                     progress.at(start + where(), lines + line)  # type: ignore[union-attr]
-                fast = envelope_finding(data, policy=policy, now_ms=now_ms)
+                fast = envelope_finding(data, policy, now_ms)
                 if fast is not None:
                     yield seq, Origin(source, line, 0), fast
                     seq += 1

@@ -14,7 +14,16 @@ from heapq import heappop, heappush
 
 import msgspec
 
-from streams.core.findings import ACTIVE, ARCHIVED, FAILING, NOT_AVAILABLE, Finding, Rejected
+from streams.core.findings import (
+    ACTIVE,
+    ARCHIVED,
+    CONSOLIDATED_PREFIX,
+    FAILING,
+    NOT_AVAILABLE,
+    SECURITY_HUB_PRODUCT_SUFFIX,
+    Finding,
+    Rejected,
+)
 from streams.core.keys import bucket_key, bucket_start, buckets_covering, dedup_key
 from streams.core.policy import Policy, Severity
 from streams.core.state import (
@@ -123,7 +132,7 @@ class Outcome(msgspec.Struct, gc=False):  # a Struct for speed, as `Finding`
     reason: str | None = None
     dedup_key: str | None = None
     pairing: Pairing | None = None
-    late_pairs: list[Pairing] = msgspec.field(default_factory=list)
+    late_pairs: tuple[Pairing, ...] = ()  # a tuple, as `closes`
     rejected: Rejected | None = None
     seq: int = -1  # arrival order, set by the engine
     closes: tuple[Closure, ...] = ()  # a tuple: no list to build per decision
@@ -207,7 +216,23 @@ class Decider:
                     failing = status in FAILING
                     if not failing or (state.notified
                                        and f.workflow_status != WORKFLOW_SUPPRESSED):
-                        return self._reevaluated(f, origin, state, failing)
+                        # Rules 7 and 10 for the most common event (three in four of a
+                        # generated feed), inlined: an ACTIVE finding re-evaluated with
+                        # the status it had, failing and already notified, or not
+                        # failing. What `_active` and `_absorb` do then, without their
+                        # tests: the decision is a periodic update, and only the state's
+                        # time (and, while failing, its severity and incident key)
+                        # changes.
+                        state.updated_at = f.updated_at
+                        if failing:
+                            state.severity = int(f.severity)
+                            if state.dedup_key is None:
+                                state.dedup_key = dedup_key(f.id, f.updated_at_text)
+                        if state.standard is not None and state.control:  # `_save`, inlined
+                            self._update_live(f.id, state)
+                        self.store.findings.put(f.id, state)
+                        return Outcome(origin, _D_SILENT, f, None, _R_PERIODIC_UPDATE,
+                                       state.dedup_key)
         return self._decide(f, origin, state)
 
     def _decide(self, f: Finding, origin: Origin, state: FindingState | None) -> Outcome:
@@ -281,23 +306,6 @@ class Decider:
         first = carried or incidents[0]
         return first[1], first[2] and carried is not None
 
-    def _reevaluated(self, f: Finding, origin: Origin, state: FindingState,
-                     failing: bool) -> Outcome:
-        """Rules 7 and 10 for the most common event (three in four of a generated feed):
-        an ACTIVE finding re-evaluated with the status it had, failing and already
-        notified, or not failing. What `_active` and `_absorb` do then, without their
-        tests: the decision is a periodic update, and only the state's time (and, while
-        failing, its severity and incident key) changes."""
-        state.updated_at = f.updated_at
-        if failing:
-            state.severity = int(f.severity)
-            if state.dedup_key is None:
-                state.dedup_key = dedup_key(f.id, f.updated_at_text)
-        if state.standard is not None and state.control:  # `_save`, inlined
-            self._update_live(f.id, state)
-        self.store.findings.put(f.id, state)
-        return Outcome(origin, _D_SILENT, f, None, _R_PERIODIC_UPDATE, state.dedup_key)
-
     # -- rules ----------------------------------------------------------------------
 
     def _archived(self, f: Finding, origin: Origin, state: FindingState | None) -> Outcome:
@@ -347,13 +355,16 @@ class Decider:
         self._save(f.id, state)
         outcome = Outcome(origin, _D_SILENT, f, reason=_R_ARCHIVED)
         outcome.dedup_key = state.dedup_key
-        outcome.late_pairs = late
+        if late:
+            outcome.late_pairs = tuple(late)
         return outcome
 
     def _bootstrap(self, f: Finding, origin: Origin) -> Outcome:
         state = self._new_state(f)
         self._absorb(state, f)
-        if f.failing and f.record_state == ACTIVE:
+        # `f.failing`, inlined (a property is a Python call): a bootstrap is common.
+        status = f.compliance_status
+        if (status is None or status in FAILING) and f.record_state == ACTIVE:
             state.notified = True
         self._save(f.id, state)
         return Outcome(origin, _D_SILENT, f, reason=_R_BOOTSTRAP,
@@ -631,11 +642,14 @@ class Decider:
         return state
 
     def _new_state(self, f: Finding) -> FindingState:
+        # `Finding.partition_key`, `standard` and `is_control_finding`, inlined: a
+        # property is a Python call, and a new state is made per first sight.
+        generator_id = f.generator_id
         return FindingState(
             p=self.p,
-            partition_key=f.partition_key,
-            standard=f.standard,
-            control=f.is_control_finding,
+            partition_key=f"{f.account}|{f.region}|{f.control_id}|{f.resource_id}",
+            standard=None if generator_id.startswith(CONSOLIDATED_PREFIX) else generator_id,
+            control=f.product_arn.endswith(SECURITY_HUB_PRODUCT_SUFFIX),
             created_at=f.created_at,
             updated_at=f.updated_at,
             record_state=f.record_state,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from heapq import heapify, heappop, heappush
 
-from streams.core.decide import Decider, Outcome, pairing_horizon
+from streams.core.decide import Closure, Decider, Outcome, pairing_horizon
 from streams.core.findings import ARCHIVED, SECURITY_HUB_PRODUCT_SUFFIX, Finding
 from streams.core.policy import Policy
 from streams.core.state import Arrival, FindingState, Origin, PartitionMeta, Store
@@ -32,6 +32,11 @@ def direct_seq(offset: int, index: int) -> int | None:
     if index >> _INDEX_BITS or offset >> (61 - _INDEX_BITS):
         return None
     return DIRECT_SEQ | offset << _INDEX_BITS | index
+
+
+# Security Hub's product ARNs an engine remembers (`accept`): one per Region, with room
+# for ARNs forged to end like them, which only take the longer test once it is full.
+_HUB_PRODUCTS_KEPT = 64
 
 
 # Without an expiry index, a sweep scans every state: at most once per day of event time.
@@ -66,8 +71,11 @@ class PartitionEngine:
             if key.startswith(self._prefix):
                 self._heap.append((*arrival.order, arrival.origin, arrival.finding))
         heapify(self._heap)
-        # Held ARCHIVED arrivals per partition key (most keys hold none), and the
-        # arrivals decided ahead of their turn, still in the heap until they reach its top.
+        # Held ARCHIVED arrivals per primary resource (most hold none), and the arrivals
+        # decided ahead of their turn, still in the heap until they reach its top. By
+        # resource, not partition key: `Finding.partition_key` is a Python call per use,
+        # the resource a field. A resource's other controls only make
+        # `_archives_before` look, and find nothing of the key.
         self._held_archives: dict[str, int] = {}
         for entry in self._heap:
             self._count_archive(entry[4], 1)
@@ -87,6 +95,9 @@ class PartitionEngine:
         self._scanned_at: int | None = None  # watermark of the last full scan, unindexed
         self.late = 0  # late arrivals not yet reported (the worker's metrics take them)
         self._hold_ms = policy.hold_ms
+        # Security Hub's product ARNs seen (one per Region): a set lookup costs about
+        # half of `str.endswith`, which the watermark rule would call per finding.
+        self._hub_products: set[str] = set()
         self._buckets_swept_at: int | None = None  # watermark of the last bucket scan
 
     @property
@@ -99,7 +110,7 @@ class PartitionEngine:
 
     def _count_archive(self, finding: Finding, step: int) -> None:
         if finding.record_state == ARCHIVED:
-            key = finding.partition_key
+            key = finding.resource_id
             count = self._held_archives.get(key, 0) + step
             if count:
                 self._held_archives[key] = count
@@ -120,8 +131,9 @@ class PartitionEngine:
         meta = self.meta
         if not self.durable:
             heappush(heap, (updated_at, finding.id, seq, origin, finding))
-            if finding.record_state == ARCHIVED:
-                self._count_archive(finding, 1)
+            if finding.record_state == ARCHIVED:  # `_count_archive`, inlined
+                held = self._held_archives
+                held[finding.resource_id] = held.get(finding.resource_id, 0) + 1
         else:
             key = f"{self._prefix}{seq}"
             buffer = self.store.buffer
@@ -138,8 +150,16 @@ class PartitionEngine:
             # less the future tolerance, so that one skewed clock cannot move it ahead of
             # time. (Only a finding newer than the watermark can move it: the others skip
             # the product test.)
-            mark = (updated_at if finding.product_arn.endswith(SECURITY_HUB_PRODUCT_SUFFIX)
-                    else updated_at - self.policy.future_tolerance_ms)
+            product = finding.product_arn
+            hub_products = self._hub_products
+            if product in hub_products:
+                mark = updated_at
+            elif product.endswith(SECURITY_HUB_PRODUCT_SUFFIX):
+                mark = updated_at
+                if len(hub_products) < _HUB_PRODUCTS_KEPT:
+                    hub_products.add(product)
+            else:
+                mark = updated_at - self.policy.future_tolerance_ms
             if watermark is None or mark > watermark:
                 meta.watermark = watermark = mark
         elif updated_at < watermark - hold:
@@ -218,6 +238,8 @@ class PartitionEngine:
         # A possible re-creation waits one hold more, so that archives stamped up to a
         # hold after it have surely arrived and can be decided first (`_archives_before`).
         waits_after = None if up_to is None else up_to - hold
+        # (index in `out` of the first decision taken after them, incidents closed)
+        closings: list[tuple[int, list[Closure]]] | None = None
         while heap and (up_to is None or heap[0][0] <= up_to):
             top = heap[0]
             if taken and top[2] in taken:  # decided ahead of its turn
@@ -226,8 +248,10 @@ class PartitionEngine:
                 continue
             finding = top[4]
             # `_may_pair`, inlined and cheapest test first: this runs once per finding.
+            # (`is_control_finding` too: a property is a Python call.)
             may_pair = (finding.updated_at - finding.created_at <= first_sight
-                        and finding.record_state != ARCHIVED and finding.is_control_finding)
+                        and finding.record_state != ARCHIVED
+                        and finding.product_arn.endswith(SECURITY_HUB_PRODUCT_SUFFIX))
             if may_pair and waits_after is not None and top[0] > waits_after:
                 self._waiting = top
                 self._waiting_until = top[0] + hold
@@ -235,16 +259,22 @@ class PartitionEngine:
             heappop(heap)
             # Incidents whose closing deadline is before this event: nothing stamped at or
             # before it is still to be decided (docs/design.md §3, closing).
-            closes = None
             if timers and timers[0][0] < top[0]:
                 closes = self.decider.close_due(top[0])
-                first = len(out)
+                if closes:  # they go out with the first decision taken after them
+                    if closings is None:
+                        closings = []
+                    closings.append((len(out), closes))
             if held_archives:
                 if may_pair:
-                    if hold and finding.partition_key in held_archives:
+                    if hold and finding.resource_id in held_archives:
                         out.extend(self._decide(early) for early in self._archives_before(finding))
-                elif finding.record_state == ARCHIVED:
-                    self._count_archive(finding, -1)
+                elif finding.record_state == ARCHIVED:  # `_count_archive`, inlined
+                    count = held_archives[finding.resource_id] - 1
+                    if count:
+                        held_archives[finding.resource_id] = count
+                    else:
+                        del held_archives[finding.resource_id]
             # `_decide`, inlined: this runs once per finding.
             # A durable engine's heap and buffer hold the same arrivals: only `accept`
             # adds to both, only this takes from both.
@@ -254,13 +284,19 @@ class PartitionEngine:
             outcome = decide(finding, origin)
             outcome.seq = seq
             out.append(outcome)
-            if closes:  # they go out with the first decision taken after them
-                out[first].closes = (*closes, *out[first].closes)
             if expiry is not None and finding.id not in tracked:
                 # Its state's `updated_at` is at least this (it only grows).
                 tracked.add(finding.id)
                 heappush(expiry, (finding.updated_at, finding.id))
-        self._maybe_sweep()
+        if closings is not None:
+            for first, closes in closings:
+                out[first].closes = (*closes, *out[first].closes)
+        # `_maybe_sweep`'s test, inlined: most releases sweep nothing.
+        meta = self.meta
+        swept_at = meta.swept_at
+        if meta.watermark is not None and (
+                swept_at is None or meta.watermark - swept_at >= self.policy.sweep_every_ms):
+            self._maybe_sweep()
         return out
 
     def _decide(self, entry: tuple[int, str, int, Origin, Finding]) -> Outcome:
@@ -284,9 +320,12 @@ class PartitionEngine:
         their order, to be decided first: a re-creation stamped just before its
         predecessor's archive still pairs with it."""
         key = finding.partition_key
+        resource = finding.resource_id
         limit = finding.updated_at + self.policy.hold_ms
         taken = self._taken
-        held = sorted(e for e in self._heap if e[2] not in taken and e[4].partition_key == key)
+        # The resource first: a field, where the key is a Python call per entry.
+        held = sorted(e for e in self._heap if e[4].resource_id == resource
+                      and e[2] not in taken and e[4].partition_key == key)
         upto: dict[str, tuple[int, str, int]] = {}  # finding id -> its first such archive
         for e in held:
             if (e[4].record_state == ARCHIVED and e[1] != finding.id and e[0] <= limit

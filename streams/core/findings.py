@@ -587,10 +587,11 @@ class _WireEnvelope(msgspec.Struct, gc=False, rename={"detail_type": "detail-typ
 _decode_envelope = msgspec.json.Decoder(_WireEnvelope).decode
 
 
-def envelope_finding(data: bytes, *, policy: Policy, now_ms: int) -> Finding | None:
+def envelope_finding(data: bytes, policy: Policy, now_ms: int) -> Finding | None:
     """The finding of a message that is an EventBridge envelope of exactly one ordinary
     finding, as `parse_message` gives it; None for any other message (which
-    `parse_message` then decides on its general path)."""
+    `parse_message` then decides on its general path). Its arguments may be given by
+    position: the backtests call it per message, and keywords cost a little per call."""
     size = len(data)
     if size > policy.max_message_bytes:
         return None

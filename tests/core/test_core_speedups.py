@@ -30,7 +30,7 @@ from streams.core.findings import (
 from streams.core.policy import Policy, Severity
 from streams.core.records import decision_record
 from streams.core.state import Origin, Store
-from tests.builders import NOW_MS, change_path, dumps, finding
+from tests.builders import NOW_MS, change_path, dumps, finding, parse_one
 from tests.core.test_properties import POLICY, Event, histories
 from tests.hypothesis_profile import CORE
 
@@ -154,8 +154,8 @@ def test_incremental_sweep_forgets_exactly_what_a_full_scan_forgets(tmp_path: Pa
 
 
 class GeneralDecider(Decider):
-    """The decision table without its path for re-evaluations (`_reevaluated`): every
-    event newer than its state goes through the general rules."""
+    """The decision table without `decide`'s path for re-evaluations: every event newer
+    than its state goes through the general rules."""
 
     def decide(self, f: Finding, origin: Origin) -> Outcome:
         state = self._current(f.id, f)
@@ -212,3 +212,15 @@ def test_fast_decisions_equal_the_general_ones_on_a_generated_feed(
     reasons = {r.get("reason") for r in fast[0]}
     assert {"periodic_update", "bootstrap", "archived"} <= reasons
     assert_same(general, fast)
+
+
+@pytest.mark.parametrize("kind", [{}, {"standard": "aws-foundational-security-best-practices/v/1.0.0"},
+                                  {"product": "imported"}])
+def test_a_new_state_takes_the_key_standard_and_product_rule_of_its_finding(
+    kind: dict[str, Any],
+) -> None:
+    """`Decider._new_state` computes what the `Finding` properties say, without them."""
+    f = parse_one(finding(**kind))
+    state = Decider(Store.in_memory(), POLICY, 0)._new_state(f)
+    assert (state.partition_key, state.standard, state.control) == (
+        f.partition_key, f.standard, f.is_control_finding)

@@ -803,7 +803,7 @@ def test_late_archive_beyond_the_window_is_no_late_pair() -> None:
     old = finding("old", created=at(days=-10))
     run(old)
     run(finding("new", created=at(hours=2)))
-    assert run(archived(old, at())).late_pairs == []
+    assert run(archived(old, at())).late_pairs == ()
 
 
 def test_late_archive_of_a_lower_severity_predecessor_is_no_late_pair() -> None:
@@ -811,7 +811,7 @@ def test_late_archive_of_a_lower_severity_predecessor_is_no_late_pair() -> None:
     old = finding("old", created=at(days=-10), severity="LOW")
     run(old)
     run(finding("new", created=at(hours=1), severity="HIGH"))
-    assert run(archived(old, at())).late_pairs == []
+    assert run(archived(old, at())).late_pairs == ()
 
 
 def test_late_archive_of_another_standard_is_no_late_pair() -> None:
@@ -819,7 +819,7 @@ def test_late_archive_of_another_standard_is_no_late_pair() -> None:
     old = finding("old", created=at(days=-10), standard=FSBP)
     run(old)
     run(finding("new", created=at(hours=1), standard=CIS140))
-    assert run(archived(old, at())).late_pairs == []
+    assert run(archived(old, at())).late_pairs == ()
 
 
 def test_late_per_standard_archive_pairs_late_with_an_alerted_consolidated_finding() -> None:
