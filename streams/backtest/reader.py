@@ -94,16 +94,7 @@ class ProcessReader:
         receiving, sending = context.Pipe(duplex=False)
         self._process = context.Process(target=_reader_main, args=(sending, job), daemon=True,
                                         name="flapguard-topic-reader")
-        # Ctrl-C reaches the whole process group: this process stops the reader itself
-        # (`close`). Ignored while it starts, the reader ignores it from its first
-        # instruction on (an ignored signal stays ignored across exec).
-        main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-        try:
-            self._process.start()
-        finally:
-            if main:
-                signal.signal(signal.SIGINT, previous)
+        self._process.start()
         sending.close()
         self._connection = receiving
         # A thread takes the messages off the pipe meanwhile (it waits without the GIL),
@@ -150,6 +141,7 @@ class ProcessReader:
 def _reader_main(connection: Connection, job: ReadJob) -> None:
     """The reader process: every chunk of the plan, then `_DONE`; or `_FAILED` with one
     line saying why."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run's own process handles Ctrl-C
     try:
         asyncio.run(_read(connection, job))
         connection.send_bytes(_DONE)
