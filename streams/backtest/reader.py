@@ -131,10 +131,6 @@ class ProcessReader:
         if self._process.is_alive():
             self._process.terminate()
         self._process.join()
-        # The receiving thread ends at the pipe's end; what it still holds is let go.
-        while self._thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                self._received.get(timeout=0.1)
         self._connection.close()
 
 

@@ -4,9 +4,7 @@ reader that fails ends the run with one line."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,6 @@ import pytest
 
 from streams.backtest.from_topic import Plan, Span, TopicError, backtest_topic
 from streams.backtest.reader import PROCESS_FROM, ProcessReader, ReadJob, use_process
-from streams.backtest.run import LabelError
 from streams.core.decide import Outcome
 from streams.core.policy import Policy
 from streams.core.records import alert_records, kafka_decision_record
@@ -97,18 +94,6 @@ def test_a_reader_that_cannot_read_ends_the_run_with_one_line() -> None:
         reader.close()
     text = str(raised.value)
     assert text.startswith("reading t: cannot connect (PLAINTEXT): 127.0.0.1:1") and "\n" not in text
-
-
-def test_a_run_that_stops_early_stops_its_reader_and_lets_go_of_its_thread(
-    kafka_bootstrap: str, unique_name: str
-) -> None:
-    topic = f"{unique_name}.findings"
-    put(kafka_bootstrap, topic, 1, incident_at_event_time())
-    with pytest.raises(LabelError):  # no label for the first decision
-        backtest_topic(topic, bootstrap=kafka_bootstrap, policy=Policy(), now_ms=NOW_MS,
-                       labels=lambda: iter(()), progress=False, reader="process")
-    assert multiprocessing.active_children() == []
-    assert not any(t.name == "flapguard-topic-receive" for t in threading.enumerate())
 
 
 def test_a_long_run_on_several_cores_takes_the_reader_process() -> None:
