@@ -14,11 +14,9 @@ default) of the broker `--bootstrap-servers` names, or of a local Apache Kafka s
 from the jars of `scripts/fetch-kafka`; then `--repeat` runs of each, taking turns:
 (a) a raw read, a plain aiokafka consumer with the backtest's settings reading every
 record and `orjson.loads` of each value; (b) `flapguard backtest --from-topic` over the
-same records (`--reader`: auto by default, as the command line runs it: a reader process
-for a long run on several cores); (c) the raw read again, of the record batches' own
-records as the backtest reads them (no `ConsumerRecord` each); (d) the backtest in one
-process. Prints each run's ratios (wall clock, and CPU time counting the reader
-process's) and the medians with their range. The topic is deleted at the end; `--topic` reads
+same records; (c) the raw read again, of the record batches' own records as the
+backtest reads them (no `ConsumerRecord` each). Prints each run's ratios (wall clock and
+CPU) and the medians with their range. The topic is deleted at the end; `--topic` reads
 an existing topic instead (neither replayed nor deleted).
 """
 
@@ -99,21 +97,13 @@ def raw_consume(bootstrap: str, topic: str, *, bare: bool = False) -> tuple[int,
     return count, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def topic_backtest(bootstrap: str, topic: str, reader: str) -> tuple[int, float, float]:
-    """`reader` as `backtest_topic` takes it; CPU time counts the reader process's too."""
-    import resource
-
+def topic_backtest(bootstrap: str, topic: str) -> tuple[int, float, float]:
     from streams.backtest.from_topic import backtest_topic
 
-    def cpu_time() -> float:
-        own = time.process_time()
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return own + children.ru_utime + children.ru_stime
-
-    wall, cpu = time.perf_counter(), cpu_time()
+    wall, cpu = time.perf_counter(), time.process_time()
     result = backtest_topic(topic, bootstrap=bootstrap, policy=Policy(), now_ms=int(time.time() * 1000),
-                            progress=False, reader=reader)
-    return result.report.findings, time.perf_counter() - wall, cpu_time() - cpu
+                            progress=False)
+    return result.report.findings, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def bench_topic(path: Path, args: argparse.Namespace) -> None:
@@ -143,17 +133,15 @@ def bench_topic(path: Path, args: argparse.Namespace) -> None:
         raws: list[tuple[int, float, float]] = []
         bares: list[tuple[int, float, float]] = []
         tests: list[tuple[int, float, float]] = []
-        inlines: list[tuple[int, float, float]] = []
         for n in range(args.repeat):
             raws.append(raw_consume(bootstrap, topic))
-            tests.append(topic_backtest(bootstrap, topic, args.reader))
+            tests.append(topic_backtest(bootstrap, topic))
             bares.append(raw_consume(bootstrap, topic, bare=True))
-            inlines.append(topic_backtest(bootstrap, topic, "inline"))
             (n_raw, wall_raw, cpu_raw), (n_bt, wall_bt, cpu_bt) = raws[-1], tests[-1]
             print(f"run {n + 1}: raw read {n_raw / wall_raw:>8,.0f} records/s, backtest "
                   f"{n_bt / wall_bt:>8,.0f} findings/s, ratio {wall_raw / wall_bt:.2f} (wall), "
-                  f"{cpu_raw / cpu_bt:.2f} (CPU); against the bare read {bares[-1][1] / wall_bt:.2f} (wall); "
-                  f"in one process {wall_raw / inlines[-1][1]:.2f} (wall)", flush=True)
+                  f"{cpu_raw / cpu_bt:.2f} (CPU); against the bare read {bares[-1][1] / wall_bt:.2f} (wall)",
+                  flush=True)
     n_raw, n_bt = raws[0][0], tests[0][0]
     walls = sorted(r[1] / t[1] for r, t in zip(raws, tests, strict=True))
     cpus = sorted(r[2] / t[2] for r, t in zip(raws, tests, strict=True))
@@ -170,11 +158,6 @@ def bench_topic(path: Path, args: argparse.Namespace) -> None:
     bare = sorted(b[1] / t[1] for b, t in zip(bares, tests, strict=True))
     print(f"ratio backtest/raw read of the bare records: {median(bare):.2f} (wall, runs "
           f"{bare[0]:.2f}-{bare[-1]:.2f}; raw read {n_raw / median(b[1] for b in bares):,.0f} records/s)")
-    one = sorted(r[1] / i[1] for r, i in zip(raws, inlines, strict=True))
-    one_cpu = sorted(r[2] / i[2] for r, i in zip(raws, inlines, strict=True))
-    print(f"ratio backtest in one process (--reader inline)/raw read: {median(one):.2f} (wall, runs "
-          f"{one[0]:.2f}-{one[-1]:.2f}), {median(one_cpu):.2f} "
-          f"(CPU, runs {one_cpu[0]:.2f}-{one_cpu[-1]:.2f})")
 
 
 def best(run: object, path: Path, repeat: int) -> tuple[int, float, float]:
@@ -194,8 +177,6 @@ def main() -> int:
                         help="measure the topic backtest against a raw aiokafka read")
     parser.add_argument("--bootstrap-servers", help="--from-topic: this broker (default: a local one)")
     parser.add_argument("--topic-partitions", type=int, default=1)
-    parser.add_argument("--reader", choices=("auto", "process", "inline"), default="auto",
-                        help="--from-topic: the backtest's reader (default: auto, as the command line)")
     parser.add_argument("--topic", help="--from-topic: read this topic of --bootstrap-servers as it is "
                                         "(not replayed, not deleted)")
     args = parser.parse_args()

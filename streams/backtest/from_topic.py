@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from heapq import heapify, heappop, heapreplace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from streams.backtest.run import LabelError, LabelScore, Progress, Report, SweepRow, Truth, _InOrder
 from streams.core.decide import Outcome, rejected_outcome
@@ -39,9 +39,6 @@ from streams.core.state import Origin, Store
 from streams.kafka.availability import start_client
 from streams.kafka.security import PLAINTEXT, BrokerSecurity
 from streams.kafka.workarounds import all_topics_metadata, bare_records, bare_value
-
-if TYPE_CHECKING:
-    from streams.backtest.reader import ReadJob
 
 # A partition this far ahead of the slowest one (records held for the merge) is paused.
 AHEAD = 20_000
@@ -348,36 +345,17 @@ def decide_records(segments: list[Segment], runs: list[Run], *, topic: str, co_p
                    now_ms: int, seq: int, warm: WarmUp) -> int:
     """Parse each record once and decide its findings in every run, placed and ordered
     as the worker places them (module docstring); the next arrival number."""
-    found, places = read_findings(segments, runs[0].counted_from, warm, topic=topic,
-                                  policy=runs[0].policy, partitions=runs[0].partitions, now_ms=now_ms)
-    return decide_found(found, places, runs, co_partitioned=co_partitioned, seq=seq)
-
-
-Found = tuple[Origin, Finding | Rejected]
-
-
-def read_findings(segments: list[Segment], counted: dict[int, int], warm: WarmUp, *, topic: str,
-                  policy: Policy, partitions: int, now_ms: int
-                  ) -> tuple[Iterable[Found], list[int] | None]:
-    """The finding occurrences of the records, parsed, in order, and (with several keyed
-    partitions) the keyed partition of each finding; a one-partition run gets them as
-    they are parsed, so that each is decided while its bytes are still in the cache."""
-    found: Iterable[Found] = _occurrences(segments, counted, warm, topic=topic, policy=policy,
-                                          now_ms=now_ms)
-    if partitions == 1:
-        return found, None
-    # Every finding of the chunk first, then their keyed partitions in one murmur2 pass
-    # (numpy, as the worker places them).
-    found = list(found)
-    keys = [f.partition_key.encode() for _, f in found if type(f) is Finding]
-    return found, partitions_for(keys, partitions)
-
-
-def decide_found(found: Iterable[Found], places: list[int] | None, runs: list[Run], *,
-                 co_partitioned: bool, seq: int) -> int:
-    """Decide the occurrences in every run, each finding on its keyed partition
-    (`places`, one per finding; None: partition 0); the next arrival number."""
-    place = iter(places).__next__ if places is not None else None
+    policy = runs[0].policy  # the input limits are the same in every run
+    partitions = runs[0].partitions
+    found: Iterable[tuple[Origin, Finding | Rejected]] = _occurrences(
+        segments, runs[0].counted_from, warm, topic=topic, policy=policy, now_ms=now_ms)
+    places = None
+    if partitions > 1:
+        # Every finding of the chunk first, then their keyed partitions in one murmur2
+        # pass (numpy, as the worker places them), then the decisions.
+        found = list(found)
+        keys = [f.partition_key.encode() for _, f in found if type(f) is Finding]
+        places = iter(partitions_for(keys, partitions)).__next__
     # Bound once per chunk: this loop runs per finding.
     accepts = [[engine.accept for engine in run.engines] for run in runs]
     puts = [run.put for run in runs]
@@ -389,7 +367,7 @@ def decide_found(found: Iterable[Found], places: list[int] | None, runs: list[Ru
                 run.ordered.put([rejected_outcome(parsed, origin, seq)])
             seq += 1
             continue
-        p = place() if place is not None else 0
+        p = places() if places is not None else 0
         # Decided in place by the worker: its tie-break after keyed arrivals.
         arrival = seq | DIRECT_SEQ if co_partitioned and p == origin.partition else seq
         for accept, put in pairs:
@@ -443,18 +421,14 @@ def backtest_topic(
     now_ms: int, on_decision: Callable[[Outcome], None] | None = None,
     labels: Callable[[], Iterable[Truth]] | None = None, sweep: list[int] | None = None,
     progress: bool | None = None, on_decided: Callable[[list[Outcome]], None] | None = None,
-    reader: str = "auto",
 ) -> TopicBacktest:
     """Backtest the records of `topic` from `since` to `until` (record timestamps), and
     each window of `sweep` in the same pass. `partitions` (keyed partitions of the
-    worker reproduced) defaults to the topic's own count. `reader`: "process" reads and
-    parses in a process of its own while this one decides, "inline" does all in this
-    one, "auto" (the default) takes a process for a long run on a machine of several
-    cores (`streams.backtest.reader`); the decisions are the same."""
+    worker reproduced) defaults to the topic's own count."""
     return asyncio.run(_backtest_topic(
         topic, bootstrap=bootstrap, security=security, policy=policy, partitions=partitions,
         since_ms=since_ms, until_ms=until_ms, now_ms=now_ms, on_decision=on_decision,
-        labels=labels, sweep=sweep or [], progress=progress, on_decided=on_decided, reader=reader))
+        labels=labels, sweep=sweep or [], progress=progress, on_decided=on_decided))
 
 
 async def _backtest_topic(
@@ -462,10 +436,8 @@ async def _backtest_topic(
     since_ms: int | None, until_ms: int | None, now_ms: int,
     on_decision: Callable[[Outcome], None] | None, labels: Callable[[], Iterable[Truth]] | None,
     sweep: list[int], progress: bool | None,
-    on_decided: Callable[[list[Outcome]], None] | None = None, reader: str = "auto",
+    on_decided: Callable[[list[Outcome]], None] | None = None,
 ) -> TopicBacktest:
-    from streams.backtest.reader import ReadJob, use_process
-
     # Its records without a `ConsumerRecord` each: `merged_records` needs no more.
     consumer = plain_consumer(bootstrap, security, bare=True)
     await start_client(consumer, bootstrap, security)
@@ -487,16 +459,10 @@ async def _backtest_topic(
         runs = [main, *others]
         bar = TopicProgress(plan.total, enabled=progress)
         started = time.perf_counter()
-        co_partitioned = len(plan.spans) == keyed
         try:
-            if use_process(plan, reader):
-                await consumer.stop()  # the reader process reads with a consumer of its own
-                _drive_from_process(ReadJob(topic, bootstrap, security, plan, policy, keyed, now_ms),
-                                    runs, warm, co_partitioned=co_partitioned, progress=bar)
-            else:
-                batches = merged_records(consumer, plan)
-                await _drive(batches, runs, warm, topic=topic, co_partitioned=co_partitioned,
-                             now_ms=now_ms, progress=bar)
+            batches = merged_records(consumer, plan)
+            await _drive(batches, runs, warm, topic=topic, co_partitioned=len(plan.spans) == keyed,
+                         now_ms=now_ms, progress=bar)
         finally:
             bar.close()
         reports = [run.finish() for run in runs]
@@ -508,26 +474,6 @@ async def _backtest_topic(
     rows = [SweepRow.of(report) for report in reports[1:]]
     widest = max(reports[1:], key=lambda r: r.policy.window_ms) if sweep else None
     return TopicBacktest(reports[0], rows, widest, warm, plan)
-
-
-def _drive_from_process(job: ReadJob, runs: list[Run], warm: WarmUp, *, co_partitioned: bool,
-                        progress: TopicProgress) -> None:
-    """`_drive` with the reading and parsing done by a reader process (`reader`)."""
-    from streams.backtest.reader import ProcessReader
-
-    reader = ProcessReader(job)
-    seq = 0
-    records = 0
-    try:
-        for chunk in reader.chunks():
-            first = chunk.warm_first_ms
-            if first is not None and (warm.first_ms is None or first < warm.first_ms):
-                warm.first_ms = first
-            seq = decide_found(chunk.found, chunk.places, runs, co_partitioned=co_partitioned, seq=seq)
-            records += chunk.records
-            progress.at(records, seq)
-    finally:
-        reader.close()
 
 
 async def _drive(batches: AsyncIterator[list[Segment]], runs: list[Run], warm: WarmUp, *, topic: str,
