@@ -113,8 +113,11 @@ def test_a_redelivery_stopped_by_sigterm_is_not_committed_and_the_next_run_sends
     with http_recorder("/services/T0/B0/secret") as slack:
         sinks = ["--slack-webhook-url", slack.url, "--max-attempts", "1", "--http-timeout", "300s"]
         slack.default = Reply(503)
-        assert run(notify_args(kafka_bootstrap, unique_name, *sinks, "--exit-when-idle"),
-                   timeout=TIMEOUT).returncode == 3
+        assert run(notify_args(kafka_bootstrap, unique_name, *sinks, "--exit-when-idle",
+                               "--deliveries-topic", "off"), timeout=TIMEOUT).returncode == 3
+        # Redelivery records go to a deliveries topic no notifier has created: redeliver does.
+        deliveries = f"{unique_name}.deliveries"
+        sinks += ["--deliveries-topic", deliveries]
         slack.requests.clear()
         slack.default = Reply(200, gate=gate)  # the sink takes the request and never answers
         log = tmp_path / "redeliver.log"
@@ -133,3 +136,7 @@ def test_a_redelivery_stopped_by_sigterm_is_not_committed_and_the_next_run_sends
         assert run(notify_args(kafka_bootstrap, unique_name, *sinks, "redeliver"),
                    timeout=TIMEOUT).returncode == 0
         assert len(slack.requests) == 2
+    # One record: the run stopped mid-request wrote none for what it did not finish.
+    records = [orjson.loads(r.value) for r in read_all(kafka_bootstrap, deliveries)]
+    assert [(d["outcome"], d["redelivered"], d["origin"]) for d in records] == [
+        ("delivered", True, f"{topic}/0/0")]
