@@ -28,7 +28,6 @@ from typing import Any
 import orjson
 
 from streams.core.records import HEADER_REASON
-from streams.kafka.topics import create_topics
 from streams.kafka.workarounds import all_topics_metadata
 from streams.notify.deliveries import Origin, delivery_record
 from streams.notify.deliveries import Outcome as Delivery
@@ -41,6 +40,7 @@ from streams.notify.service import (
     Interrupted,
     NotifySettings,
     Sender,
+    create_output_topics,
     finish_or_stop,
     now_ms,
     open_senders,
@@ -245,9 +245,7 @@ async def run_redeliver(settings: NotifySettings, senders: dict[str, Sender] | N
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     report = Report()
-    if settings.deliveries_topic:  # as the notifier creates it: redelivery may come first
-        await create_topics(settings.bootstrap_servers, {settings.deliveries_topic: 1},
-                            replication=settings.writes.replication, security=settings.security)
+    await create_output_topics(settings)  # as the notifier does: redelivery may come first
     kafka = dict(bootstrap_servers=settings.bootstrap_servers, **settings.security.aiokafka_kwargs())
     consumer = AIOKafkaConsumer(group_id=settings.lane_group("redeliver"), enable_auto_commit=False,
                                 auto_offset_reset="earliest", **kafka)

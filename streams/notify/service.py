@@ -895,6 +895,16 @@ class Notifier:
         return failures
 
 
+async def create_output_topics(settings: NotifySettings) -> None:
+    """The topics the notifier and `notify redeliver` write: the notification dead
+    letters and the delivery records, one partition each (kept if they exist)."""
+    created = {settings.deadletter_topic: 1}
+    if settings.deliveries_topic:
+        created[settings.deliveries_topic] = 1
+    await create_topics(settings.bootstrap_servers, created,
+                        replication=settings.writes.replication, security=settings.security)
+
+
 async def run_notify(settings: NotifySettings, senders: dict[str, Sender] | None = None,
                      securityhub: Any = None) -> Counts:
     """Run every lane until stopped (SIGTERM, SIGINT) or, with `exit_when_idle`, until each
@@ -906,11 +916,7 @@ async def run_notify(settings: NotifySettings, senders: dict[str, Sender] | None
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    created = {settings.deadletter_topic: 1}
-    if settings.deliveries_topic:
-        created[settings.deliveries_topic] = 1
-    await create_topics(settings.bootstrap_servers, created,
-                        replication=settings.writes.replication, security=settings.security)
+    await create_output_topics(settings)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
                                 **settings.writes.aiokafka_kwargs(), **settings.security.aiokafka_kwargs())
 
