@@ -28,7 +28,16 @@ from dataclasses import dataclass, field, replace
 from heapq import heapify, heappop, heapreplace
 from typing import Any
 
-from streams.backtest.run import LabelError, LabelScore, Progress, Report, SweepRow, Truth, _InOrder
+from streams.backtest.run import (
+    LabelError,
+    LabelScore,
+    Progress,
+    Report,
+    SweepRow,
+    Truth,
+    _InOrder,
+    batch_gc,
+)
 from streams.core.decide import Outcome, rejected_outcome
 from streams.core.engine import DIRECT_SEQ, PartitionEngine
 from streams.core.findings import Finding, Rejected, envelope_finding, parse_message
@@ -350,6 +359,7 @@ def decide_records(segments: list[Segment], runs: list[Run], *, topic: str, co_p
     found: Iterable[tuple[Origin, Finding | Rejected]] = _occurrences(
         segments, runs[0].counted_from, warm, topic=topic, policy=policy, now_ms=now_ms)
     places = None
+    direct = co_partitioned and partitions > 1
     if partitions > 1:
         # Every finding of the chunk first, then their keyed partitions in one murmur2
         # pass (numpy, as the worker places them), then the decisions.
@@ -368,8 +378,9 @@ def decide_records(segments: list[Segment], runs: list[Run], *, topic: str, co_p
             seq += 1
             continue
         p = places() if places is not None else 0
-        # Decided in place by the worker: its tie-break after keyed arrivals.
-        arrival = seq | DIRECT_SEQ if co_partitioned and p == origin.partition else seq
+        # Decided in place by the worker: its tie-break after keyed arrivals (none to
+        # break with one partition).
+        arrival = seq | DIRECT_SEQ if direct and p == origin.partition else seq
         for accept, put in pairs:
             released = accept[p](parsed, origin, arrival)
             if released:
@@ -425,10 +436,11 @@ def backtest_topic(
     """Backtest the records of `topic` from `since` to `until` (record timestamps), and
     each window of `sweep` in the same pass. `partitions` (keyed partitions of the
     worker reproduced) defaults to the topic's own count."""
-    return asyncio.run(_backtest_topic(
-        topic, bootstrap=bootstrap, security=security, policy=policy, partitions=partitions,
-        since_ms=since_ms, until_ms=until_ms, now_ms=now_ms, on_decision=on_decision,
-        labels=labels, sweep=sweep or [], progress=progress, on_decided=on_decided))
+    with batch_gc():
+        return asyncio.run(_backtest_topic(
+            topic, bootstrap=bootstrap, security=security, policy=policy, partitions=partitions,
+            since_ms=since_ms, until_ms=until_ms, now_ms=now_ms, on_decision=on_decision,
+            labels=labels, sweep=sweep or [], progress=progress, on_decided=on_decided))
 
 
 async def _backtest_topic(

@@ -135,6 +135,15 @@ def parse_timestamp(text: str) -> int:
 
 def _parse_timestamp(text: str) -> int:
     """`parse_timestamp` without looking in the cache; the cache then holds the text."""
+    ms = _timestamp_ms(text)
+    if len(_TIMESTAMPS) >= _TIMESTAMP_CACHE_SIZE:
+        _TIMESTAMPS.clear()
+    _TIMESTAMPS[text] = ms
+    return ms
+
+
+def _timestamp_ms(text: str) -> int:
+    """RFC 3339 text -> epoch milliseconds, neither looked up nor kept in the cache."""
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -143,9 +152,6 @@ def _parse_timestamp(text: str) -> int:
     # gives them at twice the cost.
     since = moment - _EPOCH
     ms: int = since.days * 86_400_000 + since.seconds * 1000 + since.microseconds // 1000
-    if len(_TIMESTAMPS) >= _TIMESTAMP_CACHE_SIZE:
-        _TIMESTAMPS.clear()
-    _TIMESTAMPS[text] = ms
     return ms
 
 
@@ -640,8 +646,8 @@ def _wire_finding(wire: _WireFinding, policy: Policy, now_ms: int) -> Finding | 
     try:
         if created_at is None:
             created_at = _parse_timestamp(created_text)
-        if updated_at is None:  # the usual miss: each update has its own time
-            updated_at = _parse_timestamp(updated_text)
+        if updated_at is None:  # the usual miss: each update has its own time, not kept
+            updated_at = _timestamp_ms(updated_text)
     except (ValueError, OverflowError, OSError):
         return None
     if updated_at > now_ms + policy.future_tolerance_ms or created_at > updated_at:

@@ -49,10 +49,11 @@ def record_source(topic: str, offset: int, headers: Iterable[tuple[str, bytes]] 
                 named_line = value
         if named_input is not None and named_line is not None:
             try:
-                raw = bytes(named_input)
+                # Values are bytes from aiokafka (no copy then), maybe not from elsewhere.
+                raw = named_input if type(named_input) is bytes else bytes(named_input)
                 # A replayed topic names the same few files on every record.
                 source = _SOURCES.get(raw) or _source(raw)
-                line = int(bytes(named_line))
+                line = int(named_line if type(named_line) is bytes else bytes(named_line))
             except (ValueError, UnicodeDecodeError):
                 pass
     return source, line

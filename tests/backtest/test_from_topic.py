@@ -7,6 +7,7 @@ report; `--since`/`--until` select by record timestamp, with a warm-up before `-
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 from collections import deque
 from datetime import datetime
@@ -16,7 +17,8 @@ from typing import Any, NamedTuple
 import orjson
 import pytest
 
-from streams.backtest.from_topic import TopicProgress, _chunks, _merge
+from streams.backtest.from_topic import TopicProgress, _chunks, _merge, backtest_topic
+from streams.backtest.run import BATCH_GC_THRESHOLD
 from streams.cli import main
 from streams.cli.options import moment_ms
 from streams.core.findings import Finding, parse_message
@@ -135,6 +137,20 @@ def test_a_one_partition_topic_gives_the_file_backtests_decisions_and_report(
         assert a[key] == b[key], key
     assert a["suppressed"] > 10 and a["labels"]["missed_true_alerts"] == 0
     assert b["source"]["topic"] == topic and b["source"]["warm_up"]["findings"] == 0
+
+
+def test_a_topic_backtest_runs_with_the_collector_seldom_and_restores_it_after(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    topic = f"{unique_name}.findings"
+    put(kafka_bootstrap, topic, 1, file_records(INCIDENT, partitions=1))
+    before = gc.get_threshold()
+    during: list[int] = []
+    result = backtest_topic(topic, bootstrap=kafka_bootstrap, policy=Policy(), now_ms=NOW_MS,
+                            on_decision=lambda _: during.append(gc.get_threshold()[0]), progress=False)
+    assert result.report.findings == len(during) == 8
+    assert set(during) == {max(BATCH_GC_THRESHOLD, before[0])}
+    assert gc.get_threshold() == before
 
 
 def test_a_co_partitioned_topic_gives_the_file_backtests_decisions(

@@ -3,6 +3,7 @@ fixture, the public samples, input formats, decision lines, report, exit codes."
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.backtest.run import read_occurrences, run_backtest
+from streams.backtest.run import BATCH_GC_THRESHOLD, backtest_files, batch_gc, read_occurrences, run_backtest
 from streams.cli import main
 from streams.core.decide import Outcome
 from streams.core.policy import Policy
@@ -442,3 +443,24 @@ def test_findings_are_placed_on_keyed_partitions_as_the_worker_places_them_chunk
     assert got == want and len({p for _, p in got}) == 5
     # One partition: the occurrences as they come, nothing to place.
     assert list(_placed(occurrences, 1)) == [(occurrences, None)]
+
+
+# -- the cyclic collector ----------------------------------------------------------------
+
+
+def test_a_backtest_runs_with_the_collector_seldom_and_restores_it_after() -> None:
+    before = gc.get_threshold()
+    during: list[int] = []
+    report = backtest_files([INCIDENT], policy=Policy(), now_ms=NOW_MS, labels=None,
+                            on_decision=lambda _: during.append(gc.get_threshold()[0]))
+    assert report.findings == len(during) == 8
+    assert set(during) == {max(BATCH_GC_THRESHOLD, before[0])}
+    assert gc.get_threshold() == before
+
+
+def test_the_collectors_thresholds_come_back_when_a_backtest_fails() -> None:
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), batch_gc():
+        assert gc.get_threshold()[0] == max(BATCH_GC_THRESHOLD, before[0])
+        raise RuntimeError("a bad labels file, say")
+    assert gc.get_threshold() == before

@@ -19,10 +19,12 @@ from streams.backtest.run import read_occurrences
 from streams.core.decide import Decider, Outcome, Reason
 from streams.core.engine import PartitionEngine
 from streams.core.findings import (
+    _TIMESTAMPS,
     Finding,
     Rejected,
     _Bad,
     _parse_timestamp,
+    envelope_finding,
     finding_from_json,
     parse_message,
     parse_timestamp,
@@ -30,7 +32,7 @@ from streams.core.findings import (
 from streams.core.policy import Policy, Severity
 from streams.core.records import decision_record
 from streams.core.state import Origin, Store
-from tests.builders import NOW_MS, change_path, dumps, finding, parse_one
+from tests.builders import NOW_MS, change_path, dumps, envelope, finding, parse_one
 from tests.core.test_properties import POLICY, Event, histories
 from tests.hypothesis_profile import CORE
 
@@ -115,6 +117,17 @@ def test_timestamp_cache_never_hides_an_invalid_timestamp() -> None:
             parse_timestamp(bad)
         with pytest.raises(ValueError):
             parse_timestamp(bad)
+
+
+def test_the_fast_path_keeps_created_at_texts_and_not_updated_at_texts() -> None:
+    # A CreatedAt comes back with every update of its finding; an UpdatedAt rarely does,
+    # so keeping those would only fill the cache.
+    created, updated = "2025-10-01T04:44:21.000Z", "2025-10-03T08:00:00.250Z"
+    _TIMESTAMPS.clear()
+    parsed = envelope_finding(dumps(envelope([finding(created=created, updated=updated)])), POLICY, NOW_MS)
+    assert parsed is not None
+    assert created in _TIMESTAMPS and updated not in _TIMESTAMPS
+    assert (parsed.created_at, parsed.updated_at) == (_parse_timestamp(created), _parse_timestamp(updated))
 
 
 def decide_feed(path: Path, policy: Policy, *, full_scans: bool) -> tuple[list[Outcome], Store]:

@@ -229,3 +229,4 @@ def test_a_record_names_its_source_in_its_headers_else_the_topic_and_offset() ->
     assert record_source("t", 5, [(HEADER_LINE, b"x"), (HEADER_INPUT, b"a")]) == ("a", 5)
     assert record_source("t", 5, [(HEADER_LINE, b"1"), (HEADER_INPUT, b"\xff")]) == ("t", 5)
     assert record_source("t", 5, [(HEADER_LINE, b"7"), (HEADER_INPUT, bytearray(b"c"))]) == ("c", 7)
+    assert record_source("t", 5, [(HEADER_LINE, memoryview(b"8")), (HEADER_INPUT, b"d")]) == ("d", 8)
