@@ -41,7 +41,7 @@ from streams.backtest.run import (
 from streams.core.decide import Outcome, rejected_outcome
 from streams.core.engine import DIRECT_SEQ, PartitionEngine
 from streams.core.findings import Finding, Rejected, envelope_finding, parse_message
-from streams.core.keys import partitions_for
+from streams.core.keys import Placements
 from streams.core.policy import Policy
 from streams.core.records import iso, record_source
 from streams.core.state import Origin, Store
@@ -251,13 +251,20 @@ def _merge(waiting: dict[int, deque[Any]], reading: set[int]) -> list[Segment]:
         queue = waiting[p]
         run: list[Any] = []
         # The head partition keeps its turn while its next record still comes before
-        # every other partition's head.
-        rival = min(heads[1:2] + heads[2:3]) if len(heads) > 1 else None
-        while queue:
-            record = queue[0]
-            if rival is not None and (record.timestamp, p) > rival:
-                break
-            run.append(queue.popleft())
+        # every other partition's head: the lesser of the root's children.
+        count = len(heads)
+        if count == 1:
+            run.extend(queue)
+            queue.clear()
+        else:
+            rival_at, rival_p = heads[1] if count == 2 or heads[1] < heads[2] else heads[2]
+            # (timestamp, p) > (rival_at, rival_p) without a tuple per record; p differs.
+            ahead = p > rival_p
+            while queue:
+                at = queue[0].timestamp
+                if at > rival_at or (ahead and at == rival_at):
+                    break
+                run.append(queue.popleft())
         out.append((p, run))
         if queue:
             heapreplace(heads, (queue[0].timestamp, p))
@@ -307,6 +314,7 @@ class Run:
     report: Report = field(init=False)
     engines: list[PartitionEngine] = field(init=False)
     ordered: _InOrder = field(init=False)
+    placements: Placements = field(init=False)
 
     def __post_init__(self) -> None:
         self.report = Report(partitions=self.partitions, policy=self.policy)
@@ -315,6 +323,7 @@ class Run:
             self.report.truths = iter(self.labels)
         self.engines = [PartitionEngine(Store.in_memory(), self.policy, p, durable=False)
                         for p in range(self.partitions)]
+        self.placements = Placements(self.partitions)
         # The usual run (no warm-up, no decisions file): straight into the report.
         plain = not self.warming and self.on_decision is None
         self.ordered = _InOrder(self.report.add if plain else self._sink)
@@ -361,11 +370,11 @@ def decide_records(segments: list[Segment], runs: list[Run], *, topic: str, co_p
     places = None
     direct = co_partitioned and partitions > 1
     if partitions > 1:
-        # Every finding of the chunk first, then their keyed partitions in one murmur2
-        # pass (numpy, as the worker places them), then the decisions.
+        # Every finding of the chunk first, then their keyed partitions (murmur2, as the
+        # worker places them; each key's once), then the decisions.
         found = list(found)
-        keys = [f.partition_key.encode() for _, f in found if type(f) is Finding]
-        places = iter(partitions_for(keys, partitions)).__next__
+        keys = [f.partition_key for _, f in found if type(f) is Finding]
+        places = iter(runs[0].placements.of(keys)).__next__
     # Bound once per chunk: this loop runs per finding.
     accepts = [[engine.accept for engine in run.engines] for run in runs]
     puts = [run.put for run in runs]

@@ -33,7 +33,7 @@ from streams.core.decide import Decision, Outcome, Reason, closing_deadline, rej
 from streams.core.engine import PartitionEngine
 from streams.core.files import numbered_units
 from streams.core.findings import Finding, Rejected, envelope_finding, parse_message
-from streams.core.keys import partition_for, partitions_for
+from streams.core.keys import Placements, partition_for
 from streams.core.policy import Policy
 from streams.core.state import Origin, Store
 
@@ -655,14 +655,15 @@ def _placed(occurrences: Iterable[Arriving], partitions: int
             ) -> Iterator[tuple[Iterable[Arriving], Callable[[], int] | None]]:
     """The occurrences, and a function giving each finding's keyed partition in turn, as
     the worker places it: for one partition, all of them as they come (no function);
-    else in chunks, with murmur2 over each chunk's keys at once (numpy), not key by key."""
+    else in chunks, with murmur2 over each chunk's new keys at once (numpy), not key by key."""
     if partitions == 1:
         yield occurrences, None
         return
+    placements = Placements(partitions)
     iterator = iter(occurrences)
     while chunk := list(islice(iterator, PLACE_CHUNK)):
-        keys = [parsed.partition_key.encode() for _, _, parsed in chunk if type(parsed) is Finding]
-        yield chunk, iter(partitions_for(keys, partitions)).__next__
+        keys = [parsed.partition_key for _, _, parsed in chunk if type(parsed) is Finding]
+        yield chunk, iter(placements.of(keys)).__next__
 
 
 # -- files: one run, a window sweep ---------------------------------------------------

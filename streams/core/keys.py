@@ -76,6 +76,28 @@ def partitions_for(keys: Sequence[bytes], partitions: int) -> list[int]:
     return ((h & np.uint32(0x7FFFFFFF)) % np.uint32(partitions)).tolist()  # type: ignore[no-any-return]
 
 
+class Placements:
+    """`partition_for` of partition keys, remembered: a feed's findings come back to the
+    same keys again and again, so murmur2 (numpy, `partitions_for`) runs once per key,
+    and a known key costs a dict lookup. At most `limit` keys are kept (then forgotten)."""
+
+    def __init__(self, partitions: int, *, limit: int = 1_000_000) -> None:
+        self.partitions = partitions
+        self.limit = limit
+        self.known: dict[str, int] = {}
+
+    def of(self, keys: list[str]) -> list[int]:
+        known = self.known
+        new = [key for key in dict.fromkeys(keys) if key not in known]
+        if new:
+            if len(known) + len(new) > self.limit:
+                known.clear()
+                new = list(dict.fromkeys(keys))
+            known.update(zip(new, partitions_for([key.encode() for key in new], self.partitions),
+                             strict=True))
+        return [known[key] for key in keys]
+
+
 def dedup_key(finding_id: str, updated_at_text: str) -> str:
     """Stable across crashes and replays: the finding and the event that opened the incident."""
     digest = hashlib.sha256(f"{finding_id}\n{updated_at_text}".encode()).hexdigest()

@@ -9,6 +9,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from streams.core.keys import (
+    Placements,
     bucket_key,
     bucket_start,
     buckets_covering,
@@ -111,6 +112,16 @@ def test_partitions_for_many_keys_at_once_agrees_with_one_at_a_time(count: int) 
         keys = [bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 2, 3, 4, 5, 7, 92, 93, 300])))
                 for _ in range(count)]
         assert partitions_for(keys, partitions) == [partition_for(k, partitions) for k in keys]
+
+
+def test_remembered_placements_are_those_of_partition_for_through_repeats_and_forgetting() -> None:
+    rng = random.Random(7)
+    names = [f"111122223333|eu-west-1|S3.{n}|arn:aws:s3:::bucket-{n * 7}" for n in range(60)]
+    placements = Placements(8, limit=40)
+    for size in (0, 1, 5, 30, 50, 200):  # 50 new keys at once is over the limit
+        keys = [rng.choice(names) for _ in range(size)]
+        assert placements.of(keys) == [partition_for(key, 8) for key in keys]
+        assert len(placements.known) <= max(40, len(set(keys)))
 
 
 def test_partition_for_a_text_key_hashes_its_utf8_bytes() -> None:
