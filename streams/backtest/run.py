@@ -59,7 +59,7 @@ class Occurrence:
 
 # A backtest keeps most of what it allocates (state, held findings, the report), so
 # CPython's cyclic collector, run every 700 net allocations by default, finds little
-# and cost it 6-8 % of its CPU time (docs/performance.md, "Garbage collection").
+# and cost it 6-8 % of its CPU time (docs/performance.md, the topic backtest's speed).
 BATCH_GC_THRESHOLD = 50_000
 
 
