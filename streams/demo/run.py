@@ -66,7 +66,8 @@ def _broker(bootstrap: str | None) -> Iterator[tuple[str, bool]]:
 
 async def collect(bootstrap: str, topics: dict[str, str], expected: int, deadline: float,
                   proc: subprocess.Popen[bytes], security: BrokerSecurity = PLAINTEXT) -> Collected:
-    """Read the output topics until every occurrence has its decision."""
+    """Read the output topics until every occurrence has its decision and every alert,
+    suppression and dead letter those decisions announce is in."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(*topics.values(), bootstrap_servers=bootstrap,
@@ -75,7 +76,7 @@ async def collect(bootstrap: str, topics: dict[str, str], expected: int, deadlin
     await consumer.start()
     got = Collected()
     try:
-        while len(got.decisions) < expected:
+        while not _complete(got, expected):
             if time.monotonic() > deadline:
                 raise DemoError(f"timed out with {len(got.decisions)} of {expected} decisions")
             if proc.poll() is not None:
@@ -94,6 +95,19 @@ async def collect(bootstrap: str, topics: dict[str, str], expected: int, deadlin
     finally:
         await consumer.stop()
     return got
+
+
+def _complete(got: Collected, expected: int) -> bool:
+    """Every occurrence has its decision, and every record its decisions announce on the
+    other topics has arrived: they are read in no fixed order across topics."""
+    decisions = got.decisions
+    if len(decisions) < expected:
+        return False
+    alerts = sum(1 for d in decisions if d["decision"] in ("alert", "resolved"))
+    alerts += sum(len(d.get("closes", ())) for d in decisions)
+    suppressed = sum(1 for d in decisions if d["decision"] == "suppressed")
+    dead = sum(1 for d in decisions if d["decision"] == "dead_letter")
+    return len(got.alerts) >= alerts and len(got.suppressed) >= suppressed and len(got.dead_letters) >= dead
 
 
 def _role(topics: dict[str, str], topic: str) -> str:

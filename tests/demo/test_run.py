@@ -55,3 +55,22 @@ def test_the_demo_on_a_real_broker_leaves_no_topic_behind_and_no_noise(kafka_boo
     assert_report(done)
     assert done.stderr == ""  # no "not found in cluster metadata", no NotLeaderForPartitionError
     assert {t for t in topics(kafka_bootstrap) - before if t.startswith("flapguard-demo-")} == set()
+
+
+def test_the_demo_waits_for_every_record_its_decisions_announce() -> None:
+    # Decisions, alerts, suppressions and dead letters are on four topics, read in no fixed
+    # order: all decisions in is not yet every alert in.
+    from streams.demo.run import Collected, _complete
+
+    decisions = [{"decision": "alert"}, {"decision": "suppressed"}, {"decision": "dead_letter"},
+                 {"decision": "silent", "closes": [{"dedup_key": "k"}]}]
+    got = Collected(decisions=decisions[:3])
+    assert not _complete(got, 4)
+    got.decisions = decisions
+    assert not _complete(got, 4)
+    got.alerts = [{"kind": "new"}]
+    got.suppressed = [{"reason": "recreated_after_archive"}]
+    got.dead_letters = [("unparseable", "{")]
+    assert not _complete(got, 4)  # the closing's `resolved` record is still to come
+    got.alerts.append({"kind": "resolved"})
+    assert _complete(got, 4)
