@@ -314,7 +314,6 @@ class Run:
     report: Report = field(init=False)
     engines: list[PartitionEngine] = field(init=False)
     ordered: _InOrder = field(init=False)
-    placements: Placements = field(init=False)
 
     def __post_init__(self) -> None:
         self.report = Report(partitions=self.partitions, policy=self.policy)
@@ -323,7 +322,6 @@ class Run:
             self.report.truths = iter(self.labels)
         self.engines = [PartitionEngine(Store.in_memory(), self.policy, p, durable=False)
                         for p in range(self.partitions)]
-        self.placements = Placements(self.partitions)
         # The usual run (no warm-up, no decisions file): straight into the report.
         plain = not self.warming and self.on_decision is None
         self.ordered = _InOrder(self.report.add if plain else self._sink)
@@ -360,9 +358,10 @@ class Run:
 
 
 def decide_records(segments: list[Segment], runs: list[Run], *, topic: str, co_partitioned: bool,
-                   now_ms: int, seq: int, warm: WarmUp) -> int:
-    """Parse each record once and decide its findings in every run, placed and ordered
-    as the worker places them (module docstring); the next arrival number."""
+                   now_ms: int, seq: int, warm: WarmUp, placements: Placements) -> int:
+    """Parse each record once and decide its findings in every run, placed (`placements`:
+    the read's, each key's partition remembered) and ordered as the worker places them
+    (module docstring); the next arrival number."""
     policy = runs[0].policy  # the input limits are the same in every run
     partitions = runs[0].partitions
     found: Iterable[tuple[Origin, Finding | Rejected]] = _occurrences(
@@ -374,7 +373,7 @@ def decide_records(segments: list[Segment], runs: list[Run], *, topic: str, co_p
         # worker places them; each key's once), then the decisions.
         found = list(found)
         keys = [f.partition_key for _, f in found if type(f) is Finding]
-        places = iter(runs[0].placements.of(keys)).__next__
+        places = iter(placements.of(keys)).__next__
     # Bound once per chunk: this loop runs per finding.
     accepts = [[engine.accept for engine in run.engines] for run in runs]
     puts = [run.put for run in runs]
@@ -501,10 +500,11 @@ async def _drive(batches: AsyncIterator[list[Segment]], runs: list[Run], warm: W
                  co_partitioned: bool, now_ms: int, progress: TopicProgress) -> None:
     seq = 0
     records = 0
+    placements = Placements(runs[0].partitions)  # every run places alike
     async for batch in batches:
         for chunk, count in _chunks(batch, CHUNK):
             seq = decide_records(chunk, runs, topic=topic, co_partitioned=co_partitioned, now_ms=now_ms,
-                                 seq=seq, warm=warm)
+                                 seq=seq, warm=warm, placements=placements)
             records += count
             progress.at(records, seq)
             # Let the consumer send its next fetch and take in the answer meanwhile.

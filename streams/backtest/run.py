@@ -33,7 +33,7 @@ from streams.core.decide import Decision, Outcome, Reason, closing_deadline, rej
 from streams.core.engine import PartitionEngine
 from streams.core.files import numbered_units
 from streams.core.findings import Finding, Rejected, envelope_finding, parse_message
-from streams.core.keys import Placements, partition_for
+from streams.core.keys import Placements
 from streams.core.policy import Policy
 from streams.core.state import Origin, Store
 
@@ -358,10 +358,13 @@ class Report:
     gaps: Counter[tuple[str, int]] = field(default_factory=Counter)  # (control, minutes)
     labels: LabelScore | None = None
     naive_seen: set[str] = field(default_factory=set)
-    _places: dict[str, int] = field(default_factory=dict)  # partition key -> keyed partition
+    _placements: Placements = field(init=False)  # partition key -> keyed partition
     truths: Iterator[Truth] | None = None
     # Incidents closed without their finding passing, by reason (archived, superseded).
     closed: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self._placements = Placements(self.partitions)
 
     def add(self, outcome: Outcome) -> None:
         pairing = outcome.pairing
@@ -409,12 +412,7 @@ class Report:
     def _track(self, truth: Truth, decision: str, f: Finding | None, dedup_key: str | None,
                closes: list[tuple[str, str]]) -> None:
         assert self.labels is not None
-        partition = 0
-        if f and self.partitions > 1:
-            key = f.partition_key
-            partition = self._places.get(key, -1)
-            if partition < 0:  # murmur2 in Python: once per key
-                partition = self._places[key] = partition_for(key, self.partitions)
+        partition = self._placements.one(f.partition_key) if f and self.partitions > 1 else 0
         self.labels.track(truth, decision, f, dedup_key, closes, self.policy, partition)
 
     def tally(self, origin: Origin, decision: str, label: str, f: Finding | None,

@@ -97,6 +97,16 @@ class Placements:
                              strict=True))
         return [known[key] for key in keys]
 
+    def one(self, key: str) -> int:
+        """`of` for a single key, without the lists."""
+        known = self.known
+        partition = known.get(key)
+        if partition is None:
+            if len(known) >= self.limit:
+                known.clear()
+            partition = known[key] = partition_for(key, self.partitions)
+        return partition
+
 
 def dedup_key(finding_id: str, updated_at_text: str) -> str:
     """Stable across crashes and replays: the finding and the event that opened the incident."""

@@ -122,6 +122,10 @@ def test_remembered_placements_are_those_of_partition_for_through_repeats_and_fo
         keys = [rng.choice(names) for _ in range(size)]
         assert placements.of(keys) == [partition_for(key, 8) for key in keys]
         assert len(placements.known) <= max(40, len(set(keys)))
+    one = Placements(8, limit=40)  # key by key, as a labelled report places decisions
+    keys = [rng.choice(names) for _ in range(300)]
+    assert [one.one(key) for key in keys] == [partition_for(key, 8) for key in keys]
+    assert len(one.known) <= 40
 
 
 def test_partition_for_a_text_key_hashes_its_utf8_bytes() -> None:
