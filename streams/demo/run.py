@@ -78,7 +78,9 @@ async def collect(bootstrap: str, topics: dict[str, str], expected: int, deadlin
     try:
         while not _complete(got, expected):
             if time.monotonic() > deadline:
-                raise DemoError(f"timed out with {len(got.decisions)} of {expected} decisions")
+                raise DemoError(f"timed out with {len(got.decisions)} of {expected} decisions, "
+                                f"{len(got.alerts)} alerts, {len(got.suppressed)} suppressions and "
+                                f"{len(got.dead_letters)} dead letters in")
             if proc.poll() is not None:
                 raise DemoError(f"the worker exited with code {proc.returncode}")
             batches = await consumer.getmany(timeout_ms=500)

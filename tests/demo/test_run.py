@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 
 import pytest
 
-from streams.kafka.topics import admin_client
+from streams.demo.run import Collected, DemoError, _complete, collect
+from streams.kafka.topics import admin_client, create_topics
 
 REPORT = [
     "ALERTS (2)",
@@ -60,8 +62,6 @@ def test_the_demo_on_a_real_broker_leaves_no_topic_behind_and_no_noise(kafka_boo
 def test_the_demo_waits_for_every_record_its_decisions_announce() -> None:
     # Decisions, alerts, suppressions and dead letters are on four topics, read in no fixed
     # order: all decisions in is not yet every alert in.
-    from streams.demo.run import Collected, _complete
-
     decisions = [{"decision": "alert"}, {"decision": "suppressed"}, {"decision": "dead_letter"},
                  {"decision": "silent", "closes": [{"dedup_key": "k"}]}]
     got = Collected(decisions=decisions[:3])
@@ -74,3 +74,16 @@ def test_the_demo_waits_for_every_record_its_decisions_announce() -> None:
     assert not _complete(got, 4)  # the closing's `resolved` record is still to come
     got.alerts.append({"kind": "resolved"})
     assert _complete(got, 4)
+
+
+def test_a_demo_that_times_out_says_how_far_each_topic_got(kafka_bootstrap: str, unique_name: str) -> None:
+    names = {role: f"{unique_name}.{role}" for role in ("alerts", "suppressed", "deadletter", "decisions")}
+    asyncio.run(create_topics(kafka_bootstrap, dict.fromkeys(names.values(), 1)))
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        with pytest.raises(DemoError, match=r"^timed out with 0 of 3 decisions, 0 alerts, 0 suppressions "
+                                            r"and 0 dead letters in$"):
+            asyncio.run(collect(kafka_bootstrap, names, 3, time.monotonic() + 1, worker))
+    finally:
+        worker.kill()
+        worker.wait()
