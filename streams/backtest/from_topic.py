@@ -29,6 +29,7 @@ from heapq import heapify, heappop, heapreplace
 from typing import Any
 
 from streams.backtest.run import (
+    Arriving,
     LabelError,
     LabelScore,
     Progress,
@@ -36,6 +37,7 @@ from streams.backtest.run import (
     SweepRow,
     Truth,
     _InOrder,
+    _placed,
     batch_gc,
 )
 from streams.core.decide import Outcome, rejected_outcome
@@ -364,43 +366,36 @@ def decide_records(segments: list[Segment], runs: list[Run], *, topic: str, co_p
     (module docstring); the next arrival number."""
     policy = runs[0].policy  # the input limits are the same in every run
     partitions = runs[0].partitions
-    found: Iterable[tuple[Origin, Finding | Rejected]] = _occurrences(
-        segments, runs[0].counted_from, warm, topic=topic, policy=policy, now_ms=now_ms)
-    places = None
+    found = _occurrences(segments, runs[0].counted_from, warm, topic=topic, policy=policy,
+                         now_ms=now_ms, seq=seq)
     direct = co_partitioned and partitions > 1
-    if partitions > 1:
-        # Every finding of the chunk first, then their keyed partitions (murmur2, as the
-        # worker places them; each key's once), then the decisions.
-        found = list(found)
-        keys = [f.partition_key for _, f in found if type(f) is Finding]
-        places = iter(placements.of(keys)).__next__
     # Bound once per chunk: this loop runs per finding.
     accepts = [[engine.accept for engine in run.engines] for run in runs]
     puts = [run.put for run in runs]
     pairs = list(zip(accepts, puts, strict=True))
-    for origin, parsed in found:
-        if type(parsed) is not Finding:
-            assert isinstance(parsed, Rejected)
-            for run in runs:
-                run.ordered.put([rejected_outcome(parsed, origin, seq)])
-            seq += 1
-            continue
-        p = places() if places is not None else 0
-        # Decided in place by the worker: its tie-break after keyed arrivals (none to
-        # break with one partition).
-        arrival = seq | DIRECT_SEQ if direct and p == origin.partition else seq
-        for accept, put in pairs:
-            released = accept[p](parsed, origin, arrival)
-            if released:
-                put(released)
-        seq += 1
-    return seq
+    seq -= 1  # the loop leaves it at the last arrival number
+    for block, place in _placed(found, placements if partitions > 1 else None):
+        for seq, origin, parsed in block:
+            if type(parsed) is not Finding:
+                assert isinstance(parsed, Rejected)
+                for run in runs:
+                    run.ordered.put([rejected_outcome(parsed, origin, seq)])
+                continue
+            p = place() if place is not None else 0
+            # Decided in place by the worker: its tie-break after keyed arrivals (none to
+            # break with one partition).
+            arrival = seq | DIRECT_SEQ if direct and p == origin.partition else seq
+            for accept, put in pairs:
+                released = accept[p](parsed, origin, arrival)
+                if released:
+                    put(released)
+    return seq + 1
 
 
 def _occurrences(segments: list[Segment], counted: dict[int, int], warm: WarmUp, *, topic: str,
-                 policy: Policy, now_ms: int) -> Iterator[tuple[Origin, Finding | Rejected]]:
-    """The finding occurrences of the records, parsed, in order; the warm-up's first
-    record noted on the way."""
+                 policy: Policy, now_ms: int, seq: int) -> Iterator[Arriving]:
+    """The finding occurrences of the records, parsed, in order, numbered from `seq`; the
+    warm-up's first record noted on the way."""
     for partition, records in segments:
         warm_until = counted[partition]
         for record in records:
@@ -411,10 +406,12 @@ def _occurrences(segments: list[Segment], counted: dict[int, int], warm: WarmUp,
             data = record.value or b""
             fast = envelope_finding(data, policy, now_ms)
             if fast is not None:  # the usual record: one finding, no list of one
-                yield Origin(source, line, 0, topic, partition, offset), fast
+                yield seq, Origin(source, line, 0, topic, partition, offset), fast
+                seq += 1
                 continue
             for index, parsed in enumerate(parse_message(data, policy=policy, now_ms=now_ms)):
-                yield Origin(source, line, index, topic, partition, offset), parsed
+                yield seq, Origin(source, line, index, topic, partition, offset), parsed
+                seq += 1
 
 
 @dataclass(slots=True)

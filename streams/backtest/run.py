@@ -625,7 +625,8 @@ def _run(
             on_decided(batch)
             in_order(batch)
     accepts = [engine.accept for engine in engines]
-    for chunk, place in _placed(occurrences, partitions):
+    placements = Placements(partitions) if partitions > 1 else None
+    for chunk, place in _placed(occurrences, placements):
         # One partition: `place` is None, and every finding goes to the first engine.
         accept = accepts[0]
         for seq, origin, parsed in chunk:
@@ -646,21 +647,25 @@ def _run(
     return report
 
 
-PLACE_CHUNK = 1000
+# Findings placed a block at a time: one numpy pass over a block's new keys, and the
+# block's parsed findings still in the core's cache when they are decided (a block of
+# 1,000 was not: twice the cache misses, docs/performance.md).
+PLACE_CHUNK = 64
 
 
-def _placed(occurrences: Iterable[Arriving], partitions: int
+def _placed(occurrences: Iterable[Arriving], placements: Placements | None
             ) -> Iterator[tuple[Iterable[Arriving], Callable[[], int] | None]]:
     """The occurrences, and a function giving each finding's keyed partition in turn, as
-    the worker places it: for one partition, all of them as they come (no function);
-    else in chunks, with murmur2 over each chunk's new keys at once (numpy), not key by key."""
-    if partitions == 1:
+    the worker places it: without `placements` (one partition), all of them as they come
+    (no function); else in blocks, murmur2 over each block's new keys at once (numpy)."""
+    if placements is None:
         yield occurrences, None
         return
-    placements = Placements(partitions)
     iterator = iter(occurrences)
     while chunk := list(islice(iterator, PLACE_CHUNK)):
-        keys = [parsed.partition_key for _, _, parsed in chunk if type(parsed) is Finding]
+        # `Finding.partition_key`, inline: a property costs a Python call per finding.
+        keys = [f"{f.account}|{f.region}|{f.control_id}|{f.resource_id}"
+                for _, _, f in chunk if type(f) is Finding]
         yield chunk, iter(placements.of(keys)).__next__
 
 

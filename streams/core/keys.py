@@ -88,14 +88,16 @@ class Placements:
 
     def of(self, keys: list[str]) -> list[int]:
         known = self.known
-        new = [key for key in dict.fromkeys(keys) if key not in known]
-        if new:
+        out = [known.get(key, -1) for key in keys]
+        if -1 in out:  # some keys not seen before (or forgotten)
+            new = list(dict.fromkeys(key for key, at in zip(keys, out, strict=True) if at < 0))
             if len(known) + len(new) > self.limit:
                 known.clear()
                 new = list(dict.fromkeys(keys))
             known.update(zip(new, partitions_for([key.encode() for key in new], self.partitions),
                              strict=True))
-        return [known[key] for key in keys]
+            out = [known[key] for key in keys]
+        return out
 
     def one(self, key: str) -> int:
         """`of` for a single key, without the lists."""

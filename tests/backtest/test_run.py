@@ -423,26 +423,28 @@ def test_all_public_samples_in_one_backtest_give_one_decision_per_finding(tmp_pa
 
 def test_findings_are_placed_on_keyed_partitions_as_the_worker_places_them_chunk_after_chunk() -> None:
     """`--partitions N`: murmur2 over a chunk of keys at once gives each finding the
-    partition `partition_for` gives it alone, across chunk boundaries, rejections in between."""
+    partition `partition_for` gives it alone, across chunk boundaries, keys new and known
+    mixed in a chunk, rejections in between."""
     from streams.backtest.run import PLACE_CHUNK, _placed
     from streams.core.findings import Finding, Rejected
-    from streams.core.keys import partition_for
+    from streams.core.keys import Placements, partition_for
     from streams.core.state import Origin
 
     occurrences: list[tuple[int, Origin, Finding | Rejected]] = []
-    for n in range(PLACE_CHUNK * 2 + 7):
+    for n in range(PLACE_CHUNK * 3 + 7):
+        resource = f"arn:aws:rds:us-east-1:1:db:{n % (PLACE_CHUNK + 13)}"
         parsed: Finding | Rejected = (Rejected("unparseable", b"x") if n % 97 == 0
-                                      else parse_one(finding(resource=f"arn:aws:rds:us-east-1:1:db:{n}")))
+                                      else parse_one(finding(resource=resource)))
         occurrences.append((n, Origin("f", n + 1, 0), parsed))
     got: list[tuple[int, int]] = []
-    for chunk, place in _placed(occurrences, 5):
+    for chunk, place in _placed(occurrences, Placements(5)):
         assert place is not None
         got.extend((seq, place()) for seq, _, parsed in chunk if isinstance(parsed, Finding))
     want = [(seq, partition_for(parsed.partition_key, 5)) for seq, _, parsed in occurrences
             if isinstance(parsed, Finding)]
     assert got == want and len({p for _, p in got}) == 5
     # One partition: the occurrences as they come, nothing to place.
-    assert list(_placed(occurrences, 1)) == [(occurrences, None)]
+    assert list(_placed(occurrences, None)) == [(occurrences, None)]
 
 
 # -- the cyclic collector ----------------------------------------------------------------
