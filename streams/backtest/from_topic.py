@@ -414,7 +414,7 @@ def _occurrences(segments: list[Segment], counted: dict[int, int], warm: WarmUp,
                 seq += 1
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class TopicBacktest:
     """What a run over a topic gives: the report, the sweep's rows and widest report,
     the warm-up and the range read."""
@@ -429,6 +429,12 @@ class TopicBacktest:
         return {"topic": self.plan.topic, "since": iso(self.plan.since_ms),
                 "until": iso(self.plan.until_ms), "records": self.plan.total,
                 "warm_up": self.warm.to_json()}
+
+    def __repr__(self) -> str:
+        # Short: `asyncio.run` formats its main task's result when it restores the SIGINT
+        # handler (CPython 3.11's `signal`), and the reports' repr runs to megabytes.
+        return (f"TopicBacktest(topic={self.plan.topic!r}, findings={self.report.findings}, "
+                f"sweep={len(self.rows)})")
 
 
 def backtest_topic(

@@ -17,8 +17,16 @@ from typing import Any, NamedTuple
 import orjson
 import pytest
 
-from streams.backtest.from_topic import TopicProgress, _chunks, _merge, backtest_topic
-from streams.backtest.run import BATCH_GC_THRESHOLD
+from streams.backtest.from_topic import (
+    Plan,
+    TopicBacktest,
+    TopicProgress,
+    WarmUp,
+    _chunks,
+    _merge,
+    backtest_topic,
+)
+from streams.backtest.run import BATCH_GC_THRESHOLD, Report
 from streams.cli import main
 from streams.cli.options import moment_ms
 from streams.core.findings import Finding, parse_message
@@ -453,6 +461,16 @@ def test_chunks_split_the_segments_into_groups_of_at_most_so_many_records() -> N
     assert [count for _, count in groups] == [4, 4, 4, 1]
     assert [sum(len(r) for _, r in group) for group, _ in groups] == [4, 4, 4, 1]
     assert [x for group, _ in groups for x in flat(group)] == flat(segments)
+
+
+def test_a_topic_backtests_repr_is_short_however_large_its_report() -> None:
+    """`asyncio.run` formats the repr of its result (restoring the SIGINT handler): a
+    report's own repr runs to megabytes on a real topic."""
+    report = Report(partitions=1, policy=Policy())
+    report.naive_seen.update(f"finding-{n}" for n in range(100_000))
+    plan = Plan("securityhub.findings", {}, None, None, None)
+    result = TopicBacktest(report, [], None, WarmUp(0, None), plan)
+    assert repr(result) == "TopicBacktest(topic='securityhub.findings', findings=0, sweep=0)"
 
 
 def test_progress_is_quiet_when_stderr_is_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
