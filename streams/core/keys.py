@@ -4,7 +4,9 @@ pairing buckets and stable de-duplication keys. Pure."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Sequence
+from functools import cache
 
 import numpy as np
 
@@ -17,8 +19,8 @@ def murmur2(data: bytes) -> int:
     length = len(data)
     h = (0x9747B28C ^ length) & _MASK
     tail = length & ~3
-    for i in range(0, tail, 4):
-        k = data[i] | data[i + 1] << 8 | data[i + 2] << 16 | data[i + 3] << 24
+    # The whole words at once (little-endian, as Java reads them), not byte by byte.
+    for k in _words(tail >> 2, data):
         k = (k * _M) & _MASK
         k ^= k >> 24
         k = (k * _M) & _MASK
@@ -35,6 +37,15 @@ def murmur2(data: bytes) -> int:
     h = (h * _M) & _MASK
     h ^= h >> 15
     return h - (1 << 32) if h & 0x80000000 else h
+
+
+@cache
+def _unpacker(count: int) -> Callable[[bytes], tuple[int, ...]]:
+    return struct.Struct(f"<{count}I").unpack_from
+
+
+def _words(count: int, data: bytes) -> tuple[int, ...]:
+    return _unpacker(count)(data) if count < 256 else struct.unpack_from(f"<{count}I", data)
 
 
 def partition_for(key: str | bytes, partitions: int) -> int:
