@@ -657,7 +657,7 @@ def _placed(occurrences: Iterable[Arriving], placements: Placements | None
             ) -> Iterator[tuple[Iterable[Arriving], Callable[[], int] | None]]:
     """The occurrences, and a function giving each finding's keyed partition in turn, as
     the worker places it: without `placements` (one partition), all of them as they come
-    (no function); else in blocks, murmur2 over each block's new keys at once (numpy)."""
+    (no function); else in blocks, murmur2 over each block's new keys at once."""
     if placements is None:
         yield occurrences, None
         return
