@@ -360,10 +360,10 @@ class Run:
 
 
 def decide_records(segments: list[Segment], runs: list[Run], *, topic: str, co_partitioned: bool,
-                   now_ms: int, seq: int, warm: WarmUp, placements: Placements) -> int:
+                   now_ms: int, seq: int, warm: WarmUp, placements: Placements | None) -> int:
     """Parse each record once and decide its findings in every run, placed (`placements`:
-    the read's, each key's partition remembered) and ordered as the worker places them
-    (module docstring); the next arrival number."""
+    the read's, each key's partition remembered; None with one keyed partition) and
+    ordered as the worker places them (module docstring); the next arrival number."""
     policy = runs[0].policy  # the input limits are the same in every run
     partitions = runs[0].partitions
     found = _occurrences(segments, runs[0].counted_from, warm, topic=topic, policy=policy,
@@ -374,7 +374,7 @@ def decide_records(segments: list[Segment], runs: list[Run], *, topic: str, co_p
     puts = [run.put for run in runs]
     pairs = list(zip(accepts, puts, strict=True))
     seq -= 1  # the loop leaves it at the last arrival number
-    for block, place in _placed(found, placements if partitions > 1 else None):
+    for block, place in _placed(found, placements):
         for seq, origin, parsed in block:
             if type(parsed) is not Finding:
                 assert isinstance(parsed, Rejected)
@@ -503,7 +503,8 @@ async def _drive(batches: AsyncIterator[list[Segment]], runs: list[Run], warm: W
                  co_partitioned: bool, now_ms: int, progress: TopicProgress) -> None:
     seq = 0
     records = 0
-    placements = Placements(runs[0].partitions)  # every run places alike
+    partitions = runs[0].partitions  # every run places alike
+    placements = Placements(partitions) if partitions > 1 else None
     async for batch in batches:
         for chunk, count in _chunks(batch, CHUNK):
             seq = decide_records(chunk, runs, topic=topic, co_partitioned=co_partitioned, now_ms=now_ms,
