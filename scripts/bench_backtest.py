@@ -24,6 +24,7 @@ an existing topic instead (neither replayed nor deleted).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -98,13 +99,20 @@ def raw_consume(bootstrap: str, topic: str, *, bare: bool = False) -> tuple[int,
     return count, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def topic_backtest(bootstrap: str, topic: str) -> tuple[int, float, float]:
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (the topic
+    backtest's processes)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def topic_backtest(bootstrap: str, topic: str, jobs: int | None = None) -> tuple[int, float, float]:
     from streams.backtest.from_topic import backtest_topic
 
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu = time.perf_counter(), cpu_seconds()
     result = backtest_topic(topic, bootstrap=bootstrap, policy=Policy(), now_ms=int(time.time() * 1000),
-                            progress=False)
-    return result.report.findings, time.perf_counter() - wall, time.process_time() - cpu
+                            progress=False, jobs=jobs)
+    return result.report.findings, time.perf_counter() - wall, cpu_seconds() - cpu
 
 
 def bench_topic(path: Path, args: argparse.Namespace) -> None:
@@ -112,6 +120,7 @@ def bench_topic(path: Path, args: argparse.Namespace) -> None:
     import contextlib
     import uuid
 
+    from streams.backtest.from_topic import available_cpus
     from streams.backtest.replay import replay_async
     from streams.kafka.topics import delete_topics
 
@@ -129,27 +138,42 @@ def bench_topic(path: Path, args: argparse.Namespace) -> None:
                                                 partitions=args.topic_partitions))
             print(f"replayed {replayed.records:,} records onto {topic} "
                   f"({args.topic_partitions} partitions)")
-        # The two take turns, so that both see the same load of a shared machine; each
-        # run's ratio is printed, then the medians.
+        # They take turns, so that all see the same load of a shared machine; each run's
+        # ratios are printed, then the medians.
+        jobs = args.jobs or available_cpus()
         raws: list[tuple[int, float, float]] = []
         bares: list[tuple[int, float, float]] = []
         tests: list[tuple[int, float, float]] = []
+        ones: list[tuple[int, float, float]] = []  # the backtest in one process
         for n in range(args.repeat):
             raws.append(raw_consume(bootstrap, topic))
-            tests.append(topic_backtest(bootstrap, topic))
+            tests.append(topic_backtest(bootstrap, topic, jobs))
             bares.append(raw_consume(bootstrap, topic, bare=True))
+            if jobs > 1:
+                ones.append(topic_backtest(bootstrap, topic, 1))
             (n_raw, wall_raw, cpu_raw), (n_bt, wall_bt, cpu_bt) = raws[-1], tests[-1]
+            one = f"; in one process {wall_raw / ones[-1][1]:.2f} (wall)" if ones else ""
             print(f"run {n + 1}: raw read {n_raw / wall_raw:>8,.0f} records/s, backtest "
                   f"{n_bt / wall_bt:>8,.0f} findings/s, ratio {wall_raw / wall_bt:.2f} (wall), "
-                  f"{cpu_raw / cpu_bt:.2f} (CPU); against the bare read {bares[-1][1] / wall_bt:.2f} (wall)",
-                  flush=True)
+                  f"{cpu_raw / cpu_bt:.2f} (CPU); against the bare read {bares[-1][1] / wall_bt:.2f} (wall)"
+                  f"{one}", flush=True)
+    print(f"the backtest with --jobs {jobs} (processes on a co-partitioned topic of several "
+          f"partitions; its CPU time counts theirs)")
+    summarize(raws, tests, bares, args.repeat)
+    if ones:
+        print("the backtest in one process (--jobs 1):")
+        summarize(raws, ones, bares, args.repeat)
+
+
+def summarize(raws: list[tuple[int, float, float]], tests: list[tuple[int, float, float]],
+              bares: list[tuple[int, float, float]], repeat: int) -> None:
     n_raw, n_bt = raws[0][0], tests[0][0]
     walls = sorted(r[1] / t[1] for r, t in zip(raws, tests, strict=True))
     cpus = sorted(r[2] / t[2] for r, t in zip(raws, tests, strict=True))
     raw_wall, raw_cpu = median(r[1] for r in raws), median(r[2] for r in raws)
     bt_wall, bt_cpu = median(t[1] for t in tests), median(t[2] for t in tests)
     print(f"raw read (aiokafka + orjson.loads):  {n_raw / raw_wall:>10,.0f} records/s wall, "
-          f"{n_raw / raw_cpu:>10,.0f} records/s CPU  (medians of {args.repeat})")
+          f"{n_raw / raw_cpu:>10,.0f} records/s CPU  (medians of {repeat})")
     print(f"backtest --from-topic:               {n_bt / bt_wall:>10,.0f} findings/s wall, "
           f"{n_bt / bt_cpu:>10,.0f} findings/s CPU")
     print(f"ratio backtest/raw read: {median(walls):.2f} (wall, runs {walls[0]:.2f}-{walls[-1]:.2f}), "
@@ -182,6 +206,8 @@ def main() -> int:
                         help="measure the topic backtest against a raw aiokafka read")
     parser.add_argument("--bootstrap-servers", help="--from-topic: this broker (default: a local one)")
     parser.add_argument("--topic-partitions", type=int, default=1)
+    parser.add_argument("--jobs", type=int, help="--from-topic: the backtest's --jobs (default: one per "
+                                                 "CPU); with more than one, it is also run with --jobs 1")
     parser.add_argument("--topic", help="--from-topic: read this topic of --bootstrap-servers as it is "
                                         "(not replayed, not deleted)")
     args = parser.parse_args()

@@ -20,12 +20,16 @@ counting it, so that predecessors archived just before `since` are known.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from heapq import heapify, heappop, heapreplace
+from heapq import heapify, heappop, heappush, heapreplace
 from typing import Any
 
 from streams.backtest.run import (
@@ -360,10 +364,13 @@ class Run:
 
 
 def decide_records(segments: list[Segment], runs: list[Run], *, topic: str, co_partitioned: bool,
-                   now_ms: int, seq: int, warm: WarmUp, placements: Placements | None) -> int:
+                   now_ms: int, seq: int, warm: WarmUp, placements: Placements | None,
+                   strict: bool = False) -> int:
     """Parse each record once and decide its findings in every run, placed (`placements`:
     the read's, each key's partition remembered; None with one keyed partition) and
-    ordered as the worker places them (module docstring); the next arrival number."""
+    ordered as the worker places them (module docstring); the next arrival number.
+    `strict`: a finding placed on another partition than its record's raises
+    `NotCoPlaced` (a process's share, `split`)."""
     policy = runs[0].policy  # the input limits are the same in every run
     partitions = runs[0].partitions
     found = _occurrences(segments, runs[0].counted_from, warm, topic=topic, policy=policy,
@@ -384,7 +391,12 @@ def decide_records(segments: list[Segment], runs: list[Run], *, topic: str, co_p
             p = place() if place is not None else 0
             # Decided in place by the worker: its tie-break after keyed arrivals (none to
             # break with one partition).
-            arrival = seq | DIRECT_SEQ if direct and p == origin.partition else seq
+            if direct and p == origin.partition:
+                arrival = seq | DIRECT_SEQ
+            elif strict:
+                raise NotCoPlaced(f"{topic} partition {origin.partition} offset {origin.offset}")
+            else:
+                arrival = seq
             for accept, put in pairs:
                 released = accept[p](parsed, origin, arrival)
                 if released:
@@ -424,11 +436,12 @@ class TopicBacktest:
     widest: Report | None
     warm: WarmUp
     plan: Plan
+    processes: int = 1  # that read and decided the partitions (`split`)
 
     def source_json(self) -> dict[str, Any]:
         return {"topic": self.plan.topic, "since": iso(self.plan.since_ms),
                 "until": iso(self.plan.until_ms), "records": self.plan.total,
-                "warm_up": self.warm.to_json()}
+                "processes": self.processes, "warm_up": self.warm.to_json()}
 
     def __repr__(self) -> str:
         # Short: `asyncio.run` formats its main task's result when it restores the SIGINT
@@ -443,64 +456,116 @@ def backtest_topic(
     now_ms: int, on_decision: Callable[[Outcome], None] | None = None,
     labels: Callable[[], Iterable[Truth]] | None = None, sweep: list[int] | None = None,
     progress: bool | None = None, on_decided: Callable[[list[Outcome]], None] | None = None,
+    jobs: int | None = None,
 ) -> TopicBacktest:
     """Backtest the records of `topic` from `since` to `until` (record timestamps), and
     each window of `sweep` in the same pass. `partitions` (keyed partitions of the
-    worker reproduced) defaults to the topic's own count."""
+    worker reproduced) defaults to the topic's own count. `jobs`: processes that may read
+    a co-partitioned topic's partitions side by side (`split`; default: one per CPU)."""
+    ask = _Ask(topic, bootstrap, security, policy, partitions, now_ms, on_decision, labels,
+               sweep or [], progress, on_decided)
     with batch_gc():
-        return asyncio.run(_backtest_topic(
-            topic, bootstrap=bootstrap, security=security, policy=policy, partitions=partitions,
-            since_ms=since_ms, until_ms=until_ms, now_ms=now_ms, on_decision=on_decision,
-            labels=labels, sweep=sweep or [], progress=progress, on_decided=on_decided))
+        done = asyncio.run(_backtest_topic(ask, since_ms=since_ms, until_ms=until_ms,
+                                           jobs=available_cpus() if jobs is None else jobs))
+        if isinstance(done, TopicBacktest):
+            return done
+        plan, shares = done
+        # Forked here, with the event loop and its resolver threads gone: a thread would
+        # be missing from the copies, with any lock it held.
+        forked = _in_processes(ask, plan, shares) if threading.active_count() == 1 else None
+        again = forked or asyncio.run(_backtest_topic(ask, plan=plan))
+        assert isinstance(again, TopicBacktest)  # planned: read here
+        return again
 
 
-async def _backtest_topic(
-    topic: str, *, bootstrap: str, security: BrokerSecurity, policy: Policy, partitions: int | None,
-    since_ms: int | None, until_ms: int | None, now_ms: int,
-    on_decision: Callable[[Outcome], None] | None, labels: Callable[[], Iterable[Truth]] | None,
-    sweep: list[int], progress: bool | None,
-    on_decided: Callable[[list[Outcome]], None] | None = None,
-) -> TopicBacktest:
-    # Its records without a `ConsumerRecord` each: `merged_records` needs no more.
-    consumer = plain_consumer(bootstrap, security, bare=True)
-    await start_client(consumer, bootstrap, security)
-    try:
-        plan = await plan_read(consumer, topic, policy=policy, since_ms=since_ms, until_ms=until_ms)
-        keyed = partitions or len(plan.spans)
-        if not any(s.end > s.counted for s in plan.spans.values()):
-            raise TopicError(f"{topic} holds no record in the range asked for")
-        warm = WarmUp(policy.widest_window_ms + policy.first_sight_age_ms, since_ms, plan.warm_short)
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """What a topic backtest is asked for, but the range (`Plan`)."""
+
+    topic: str
+    bootstrap: str
+    security: BrokerSecurity
+    policy: Policy
+    partitions: int | None
+    now_ms: int
+    on_decision: Callable[[Outcome], None] | None
+    labels: Callable[[], Iterable[Truth]] | None
+    sweep: list[int]
+    progress: bool | None
+    on_decided: Callable[[list[Outcome]], None] | None
+
+    def keyed(self, plan: Plan) -> int:
+        return self.partitions or len(plan.spans)
+
+    def runs(self, plan: Plan, warm: WarmUp, keyed: int) -> list[Run]:
+        """The main run and the sweep's (which count their warm-up apart: the same
+        records, other windows), each with `keyed` engines."""
         counted = plan.counted_from
         warming = any(s.counted > s.start for s in plan.spans.values())
-        main = Run(policy, keyed, counted, warm, on_decision, labels() if labels else None, warming,
-                   on_decided)
-        # The sweep's runs count their warm-up apart (the same records, other windows).
-        others = [Run(replace(policy, window_ms=w), keyed, counted,
-                      WarmUp(warm.wanted_ms, since_ms, plan.warm_short), None,
+        labels = self.labels
+        main = Run(self.policy, keyed, counted, warm, self.on_decision, labels() if labels else None,
+                   warming, self.on_decided)
+        others = [Run(replace(self.policy, window_ms=w), keyed, counted,
+                      WarmUp(warm.wanted_ms, plan.since_ms, plan.warm_short), None,
                       labels() if labels else None, warming)
-                  for w in sweep]
-        runs = [main, *others]
-        bar = TopicProgress(plan.total, enabled=progress)
+                  for w in self.sweep]
+        return [main, *others]
+
+    def warm_up(self, plan: Plan) -> WarmUp:
+        policy = self.policy
+        return WarmUp(policy.widest_window_ms + policy.first_sight_age_ms, plan.since_ms, plan.warm_short)
+
+
+async def _backtest_topic(ask: _Ask, *, since_ms: int | None = None, until_ms: int | None = None,
+                          jobs: int = 1, plan: Plan | None = None
+                          ) -> TopicBacktest | tuple[Plan, list[list[int]]]:
+    """The run in this process; or, planned here and split (`split`), the plan and the
+    partitions of each process."""
+    # Its records without a `ConsumerRecord` each: `merged_records` needs no more.
+    consumer = plain_consumer(ask.bootstrap, ask.security, bare=True)
+    await start_client(consumer, ask.bootstrap, ask.security)
+    try:
+        if plan is None:
+            plan = await plan_read(consumer, ask.topic, policy=ask.policy, since_ms=since_ms,
+                                   until_ms=until_ms)
+            if not any(s.end > s.counted for s in plan.spans.values()):
+                raise TopicError(f"{ask.topic} holds no record in the range asked for")
+            shares = split(plan, ask, jobs)
+            if len(shares) > 1:
+                return plan, shares
+        warm = ask.warm_up(plan)
+        runs = ask.runs(plan, warm, ask.keyed(plan))
+        bar = TopicProgress(plan.total, enabled=ask.progress)
         started = time.perf_counter()
         try:
-            batches = merged_records(consumer, plan)
-            await _drive(batches, runs, warm, topic=topic, co_partitioned=len(plan.spans) == keyed,
-                         now_ms=now_ms, progress=bar)
+            await _decide(consumer, plan, runs, warm, ask, bar, strict=False)
         finally:
             bar.close()
         reports = [run.finish() for run in runs]
         seconds = time.perf_counter() - started
-        for report in reports:
-            report.seconds = seconds
     finally:
         await consumer.stop()
+    return _result(plan, reports, warm, seconds)
+
+
+def _result(plan: Plan, reports: list[Report], warm: WarmUp, seconds: float, processes: int = 1
+            ) -> TopicBacktest:
+    for report in reports:
+        report.seconds = seconds
     rows = [SweepRow.of(report) for report in reports[1:]]
-    widest = max(reports[1:], key=lambda r: r.policy.window_ms) if sweep else None
-    return TopicBacktest(reports[0], rows, widest, warm, plan)
+    widest = max(reports[1:], key=lambda r: r.policy.window_ms) if len(reports) > 1 else None
+    return TopicBacktest(reports[0], rows, widest, warm, plan, processes)
+
+
+async def _decide(consumer: Any, plan: Plan, runs: list[Run], warm: WarmUp, ask: _Ask,
+                  progress: Progress, *, strict: bool) -> None:
+    await _drive(merged_records(consumer, plan), runs, warm, topic=plan.topic,
+                 co_partitioned=len(plan.spans) == ask.keyed(plan) or strict, now_ms=ask.now_ms,
+                 progress=progress, strict=strict)
 
 
 async def _drive(batches: AsyncIterator[list[Segment]], runs: list[Run], warm: WarmUp, *, topic: str,
-                 co_partitioned: bool, now_ms: int, progress: TopicProgress) -> None:
+                 co_partitioned: bool, now_ms: int, progress: Progress, strict: bool = False) -> None:
     seq = 0
     records = 0
     partitions = runs[0].partitions  # every run places alike
@@ -508,9 +573,171 @@ async def _drive(batches: AsyncIterator[list[Segment]], runs: list[Run], warm: W
     async for batch in batches:
         for chunk, count in _chunks(batch, CHUNK):
             seq = decide_records(chunk, runs, topic=topic, co_partitioned=co_partitioned, now_ms=now_ms,
-                                 seq=seq, warm=warm, placements=placements)
+                                 seq=seq, warm=warm, placements=placements, strict=strict)
             records += count
             progress.at(records, seq)
             # Let the consumer send its next fetch and take in the answer meanwhile.
             await asyncio.sleep(0)
 
+
+# -- several processes ----------------------------------------------------------------
+#
+# On a co-partitioned topic each keyed partition's engine gets the findings of one
+# topic partition, in offset order: partitions are independent, and processes may read
+# and decide them side by side, each its share, and add up their reports. That holds
+# only while every finding is on the partition its key hashes to: a process that meets
+# one elsewhere stops (`NotCoPlaced`), and the run is made again in one process, as is a
+# run whose processes saw one finding id in two shares (the naive notifier's first
+# sights would count twice). A run asked for decisions, alerts or labels, which come in
+# the merged order, stays in one process.
+
+
+class NotCoPlaced(Exception):
+    """A finding whose partition key hashes to another partition than its record's."""
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def split(plan: Plan, ask: _Ask, jobs: int) -> list[list[int]]:
+    """The partitions each process reads, most records first to the least loaded; one
+    share where processes do not apply (the comment above)."""
+    live = sorted((s.end - s.start, p) for p, s in plan.spans.items() if s.end > s.start)
+    if (jobs < 2 or len(live) < 2 or ask.keyed(plan) != len(plan.spans)
+            or ask.on_decision is not None or ask.on_decided is not None or ask.labels is not None
+            or "fork" not in multiprocessing.get_all_start_methods()):
+        return [[p for _, p in live]]
+    shares: list[tuple[int, int, list[int]]] = [(0, i, []) for i in range(min(jobs, len(live)))]
+    for records, p in reversed(live):
+        load, i, share = heappop(shares)
+        share.append(p)
+        heappush(shares, (load + records, i, share))
+    return [sorted(share) for _, _, share in sorted(shares, key=lambda s: s[1])]
+
+
+def _in_processes(ask: _Ask, plan: Plan, shares: list[list[int]]) -> TopicBacktest | None:
+    """Each share of the partitions read and decided by a forked process, the reports
+    added up; None when the split does not hold (the run is then made in one process)."""
+    context = multiprocessing.get_context("fork")
+    # Records read and findings decided by each process, for the progress bar.
+    counters = context.Array("q", 2 * len(shares), lock=False)
+    bar = TopicProgress(plan.total, enabled=ask.progress)
+    started = time.perf_counter()
+    jobs: list[tuple[Any, Any]] = []
+    try:
+        for index, share in enumerate(shares):
+            receive, send = context.Pipe(duplex=False)
+            job = context.Process(target=_job, args=(send, ask, plan, share, counters, index),
+                                  name=f"flapguard-backtest-{index}", daemon=True)
+            job.start()
+            send.close()
+            jobs.append((job, receive))
+        answers = _answers(jobs, counters, bar)
+    finally:
+        bar.close()
+        for job, receive in jobs:
+            receive.close()
+            if job.is_alive():
+                job.terminate()
+            job.join()
+    if any(answer is None for answer in answers):
+        return None
+    parts = [answer for answer in answers if answer is not None]
+    seen: set[str] = set()
+    for reports, _ in parts:
+        if not seen.isdisjoint(reports[0].naive_seen):
+            return None
+        seen |= reports[0].naive_seen
+    (reports, warm), rest = parts[0], parts[1:]
+    for other, other_warm in rest:
+        for report, more in zip(reports, other, strict=True):
+            report.absorb(more)
+        warm.findings += other_warm.findings
+        if other_warm.first_ms is not None and (warm.first_ms is None or other_warm.first_ms < warm.first_ms):
+            warm.first_ms = other_warm.first_ms
+    return _result(plan, reports, warm, time.perf_counter() - started, len(parts))
+
+
+_Answer = tuple[list[Report], WarmUp] | None
+
+
+def _answers(jobs: list[tuple[Any, Any]], counters: Any, bar: TopicProgress) -> list[_Answer]:
+    """Each process's reports and warm-up (None: `NotCoPlaced`); a process's error is
+    raised here."""
+    from multiprocessing.connection import wait
+
+    answers: dict[int, _Answer] = {}
+    pending: dict[Any, int] = {receive: index for index, (_, receive) in enumerate(jobs)}
+    while pending:
+        ready: list[Any] = wait(list(pending), timeout=0.5)
+        for receive in ready:
+            index = pending.pop(receive)
+            kind: str
+            value: Any
+            try:
+                kind, value = receive.recv()
+            except EOFError:  # it closed its end by ending
+                job = jobs[index][0]
+                job.join(5)
+                code = job.exitcode
+                raise TopicError(f"a backtest process ended without its report (exit code {code})") from None
+            if kind == "error":
+                raise value
+            answers[index] = value
+        bar.at(sum(counters[0::2]), sum(counters[1::2]))
+    return [answers[index] for index in range(len(jobs))]
+
+
+def _job(send: Any, ask: _Ask, plan: Plan, share: list[int], counters: Any, index: int) -> None:
+    """A forked process: its share of the plan read and decided; the answer sent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops it on Ctrl-C
+    mine = replace(plan, spans={p: plan.spans[p] for p in share})
+    progress = _Counted(counters, index, os.getppid())
+    try:
+        answer: Any = ("done", asyncio.run(_share(ask, mine, len(plan.spans), progress)))
+    except NotCoPlaced:
+        answer = ("done", None)
+    except Exception as exc:  # raised in the parent
+        answer = ("error", exc)
+    try:
+        send.send(answer)
+    except OSError:  # the parent is gone
+        pass
+    except Exception:  # an exception that does not pickle
+        send.send(("error", TopicError(f"{type(answer[1]).__name__}: {answer[1]}")))
+    send.close()
+
+
+async def _share(ask: _Ask, plan: Plan, keyed: int, progress: Progress) -> tuple[list[Report], WarmUp]:
+    consumer = plain_consumer(ask.bootstrap, ask.security, bare=True)
+    await start_client(consumer, ask.bootstrap, ask.security)
+    try:
+        warm = ask.warm_up(plan)
+        runs = ask.runs(plan, warm, keyed)
+        await _decide(consumer, plan, runs, warm, ask, progress, strict=True)
+    finally:
+        await consumer.stop()
+    return [run.finish() for run in runs], warm
+
+
+class _Counted(Progress):
+    """A process's progress, written where the parent's bar reads it."""
+
+    def __init__(self, counters: Any, index: int, parent: int) -> None:
+        super().__init__(1, enabled=False)
+        self.counters = counters
+        self.index = index
+        self.parent = parent
+
+    def at(self, done: int, lines: int) -> None:
+        if os.getppid() != self.parent:  # the parent was killed: nobody waits for the report
+            os._exit(EXIT_ORPHANED)
+        self.counters[2 * self.index] = done
+        self.counters[2 * self.index + 1] = lines
+
+
+EXIT_ORPHANED = 3

@@ -56,6 +56,8 @@ def _source_text(source: dict[str, Any]) -> str:
         span += f" from {source['since']}"
     if source["until"]:
         span += f" until {source['until']}"
+    if source.get("processes", 1) > 1:
+        span += f" (read by {source['processes']} processes)"
     warm = source["warm_up"]
     if not source["since"]:
         return f"{span}; no warm-up (from the earliest record kept)"

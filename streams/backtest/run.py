@@ -394,6 +394,20 @@ class Report:
         key = (outcome.decision, label, f.control_id, f.account, naive)
         counts[key] = counts.get(key, 0) + 1
 
+    def absorb(self, other: Report) -> None:
+        """Add the counts of `other`, a report of other partitions under the same policy
+        and without labels (`from_topic`'s processes). The naive notifier's first sights
+        add up only where no finding id is in both (the caller checks)."""
+        assert self.labels is None and other.labels is None
+        self.findings += other.findings
+        self.late_pairs += other.late_pairs
+        counts = self.counts
+        for key, count in other.counts.items():
+            counts[key] = counts.get(key, 0) + count
+        self.gaps.update(other.gaps)
+        self.closed.update(other.closed)
+        self.naive_seen |= other.naive_seen
+
     def add_record(self, record: dict[str, Any], parsed: Finding | Rejected) -> None:
         """One decision record (`--decisions-out` or the decisions topic) of the input
         occurrence `parsed`: the Kafka path reports through here."""

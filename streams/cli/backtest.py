@@ -49,6 +49,10 @@ def add(sub: Subparsers) -> None:
     option(backtest, "--partitions", default=None, convert=positive_int,
            help="reproduce a worker with this many keyed partitions (default: 1 for files, the "
            "topic's partition count for --from-topic)")
+    option(backtest, "--jobs", default=None, convert=positive_int,
+           help="--from-topic: processes that read and decide a co-partitioned topic's "
+           "partitions side by side when only the report is asked for (no --decisions-out, "
+           "--alerts-out or labels) (default: one per CPU)")
     option(backtest, "--decisions-out", default=None, convert=Path,
            help="write one JSON object per finding occurrence, in input order")
     option(backtest, "--alerts-out", default=None, convert=Path,
@@ -89,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from streams.backtest.run import LabelChoice, LabelError, backtest_files, sweep, sweep_by_control
     from streams.core.records import decision_record
 
-    for flag, value in (("--since", args.since), ("--until", args.until)):
+    for flag, value in (("--since", args.since), ("--until", args.until), ("--jobs", args.jobs)):
         if value is not None:
             raise CliError(f"{flag} needs --from-topic")
     args.partitions = args.partitions or 1
@@ -206,7 +210,7 @@ def run_topic(args: argparse.Namespace) -> int:
             now_ms=int(time.time() * 1000), on_decision=write if out else None,
             on_decided=write_alerts if alerts_out else None,
             labels=(lambda: read_labels([labels_file])) if labels_file else None,
-            sweep=args.sweep)
+            sweep=args.sweep, jobs=args.jobs)
     except (LabelError, TopicError) as exc:
         raise CliError(str(exc)) from None
     finally:

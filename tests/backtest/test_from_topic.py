@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import random
+import subprocess
+import sys
+import time
 from collections import deque
 from datetime import datetime
 from pathlib import Path
@@ -17,14 +21,18 @@ from typing import Any, NamedTuple
 import orjson
 import pytest
 
+from streams.backtest import from_topic
 from streams.backtest.from_topic import (
     Plan,
+    Span,
     TopicBacktest,
     TopicProgress,
     WarmUp,
+    _Ask,
     _chunks,
     _merge,
     backtest_topic,
+    split,
 )
 from streams.backtest.run import BATCH_GC_THRESHOLD, Report
 from streams.cli import main
@@ -33,6 +41,7 @@ from streams.core.findings import Finding, parse_message
 from streams.core.keys import partition_for
 from streams.core.policy import Policy
 from streams.core.records import HEADER_INPUT, HEADER_LINE
+from streams.kafka.security import PLAINTEXT
 from streams.kafka.topics import create_topics
 from tests.builders import INCIDENT, NOW_MS
 
@@ -387,6 +396,8 @@ def test_a_missing_topic_or_an_empty_range_is_a_one_line_error(
 def test_since_and_until_need_a_topic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert backtest("--input", INCIDENT, "--since", "1d") == 1
     assert capsys.readouterr().err == "flapguard backtest: error: --since needs --from-topic\n"
+    assert backtest("--input", INCIDENT, "--jobs", "2") == 1
+    assert capsys.readouterr().err == "flapguard backtest: error: --jobs needs --from-topic\n"
     with pytest.raises(SystemExit) as exit_:
         backtest("--input", INCIDENT, "--from-topic", "t")
     assert exit_.value.code == 2
@@ -493,3 +504,220 @@ def test_an_unreachable_broker_is_a_one_line_error(capsys: pytest.CaptureFixture
     err = capsys.readouterr().err
     assert err.startswith("flapguard backtest: error: Kafka at 127.0.0.1:1: cannot connect (PLAINTEXT)")
     assert err.count("\n") == 1
+
+
+# -- several processes (a co-partitioned topic, the report only) -----------------------
+
+
+def report_of(result: TopicBacktest) -> dict[str, Any]:
+    """The report, the sweep's rows and the warm-up: all but timings and processes."""
+    summary = result.report.to_json()
+    for key in ("seconds", "findings_per_second"):
+        summary.pop(key)
+    source = result.source_json()
+    source.pop("processes")
+    return {"report": summary, "rows": [row.to_json() for row in result.rows], "source": source}
+
+
+@pytest.fixture(scope="module")
+def co_partitioned(kafka_bootstrap: str, feed: Path, tmp_path_factory: pytest.TempPathFactory
+                   ) -> tuple[str, list[Rec]]:
+    """The feed on four partitions keyed as the forwarders key them."""
+    topic = f"{tmp_path_factory.getbasetemp().name}-co-partitioned.findings"
+    records = file_records(feed, partitions=4)
+    put(kafka_bootstrap, topic, 4, records)
+    return topic, records
+
+
+def test_a_co_partitioned_topic_is_read_by_processes_with_the_one_process_report(
+    kafka_bootstrap: str, co_partitioned: tuple[str, list[Rec]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Read by two processes (two partitions each) from a moment with a warm-up before
+    it, a sweep beside: the same report, sweep and warm-up as one process gives."""
+    topic, records = co_partitioned
+    since = records[len(records) // 2].timestamp
+    runs = {jobs: backtest_topic(topic, bootstrap=kafka_bootstrap, policy=Policy(), now_ms=NOW_MS,
+                                 since_ms=since, sweep=[12 * 3_600_000, 48 * 3_600_000],
+                                 progress=False, jobs=jobs)
+            for jobs in (1, 2)}
+    assert (runs[1].processes, runs[2].processes) == (1, 2)
+    assert report_of(runs[2]) == report_of(runs[1])
+    assert runs[1].report.findings > 100 and runs[1].warm.findings > 100
+    assert runs[1].report.to_json()["suppressed"] > 0 and len(runs[1].rows) == 2
+
+    # A name to resolve: the event loop's resolver threads are gone when the processes fork.
+    by_name = kafka_bootstrap.replace("127.0.0.1", "localhost")
+    assert backtest("--from-topic", topic, "--bootstrap-servers", by_name, "--jobs", "2") == 0
+    assert "records (read by 2 processes)" in capsys.readouterr().out
+
+
+ORPHANED = """
+import sys, time
+from streams.backtest import from_topic
+from streams.core.policy import Policy
+
+at = from_topic._Counted.at
+
+def forever(self, done, lines):  # each process stays at its first chunk, showing progress
+    while True:
+        at(self, done, lines)
+        time.sleep(0.05)
+
+from_topic._Counted.at = forever
+from_topic.backtest_topic(sys.argv[1], bootstrap=sys.argv[2], policy=Policy(), now_ms=int(time.time() * 1000),
+                          progress=False, jobs=2)
+"""
+
+
+def children_of(pid: int) -> set[int]:
+    """Live (not zombie) processes whose parent is `pid`."""
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            out.add(int(entry.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+def test_the_processes_stop_when_the_backtest_that_forked_them_is_killed(
+    kafka_bootstrap: str, co_partitioned: tuple[str, list[Rec]]
+) -> None:
+    topic, _ = co_partitioned
+    parent = subprocess.Popen([sys.executable, "-c", ORPHANED, topic, kafka_bootstrap],
+                              cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.monotonic() + 60
+        while len(forked := children_of(parent.pid)) < 2:
+            assert parent.poll() is None and time.monotonic() < deadline, "no processes forked"
+            time.sleep(0.05)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 60  # without the parent, they would never end
+    while any(alive(pid) for pid in forked):
+        assert time.monotonic() < deadline, "a forked process outlived its parent"
+        time.sleep(0.05)
+
+
+def test_a_topic_not_keyed_by_partition_key_is_read_in_one_process_after_all(
+    kafka_bootstrap: str, unique_name: str, feed: Path
+) -> None:
+    """Round robin over four partitions: a process meets a finding whose key hashes to
+    another partition, so the run is made again in one process (the keyed hop)."""
+    topic = f"{unique_name}.findings"
+    put(kafka_bootstrap, topic, 4, file_records(feed, partitions=4, keyed=False))
+    runs = {jobs: backtest_topic(topic, bootstrap=kafka_bootstrap, policy=Policy(), now_ms=NOW_MS,
+                                 progress=False, jobs=jobs)
+            for jobs in (1, 2)}
+    assert (runs[1].processes, runs[2].processes) == (1, 1)
+    assert report_of(runs[2]) == report_of(runs[1])
+
+
+def test_one_finding_id_in_two_processes_shares_is_read_in_one_process_after_all(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    """The same finding id for two resources, each record on its key's partition of
+    two: the naive notifier pages for that id once, which two processes cannot tell."""
+    event = orjson.loads(INCIDENT.read_bytes().splitlines()[0])
+    keys = {suffix: with_resource(event, suffix) for suffix in ("", *(f"-{n}" for n in range(20)))}
+    other = next(s for s, (_, key) in keys.items() if partition_for(key, 2) != partition_for(keys[""][1], 2))
+    records = [Rec(keys[s][0], partition_for(keys[s][1], 2), 1_700_000_000_000 + line, line, "same-id.jsonl")
+               for line, s in enumerate(("", other), start=1)]
+    topic = f"{unique_name}.findings"
+    put(kafka_bootstrap, topic, 2, records)
+    runs = {jobs: backtest_topic(topic, bootstrap=kafka_bootstrap, policy=Policy(), now_ms=NOW_MS,
+                                 progress=False, jobs=jobs)
+            for jobs in (1, 2)}
+    assert (runs[1].processes, runs[2].processes) == (1, 1)
+    assert report_of(runs[2]) == report_of(runs[1])
+    assert runs[2].report.naive_alerts == 1 and runs[2].report.findings == 2
+
+
+def with_resource(event: dict[str, Any], suffix: str) -> tuple[bytes, str]:
+    """The event with its finding's resource id suffixed, and that finding's partition key."""
+    changed = orjson.loads(orjson.dumps(event))
+    changed["Resources"][0]["Id"] += suffix
+    raw = orjson.dumps(changed)
+    parsed = parse_message(raw, policy=Policy(), now_ms=NOW_MS)[0]
+    assert isinstance(parsed, Finding)
+    return raw, parsed.partition_key
+
+
+@pytest.fixture(scope="module")
+def two_partitions(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    topic = f"{tmp_path_factory.getbasetemp().name}-two.findings"
+    put(kafka_bootstrap, topic, 2, file_records(INCIDENT, partitions=2))
+    return topic
+
+
+def fail(*_: Any) -> Any:
+    raise ValueError("the broker said no")
+
+
+def vanish(*_: Any) -> Any:
+    os._exit(3)
+
+
+def test_a_process_that_fails_raises_its_error_in_the_run(
+    kafka_bootstrap: str, two_partitions: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(from_topic, "_share", fail)  # forked: the processes have it too
+    with pytest.raises(ValueError, match="the broker said no"):
+        backtest_topic(two_partitions, bootstrap=kafka_bootstrap, policy=Policy(), now_ms=NOW_MS,
+                       progress=False, jobs=2)
+
+
+def test_a_process_that_dies_is_a_one_line_error(
+    kafka_bootstrap: str, two_partitions: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(from_topic, "_share", vanish)
+    assert backtest("--from-topic", two_partitions, "--bootstrap-servers", kafka_bootstrap,
+                    "--jobs", "2") == 1
+    err = capsys.readouterr().err
+    assert err == ("flapguard backtest: error: a backtest process ended without its report "
+                   "(exit code 3)\n")
+
+
+def plan_of(sizes: dict[int, int]) -> Plan:
+    return Plan("t", {p: Span(0, 0, n) for p, n in sizes.items()}, None, None, None)
+
+
+def ask(**changes: Any) -> Any:
+    base = dict(topic="t", bootstrap="b", security=PLAINTEXT, policy=Policy(), partitions=None,
+                now_ms=NOW_MS, on_decision=None, labels=None, sweep=[], progress=False,
+                on_decided=None)
+    return _Ask(**{**base, **changes})  # type: ignore[arg-type]
+
+
+def test_processes_share_the_partitions_by_records_most_first_to_the_least_loaded() -> None:
+    plan = plan_of({0: 100, 1: 10, 2: 60, 3: 50, 4: 0})
+    assert split(plan, ask(), 2) == [[0, 1], [2, 3]]  # 110 records each
+    assert split(plan, ask(), 3) == [[0], [2], [1, 3]]
+    assert split(plan, ask(), 8) == [[0], [2], [3], [1]]  # no process for an empty span
+
+
+@pytest.mark.parametrize("why", [
+    {"jobs": 1}, {"partitions": 2}, {"on_decision": print}, {"on_decided": print},
+    {"labels": list},
+])
+def test_one_process_reads_unless_the_topic_is_co_partitioned_and_only_the_report_is_asked(
+    why: dict[str, Any]
+) -> None:
+    jobs = why.pop("jobs", 2)
+    assert split(plan_of({0: 5, 1: 5, 2: 5}), ask(**why), jobs) == [[0, 1, 2]]
