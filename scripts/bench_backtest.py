@@ -14,11 +14,13 @@ default) of the broker `--bootstrap-servers` names, or of a local Apache Kafka s
 from the jars of `scripts/fetch-kafka`; then `--repeat` runs of each, taking turns:
 (a) a raw read, a plain aiokafka consumer with the backtest's settings reading every
 record and `orjson.loads` of each value; (b) `flapguard backtest --from-topic` over the
-same records; (c) the raw read again, of the record batches' own records as the
-backtest reads them (no `ConsumerRecord` each). Prints each run's ratios (wall clock and
-CPU), the medians with their range, and the ratio of the best run of each (the
-least disturbed on a shared machine). The topic is deleted at the end; `--topic` reads
-an existing topic instead (neither replayed nor deleted).
+same records, with `--jobs` (default: one per CPU; its CPU time counts its processes');
+(c) the raw read again, of the record batches' own records as the backtest reads them
+(no `ConsumerRecord` each); (d) with `--jobs` above 1, the backtest again in one
+process. Prints each run's ratios (wall clock and CPU), the medians with their range,
+and the ratio of the best run of each (the least disturbed on a shared machine). The
+topic is deleted at the end; `--topic` reads an existing topic instead (neither
+replayed nor deleted).
 """
 
 from __future__ import annotations
@@ -157,8 +159,8 @@ def bench_topic(path: Path, args: argparse.Namespace) -> None:
                   f"{n_bt / wall_bt:>8,.0f} findings/s, ratio {wall_raw / wall_bt:.2f} (wall), "
                   f"{cpu_raw / cpu_bt:.2f} (CPU); against the bare read {bares[-1][1] / wall_bt:.2f} (wall)"
                   f"{one}", flush=True)
-    print(f"the backtest with --jobs {jobs} (processes on a co-partitioned topic of several "
-          f"partitions; its CPU time counts theirs)")
+    print(f"the backtest with --jobs {jobs} (processes on a co-partitioned topic of several partitions; "
+          "its CPU time counts theirs):" if jobs > 1 else "the backtest in one process (--jobs 1):")
     summarize(raws, tests, bares, args.repeat)
     if ones:
         print("the backtest in one process (--jobs 1):")
