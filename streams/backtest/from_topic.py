@@ -609,7 +609,9 @@ def split(plan: Plan, ask: _Ask, jobs: int) -> list[list[int]]:
     live = sorted((s.end - s.start, p) for p, s in plan.spans.items() if s.end > s.start)
     if (jobs < 2 or len(live) < 2 or ask.keyed(plan) != len(plan.spans)
             or ask.on_decision is not None or ask.on_decided is not None or ask.labels is not None
-            or "fork" not in multiprocessing.get_all_start_methods()):
+            # Forked, on Linux only: macOS's system libraries (numpy's Accelerate) are not
+            # safe to fork, and Windows has no fork.
+            or not sys.platform.startswith("linux")):
         return [[p for _, p in live]]
     shares: list[tuple[int, int, list[int]]] = [(0, i, []) for i in range(min(jobs, len(live)))]
     for records, p in reversed(live):
