@@ -11,6 +11,8 @@ findings partitions in no fixed order; the backtest merges them by record timest
 (then partition, each partition in offset order), and counts the keyed hop as taking no
 time. On a one-partition or co-partitioned topic that order makes no difference: each
 engine gets its findings in offset order, as the file backtest of the same records does.
+So a co-partitioned topic's partitions may also be read and decided by several processes
+when only the report is asked for ("several processes", below).
 
 Warm-up: the backtest's state starts empty, so it reads from `since - window -
 first-sight age` (or the earliest record kept) and decides that stretch without
