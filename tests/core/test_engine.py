@@ -784,3 +784,94 @@ def test_late_arrivals_are_counted_for_the_metrics() -> None:
     assert feed.engine.late == 0
     feed(finding("late", created=at(minutes=54), resource=OTHER_RESOURCE))
     assert feed.engine.late == 1
+
+
+# -- a worker killed in a batch (docs/design.md §4, delivery) ---------------------------
+#
+# One keyed partition of a months-long history, decided in batches of five records over
+# a store of bytes (as the worker's changelogged tables): each batch's outputs go out,
+# then its staged state changes are written. A kill in a batch writes `written` of its
+# tables, and a restarted engine over what the tables hold re-decides the batch.
+
+
+@pytest.fixture(scope="module")
+def partition_history() -> list[tuple[int, int, Finding]]:
+    from streams.core.findings import parse_message
+    from streams.core.keys import partition_for
+    from tests.builders import NOW_MS
+    from tests.timeline import history
+
+    found = [(line, index, f)
+             for line, event in enumerate(history(seed=23, accounts=5, days=60), start=1)
+             for index, f in enumerate(parse_message(orjson.dumps(event), policy=Policy(), now_ms=NOW_MS))
+             if isinstance(f, Finding)]
+    # The partition (of 8) of the RDS.45 finding whose incident a half-written batch closes.
+    target = next(f for _, _, f in found if f.id.endswith("b4c79bea-d4c8-47b3-9797-fbb013aa4ad6"))
+    partition = partition_for(target.partition_key, 8)
+    return [(line, index, f) for line, index, f in found if partition_for(f.partition_key, 8) == partition]
+
+
+def alerts_with_a_kill(records: list[tuple[int, int, Finding]], killed_at: int | None,
+                       written: tuple[str, ...]) -> set[tuple[str | None, str | None, str]]:
+    """(dedup_key, finding id, kind) of every alert and closing sent, with a kill in the
+    batch of record `killed_at` (None: no kill) after `written` tables were written."""
+    tables: dict[str, dict[str, bytes]] = {name: {} for name in Store.NAMES}
+    base = Store.over(tables)
+    sent: set[tuple[str | None, str | None, str]] = set()
+
+    def send(outcomes: list[Outcome]) -> None:
+        for o in outcomes:
+            if o.decision in (Decision.ALERT, Decision.RESOLVED):
+                sent.add((o.dedup_key, o.finding.id if o.finding else None, str(o.kind or "resolved")))
+            sent.update((c.dedup_key, c.finding_id, "resolved") for c in o.closes)
+
+    staged: dict[str, StagedKV[Any]] = {}
+    engine: PartitionEngine | None = None
+    start, killed = 0, False
+    while start < len(records):
+        if engine is None:  # (re)started over what the tables hold
+            staged = {name: StagedKV(getattr(base, name)) for name in Store.NAMES}
+            engine = PartitionEngine(Store(*staged.values()), Policy(), 0)
+        batch = range(start, min(start + 5, len(records)))
+        for seq in batch:
+            if engine.next_seq is None or seq >= engine.next_seq:
+                line, index, finding = records[seq]
+                send(engine.accept(finding, Origin("history", line, index), seq))
+                engine.passed(seq)
+        if not killed and killed_at in batch:
+            for name in written:
+                staged[name].apply()
+            killed, engine = True, None
+            continue
+        for kv in staged.values():
+            kv.apply()
+        start += 5
+    assert engine is not None
+    send(engine.flush())
+    return sent
+
+
+def test_a_worker_killed_before_a_batchs_state_is_written_sends_the_same_alerts(
+    partition_history: list[tuple[int, int, Finding]]
+) -> None:
+    """The designed path: outputs acknowledged, no state written; the batch decided again
+    from the state before it, at every batch of the history."""
+    clean = alerts_with_a_kill(partition_history, None, ())
+    assert len(clean) > 20
+    for killed_at in range(0, len(partition_history), 5):
+        assert alerts_with_a_kill(partition_history, killed_at, ()) == clean, killed_at
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="known gap (docs/design.md §4): a "
+                   "batch's state changes are not written atomically")
+def test_a_worker_killed_between_a_batchs_changelog_writes_sends_the_same_alerts(
+    partition_history: list[tuple[int, int, Finding]]
+) -> None:
+    """Only the findings table written: the re-created finding's state says it was
+    decided, the bucket still holds its predecessor's archive unused, and that archive's
+    timer later closes the incident the re-creation carries (a `resolved` for a
+    resource still failing)."""
+    clean = alerts_with_a_kill(partition_history, None, ())
+    killed_at = next(seq for seq, (line, _, _) in enumerate(partition_history) if line == 1103)
+    got = alerts_with_a_kill(partition_history, killed_at, ("findings",))
+    assert got == clean, (sorted(got - clean), sorted(clean - got))
