@@ -111,6 +111,12 @@ class WarmUp:
     first_ms: int | None = None  # timestamp of the earliest warm-up record read
     findings: int = 0
 
+    def absorb(self, other: WarmUp) -> None:
+        """Add the warm-up of other partitions (`from_topic`'s processes)."""
+        self.findings += other.findings
+        if other.first_ms is not None and (self.first_ms is None or other.first_ms < self.first_ms):
+            self.first_ms = other.first_ms
+
     @property
     def had_ms(self) -> int:
         if self.since_ms is None or self.first_ms is None:
@@ -535,12 +541,14 @@ async def _backtest_topic(ask: _Ask, *, since_ms: int | None = None, until_ms: i
             shares = split(plan, ask, jobs)
             if len(shares) > 1:
                 return plan, shares
+        keyed = ask.keyed(plan)
         warm = ask.warm_up(plan)
-        runs = ask.runs(plan, warm, ask.keyed(plan))
+        runs = ask.runs(plan, warm, keyed)
         bar = TopicProgress(plan.total, enabled=ask.progress)
         started = time.perf_counter()
         try:
-            await _decide(consumer, plan, runs, warm, ask, bar, strict=False)
+            await _drive(merged_records(consumer, plan), runs, warm, topic=plan.topic,
+                         co_partitioned=len(plan.spans) == keyed, now_ms=ask.now_ms, progress=bar)
         finally:
             bar.close()
         reports = [run.finish() for run in runs]
@@ -557,13 +565,6 @@ def _result(plan: Plan, reports: list[Report], warm: WarmUp, seconds: float, pro
     rows = [SweepRow.of(report) for report in reports[1:]]
     widest = max(reports[1:], key=lambda r: r.policy.window_ms) if len(reports) > 1 else None
     return TopicBacktest(reports[0], rows, widest, warm, plan, processes)
-
-
-async def _decide(consumer: Any, plan: Plan, runs: list[Run], warm: WarmUp, ask: _Ask,
-                  progress: Progress, *, strict: bool) -> None:
-    await _drive(merged_records(consumer, plan), runs, warm, topic=plan.topic,
-                 co_partitioned=len(plan.spans) == ask.keyed(plan) or strict, now_ms=ask.now_ms,
-                 progress=progress, strict=strict)
 
 
 async def _drive(batches: AsyncIterator[list[Segment]], runs: list[Run], warm: WarmUp, *, topic: str,
@@ -651,18 +652,13 @@ def _in_processes(ask: _Ask, plan: Plan, shares: list[list[int]]) -> TopicBackte
     if any(answer is None for answer in answers):
         return None
     parts = [answer for answer in answers if answer is not None]
-    seen: set[str] = set()
-    for reports, _ in parts:
-        if not seen.isdisjoint(reports[0].naive_seen):
-            return None
-        seen |= reports[0].naive_seen
     (reports, warm), rest = parts[0], parts[1:]
     for other, other_warm in rest:
+        if not reports[0].naive_seen.isdisjoint(other[0].naive_seen):
+            return None
         for report, more in zip(reports, other, strict=True):
             report.absorb(more)
-        warm.findings += other_warm.findings
-        if other_warm.first_ms is not None and (warm.first_ms is None or other_warm.first_ms < warm.first_ms):
-            warm.first_ms = other_warm.first_ms
+        warm.absorb(other_warm)
     return _result(plan, reports, warm, time.perf_counter() - started, len(parts))
 
 
@@ -722,7 +718,9 @@ async def _share(ask: _Ask, plan: Plan, keyed: int, progress: Progress) -> tuple
     try:
         warm = ask.warm_up(plan)
         runs = ask.runs(plan, warm, keyed)
-        await _decide(consumer, plan, runs, warm, ask, progress, strict=True)
+        # Split only where co-partitioned: a finding off its record's partition stops it.
+        await _drive(merged_records(consumer, plan), runs, warm, topic=plan.topic, co_partitioned=True,
+                     now_ms=ask.now_ms, progress=progress, strict=True)
     finally:
         await consumer.stop()
     return [run.finish() for run in runs], warm
